@@ -1,0 +1,1 @@
+"""mtsnn: multi-threshold spiking neural networks."""
