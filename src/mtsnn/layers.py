@@ -1,0 +1,136 @@
+"""Weight layer + multi-threshold LIF neuron blocks: ``SpikingLinear`` and ``SpikingConv2d``.
+
+A block takes spikes ``[T, B, ...]`` (or, for the first layer under direct
+input, one image batch ``[B, ...]`` and ``num_steps``: the weight layer then runs
+once, not ``T`` times) and returns spike counts ``[T, B, ...]``.
+
+Why blocks: in ``grad_mode="paper"`` (eqs. 7-13) the weight gradient and the
+error sent to the layer below use different cotangents of the same current:
+``grad_W = sum_t a[t] (x) x[t]`` but ``grad_x[t] = W^T delta[t]``
+(:func:`mtsnn.neuron.paper_backward`). Autograd gives a node one cotangent,
+so the weight layer and its neuron compute their backward together in
+:class:`_PaperBlockFunction`. The BPTT modes are plain autograd: weight layer,
+then :class:`~mtsnn.neuron.MultiThresholdLIF`'s function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .neuron import LIFParams, _LIFFunction, lif_forward, paper_backward
+
+
+class _PaperBlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer: "_SpikingBlock", p: LIFParams, num_steps):
+        static = num_steps is not None
+        current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
+        if not static:
+            current = current.unflatten(0, x.shape[:2])
+        spikes, v = lif_forward(current, p, num_steps)
+        ctx.save_for_backward(x, weight, v)
+        ctx.layer, ctx.p, ctx.static, ctx.has_bias = layer, p, static, bias is not None
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        x, weight, v = ctx.saved_tensors
+        delta, a = paper_backward(grad_spikes, v, ctx.p)
+        # Direct input: x[t] is the same image at every step, so the sums over t come first.
+        delta, a = (delta.sum(0), a.sum(0)) if ctx.static else (delta.flatten(0, 1), a.flatten(0, 1))
+        x_flat = x if ctx.static else x.flatten(0, 1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.layer.input_grad(delta, weight, x_flat.shape).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = ctx.layer.weight_grad(a, x_flat, weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = a.transpose(0, 1).flatten(1).sum(1)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class _SpikingBlock(nn.Module):
+    """Shared logic of the blocks; subclasses define the synapse and its two gradients."""
+
+    def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
+        super().__init__()
+        self.params = LIFParams(**neuron)
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        self.bias = nn.Parameter(torch.empty(weight_shape[0])) if bias else None
+        self.fan_in = fan_in
+        self.reset_parameters()
+
+    def reset_parameters(self, init: str = "kaiming") -> None:
+        """``"kaiming"``: N(0, 2 V_th^2 / fan_in), i.e. He init scaled to the threshold.
+        ``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2). Biases start at 0."""
+        v_th = self.params.v_th
+        with torch.no_grad():
+            if init == "kaiming":
+                self.weight.normal_(0.0, v_th * math.sqrt(2.0 / self.fan_in))
+            elif init == "paper":
+                self.weight.normal_(v_th / self.fan_in, 0.5)
+            else:
+                raise ValueError(f"unknown init {init!r}; choose 'kaiming' or 'paper'")
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        """``x``: spikes ``[T, B, ...]``, or one input ``[B, ...]`` held for ``num_steps`` steps."""
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if self.params.grad_mode == "paper":
+            return _PaperBlockFunction.apply(x, self.weight, self.bias, self, self.params, num_steps)
+        if num_steps is not None:
+            current = self.synapse(x, self.weight, self.bias)
+        else:
+            current = self.synapse(x.flatten(0, 1), self.weight, self.bias).unflatten(0, x.shape[:2])
+        return _LIFFunction.apply(current, self.params, num_steps)
+
+
+class SpikingLinear(_SpikingBlock):
+    """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **neuron):
+        self.in_features, self.out_features = in_features, out_features
+        super().__init__((out_features, in_features), in_features, bias, neuron)
+
+    def synapse(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    def input_grad(self, grad, weight, x_shape):
+        return grad @ weight
+
+    def weight_grad(self, grad, x, weight_shape):
+        return grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {self.params}"
+
+
+class SpikingConv2d(_SpikingBlock):
+    """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, **neuron):
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1 for 'same' padding, got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.padding = kernel_size // 2
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size),
+                         in_channels * kernel_size * kernel_size, bias, neuron)
+
+    def synapse(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+    def input_grad(self, grad, weight, x_shape):
+        return torch.nn.grad.conv2d_input(x_shape, weight, grad, padding=self.padding)
+
+    def weight_grad(self, grad, x, weight_shape):
+        return torch.nn.grad.conv2d_weight(x, weight_shape, grad, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias is not None}, {self.params}")

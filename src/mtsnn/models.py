@@ -1,0 +1,202 @@
+"""Networks from the paper's layer notation, as spiking networks or as their ANN twins.
+
+Notation (paper, Tables 2-6): tokens joined by ``-``.
+
+- ``NCk``: convolution with ``N`` filters of ``k x k`` ('same' padding, ``k`` odd);
+- ``Pk``: ``k x k`` pooling of spikes (average by default, max as an option);
+- a plain number: a fully connected layer of that width.
+
+An all-number spec is an MLP whose first number is the input size
+(``"784-800-10"``). Unless the last layer already has ``num_classes`` units
+(MLPs only), an output layer of ``num_classes`` neurons is appended.
+
+In the SNN every weight layer is followed by a multi-threshold LIF neuron and
+the input is direct: the normalised image is the input current at every step,
+so the first weight layer runs once per image. The ANN twin has the same layers
+with ReLU and no time; its output layer gives logits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import SpikingConv2d, SpikingLinear
+
+INITS = ("kaiming", "paper")
+POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class Conv:
+    channels: int
+    kernel: int
+
+
+@dataclass(frozen=True)
+class Pool:
+    size: int
+
+
+@dataclass(frozen=True)
+class Dense:
+    width: int
+
+
+_TOKEN = re.compile(r"^(?:(?P<conv>\d+)[Cc](?P<kernel>\d+)|[Pp](?P<pool>\d+)|(?P<dense>\d+))$")
+
+
+def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> list[Conv | Pool | Dense]:
+    """Parse ``spec`` into layers, checking it against ``input_shape`` (C, H, W) and ``num_classes``."""
+    tokens = spec.split("-")
+    layers: list[Conv | Pool | Dense] = []
+    for token in tokens:
+        m = _TOKEN.match(token.strip())
+        if m is None:
+            raise ValueError(f"bad token {token!r} in spec {spec!r}: expected NCk (conv), Pk (pool) or a width")
+        if m["conv"] is not None:
+            layer = Conv(int(m["conv"]), int(m["kernel"]))
+            if layer.channels < 1 or layer.kernel < 1 or layer.kernel % 2 == 0:
+                raise ValueError(f"bad token {token!r} in spec {spec!r}: need >= 1 filters and an odd kernel")
+        elif m["pool"] is not None:
+            layer = Pool(int(m["pool"]))
+            if layer.size < 1:
+                raise ValueError(f"bad token {token!r} in spec {spec!r}: pool size must be >= 1")
+        else:
+            layer = Dense(int(m["dense"]))
+            if layer.width < 1:
+                raise ValueError(f"bad token {token!r} in spec {spec!r}: a layer needs at least 1 unit")
+        layers.append(layer)
+
+    if all(isinstance(layer, Dense) for layer in layers):  # MLP: the first number is the input size
+        if layers[0].width != math.prod(input_shape):
+            raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: the input size is "
+                             f"{math.prod(input_shape)} for input shape {tuple(input_shape)}")
+        layers = layers[1:]
+        if layers and layers[-1].width == num_classes:
+            layers = layers[:-1]
+    elif isinstance(layers[0], Pool):
+        raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: a spec cannot start with pooling")
+
+    height, width = input_shape[-2:] if len(input_shape) == 3 else (None, None)
+    seen_dense = False
+    for token, layer in zip(tokens[-len(layers):] if layers else [], layers):
+        if isinstance(layer, Dense):
+            seen_dense = True
+        elif seen_dense:
+            raise ValueError(f"bad token {token!r} in spec {spec!r}: convolution or pooling after a dense layer")
+        elif height is None:
+            raise ValueError(f"bad token {token!r} in spec {spec!r}: convolution needs a (C, H, W) input shape")
+        elif isinstance(layer, Pool):
+            height, width = height // layer.size, width // layer.size
+            if height < 1 or width < 1:
+                raise ValueError(f"bad token {token!r} in spec {spec!r}: pooling shrinks the image to nothing")
+    return layers + [Dense(num_classes)]
+
+
+class SpikingNetwork(nn.Module):
+    """A feed-forward SNN. ``forward(images, num_steps)`` returns output spike counts ``[T, B, classes]``."""
+
+    def __init__(self, layers: nn.ModuleList, num_steps: int = 2):
+        super().__init__()
+        self.layers = layers
+        self.num_steps = num_steps
+
+    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        steps = self.num_steps if num_steps is None else num_steps
+        if steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {steps}")
+        x, direct = images, True
+        for layer in self.layers:
+            if isinstance(layer, (SpikingLinear, SpikingConv2d)):
+                x = layer(x, num_steps=steps if direct else None)
+                direct = False
+            else:
+                x = layer(x)
+        return x
+
+    def blocks(self) -> list[nn.Module]:
+        """The weight+neuron blocks, input to output."""
+        return [layer for layer in self.layers if isinstance(layer, (SpikingLinear, SpikingConv2d))]
+
+
+class TimePool2d(nn.Module):
+    """2-D pooling of spikes ``[T, B, C, H, W]`` (time folded into the batch)."""
+
+    def __init__(self, size: int, mode: str = "avg"):
+        super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
+        self.size, self.mode = size, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.avg_pool2d if self.mode == "avg" else F.max_pool2d
+        return pool(x.flatten(0, -4), self.size).unflatten(0, x.shape[:-3])
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, size={self.size}"
+
+
+class FlattenFeatures(nn.Module):
+    """Flatten the (C, H, W) features of ``[..., C, H, W]``, keeping the time and batch dims."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(-3)
+
+
+def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=None) -> list[nn.Module]:
+    modules: list[nn.Module] = []
+    channels = input_shape[0]
+    features = None if len(input_shape) == 3 else math.prod(input_shape)
+    height, width = (input_shape[1], input_shape[2]) if len(input_shape) == 3 else (None, None)
+    for index, layer in enumerate(layers):
+        if isinstance(layer, Conv):
+            modules.append(make_conv(channels, layer.channels, layer.kernel))
+            channels = layer.channels
+        elif isinstance(layer, Pool):
+            modules.append(make_pool(layer.size))
+            height, width = height // layer.size, width // layer.size
+        else:
+            if features is None:
+                modules.append(FlattenFeatures())
+                features = channels * height * width
+            modules.append(make_dense(features, layer.width))
+            features = layer.width
+        if activation is not None and not isinstance(layer, Pool) and index < len(layers) - 1:
+            modules.append(activation())
+    return modules
+
+
+def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, *,
+              ann: bool = False, pooling: str = "avg", init: str = "kaiming", num_steps: int = 2,
+              **neuron) -> nn.Module:
+    """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
+
+    ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
+    ``init`` (SNN only): ``"kaiming"`` (default) or ``"paper"`` (eq. 17).
+    ``**neuron``: neuron settings, as for :class:`mtsnn.MultiThresholdLIF`,
+    plus ``grad_mode="paper"``.
+    """
+    layers = parse_spec(spec, tuple(input_shape), num_classes)
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    if ann:
+        if neuron:
+            raise ValueError(f"the ANN twin takes no neuron settings, got {sorted(neuron)}")
+        ann_pool = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
+        modules = _build(layers, input_shape, lambda i, o, k: nn.Conv2d(i, o, k, padding=k // 2),
+                         nn.Linear, ann_pool, activation=nn.ReLU)
+        return nn.Sequential(*modules)
+    modules = _build(layers, input_shape, lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
+                     lambda i, o: SpikingLinear(i, o, **neuron), lambda size: TimePool2d(size, pooling))
+    network = SpikingNetwork(nn.ModuleList(modules), num_steps)
+    for block in network.blocks():
+        block.reset_parameters(init)
+    return network

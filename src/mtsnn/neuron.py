@@ -1,0 +1,213 @@
+r"""The multi-threshold leaky integrate-and-fire neuron: a functional core and its module.
+
+Dynamics (paper eqs. 4-5, soft reset), per time step ``t = 1..T`` and element:
+
+.. math::
+
+    v[t] &= (1 - 1/\tau_m)\, u[t-1] + I[t], \qquad u[0] = 0 \\
+    s[t] &= \mathrm{clip}(\lfloor v[t] / V_{th} \rfloor, 0, S_{max}) \\
+    u[t] &= v[t] - s[t]\, V_{th}
+
+``v`` is the pre-reset potential, ``s`` an integer spike count, ``u`` the
+potential carried to the next step. ``S_max = 1`` gives the ordinary LIF neuron
+with subtractive reset.
+
+Gradients. ``ds/dv`` is replaced by a surrogate ``f(v[t])`` (:mod:`mtsnn.surrogate`),
+always at the pre-reset ``v[t]``. Three ``grad_mode`` s share this forward:
+
+``"bptt-detach"``
+    backpropagation through time with the reset as a constant (``du/dv = 1``):
+    ``g_v[t] = f(v[t]) dL/ds[t] + beta g_v[t+1]``, ``beta = 1 - 1/tau_m``.
+``"bptt"``
+    full BPTT including the reset path, ``du/dv = 1 - V_th f(v[t])``.
+``"paper"``
+    eqs. (7)-(13): the error ``delta[t] = f(v[t]) dL/ds[t]`` travels only in
+    space, and the weight gradient uses the trace of eq. (12). It needs the
+    weight layer, so it lives in :mod:`mtsnn.layers`; here is its neuron part
+    (:func:`paper_backward`).
+
+The forward keeps one tensor, ``v``, per element per step for the backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import surrogate as surrogates
+
+GRAD_MODES = ("paper", "bptt-detach", "bptt")
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    """Validated neuron settings (defaults: the paper's Table 1)."""
+
+    v_th: float = 10.0
+    tau_m: float = 10.0
+    s_max: int = 15
+    surrogate: str = "f2"
+    alpha_h: float = 1.0
+    alpha_w: float = 20.0
+    grad_mode: str = "bptt-detach"
+
+    def __post_init__(self):
+        if not self.v_th > 0:
+            raise ValueError(f"v_th must be > 0, got v_th={self.v_th}")
+        if not self.tau_m >= 1:
+            raise ValueError(f"tau_m must be >= 1 (time steps), got tau_m={self.tau_m}")
+        if isinstance(self.s_max, bool) or int(self.s_max) != self.s_max or self.s_max < 1:
+            raise ValueError(f"s_max must be an integer >= 1, got s_max={self.s_max}")
+        if self.grad_mode not in GRAD_MODES:
+            raise ValueError(f"unknown grad_mode {self.grad_mode!r}; choose one of {', '.join(GRAD_MODES)}")
+        surrogates.Surrogate(self.surrogate, self.alpha_h, self.alpha_w, self.v_th, int(self.s_max))
+
+    @property
+    def decay(self) -> float:
+        """``beta = 1 - 1/tau_m``, the leak factor per step."""
+        return 1.0 - 1.0 / self.tau_m
+
+    @property
+    def surrogate_fn(self) -> surrogates.Surrogate:
+        return surrogates.Surrogate(self.surrogate, self.alpha_h, self.alpha_w, self.v_th, int(self.s_max))
+
+
+def spike_count(v: torch.Tensor, v_th: float, s_max: int) -> torch.Tensor:
+    """Eq. (5): ``clip(floor(v / v_th), 0, s_max)``."""
+    return torch.clamp(torch.floor(v / v_th), 0, s_max)
+
+
+def lif_step(current: torch.Tensor, u: torch.Tensor, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step for streaming inference: ``(I[t], u[t-1]) -> (s[t], u[t])``. Start from ``u = 0``."""
+    v = p.decay * u + current
+    s = spike_count(v, p.v_th, p.s_max)
+    return s, v - s * p.v_th
+
+
+def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the neuron from rest; return spike counts and pre-reset potentials, both ``[T, ...]``.
+
+    ``current`` is ``[T, ...]``, or, with ``num_steps``, one current held for
+    ``num_steps`` steps (direct input: computed once, not ``T`` times).
+    """
+    steps = num_steps if num_steps is not None else current.shape[0]
+    shape = current.shape if num_steps is not None else current.shape[1:]
+    spikes = current.new_empty((steps, *shape))
+    v_all = current.new_empty((steps, *shape))
+    u = torch.zeros(shape, dtype=current.dtype, device=current.device)
+    for t in range(steps):
+        v = p.decay * u + (current if num_steps is not None else current[t])
+        s = spike_count(v, p.v_th, p.s_max)
+        u = v - s * p.v_th
+        spikes[t], v_all[t] = s, v
+    return spikes, v_all
+
+
+def bptt_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams) -> torch.Tensor:
+    """Gradient w.r.t. the input currents ``I[t]`` for ``grad_mode`` ``"bptt"`` or ``"bptt-detach"``."""
+    f = p.surrogate_fn
+    grad_current = torch.empty_like(v)
+    g_u = torch.zeros_like(v[0])  # dL/du[t], from v[t+1] = beta u[t] + I[t+1]
+    for t in reversed(range(v.shape[0])):
+        f_t = f(v[t])
+        if p.grad_mode == "bptt":
+            g_v = f_t * (grad_spikes[t] - p.v_th * g_u) + g_u
+        else:
+            g_v = f_t * grad_spikes[t] + g_u
+        grad_current[t] = g_v
+        g_u = p.decay * g_v
+    return grad_current
+
+
+def paper_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron part of eqs. (7)-(13): ``(delta, a)``, both ``[T, ...]``.
+
+    ``delta[t] = f(v[t]) dL/ds[t]`` (eqs. 9-10) is what the layer below receives
+    through ``W^T``. ``a`` is the cotangent whose ordinary weight gradient
+    ``sum_t a[t] (x) x[t]`` equals eq. (8)'s ``sum_t delta[t] (x) e[t]`` with the
+    trace of eq. (12): ``a[t] = c[t] (delta[t] + beta a[t+1])``,
+    ``c[t] = 1 / (1 + f(v[t]) V_th)``, ``a[T+1] = 0``.
+    """
+    f = p.surrogate_fn
+    delta = torch.empty_like(v)
+    a = torch.empty_like(v)
+    a_next = torch.zeros_like(v[0])
+    for t in reversed(range(v.shape[0])):
+        f_t = f(v[t])
+        delta[t] = f_t * grad_spikes[t]
+        a_next = (delta[t] + p.decay * a_next) / (1 + f_t * p.v_th)
+        a[t] = a_next
+    return delta, a
+
+
+class _LIFFunction(torch.autograd.Function):
+    """The neuron over all steps with a hand-written BPTT backward (no per-step autograd graph)."""
+
+    @staticmethod
+    def forward(ctx, current, p: LIFParams, num_steps):
+        spikes, v = lif_forward(current, p, num_steps)
+        ctx.save_for_backward(v)
+        ctx.p, ctx.static = p, num_steps is not None
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (v,) = ctx.saved_tensors
+        grad_current = bptt_backward(grad_spikes, v, ctx.p)
+        return (grad_current.sum(0) if ctx.static else grad_current), None, None
+
+
+def check_time_major(x: torch.Tensor, what: str = "input") -> None:
+    if x.dim() < 2:
+        raise ValueError(f"{what} must be shaped [T, B, ...] (time first, at least 2 dims), "
+                         f"got shape {tuple(x.shape)}")
+
+
+class MultiThresholdLIF(nn.Module):
+    r"""Multi-threshold LIF neuron layer (no parameters, no hidden state between calls).
+
+    .. math::
+
+        v[t] = (1 - 1/\tau_m) u[t-1] + I[t],\quad
+        s[t] = \mathrm{clip}(\lfloor v[t]/V_{th} \rfloor, 0, S_{max}),\quad
+        u[t] = v[t] - s[t] V_{th}
+
+    Args:
+        v_th: threshold ``V_th`` (Table 1: 10).
+        tau_m: membrane time constant in steps (Table 1: 10); leak ``1 - 1/tau_m``.
+        s_max: most spikes per step (Table 1: 15). ``1`` is the ordinary LIF.
+        surrogate: ``"f1"``, ``"f2"`` (Table 1), ``"f3"``, ``"rectangular"``,
+            ``"sigmoid"`` or ``"arctan"``; see :mod:`mtsnn.surrogate`.
+        alpha_h, alpha_w: surrogate height and width (Table 1: 1 and 20).
+        grad_mode: ``"bptt-detach"`` or ``"bptt"``. ``"paper"`` needs the
+            weight layer that feeds the neuron: use
+            :class:`mtsnn.layers.SpikingLinear` or :class:`mtsnn.layers.SpikingConv2d`.
+
+    Input: currents ``[T, B, ...]``, time first. Output: spike counts of the
+    same shape and dtype (integer values). Every call starts from rest.
+    """
+
+    def __init__(self, v_th: float = 10.0, tau_m: float = 10.0, s_max: int = 15, surrogate: str = "f2",
+                 alpha_h: float = 1.0, alpha_w: float = 20.0, grad_mode: str = "bptt-detach"):
+        super().__init__()
+        self.params = LIFParams(v_th, tau_m, s_max, surrogate, alpha_h, alpha_w, grad_mode)
+        if grad_mode == "paper":
+            raise ValueError("grad_mode='paper' needs the weight layer that feeds the neuron "
+                             "(eq. 12's trace); use mtsnn.SpikingLinear or mtsnn.SpikingConv2d")
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        check_time_major(current, "current")
+        return _LIFFunction.apply(current, self.params, None)
+
+    def step(self, current: torch.Tensor, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for streaming: returns ``(s[t], u[t])``; pass ``u=None`` at the first step."""
+        return lif_step(current, torch.zeros_like(current) if u is None else u, self.params)
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (f"v_th={p.v_th}, tau_m={p.tau_m}, s_max={p.s_max}, surrogate={p.surrogate!r}, "
+                f"alpha_h={p.alpha_h}, alpha_w={p.alpha_w}, grad_mode={p.grad_mode!r}")

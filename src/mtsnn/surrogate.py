@@ -1,0 +1,174 @@
+r"""Surrogate derivatives of the multi-threshold staircase ``s = clip(floor(v / V_th), 0, S_max)``.
+
+The staircase's true derivative is a train of Dirac pulses at ``v = i * V_th``
+(paper, Fig. 4). Backpropagation replaces it with one of these curves, always
+evaluated at the pre-reset membrane potential ``v``:
+
+``f1`` (eq. 14)
+    :math:`\sum_{i=1}^{S_{max}} i\,\alpha_H \exp(-(v - iV_{th})^2 / (\alpha_W / i))`:
+    term ``i`` has height ``i * alpha_h`` and width ``alpha_w / i``.
+``f2`` (eq. 15, the paper's choice)
+    :math:`\sum_{i=1}^{S_{max}} \alpha_H \exp(-(v - iV_{th})^2 / \alpha_W)`.
+``f3`` (eq. 16)
+    the trapezoid: ``alpha_h * v / V_th`` on ``[0, V_th)``, ``alpha_h`` on
+    ``[V_th, S_max V_th)``, ``alpha_h * (S_max + 1 - v / V_th)`` on
+    ``[S_max V_th, (S_max + 1) V_th)``, and 0 elsewhere.
+
+Comparison curves (not in the paper): ``rectangular``, ``sigmoid`` and
+``arctan`` put one bump of the usual single-threshold surrogate at the nearest
+threshold ``c * V_th``, ``c = clip(round(v / V_th), 1, S_max)``. Each bump has
+the same peak (``alpha_h``) and the same area (``alpha_h * sqrt(pi * alpha_w)``)
+as one Gaussian term of ``f2``, so ``alpha_h`` and ``alpha_w`` mean the same for
+every curve.
+
+Cost per element. ``f1`` and ``f2`` sum only the ``2k + 1`` Gaussian terms
+nearest to ``v``; ``k`` depends on ``rho = V_th**2 / alpha_w`` alone, never on
+``S_max``. Truncation error bound (derived in :func:`gaussian_window`): with
+``m`` the distance in thresholds from the nearest kept centre, a neglected term
+is at most ``h(m) * exp(-m (m - 1) rho)`` times the nearest term, with
+``h(m) = 2`` for ``f2`` (one term each side) and ``h(m) = m + 2`` for ``f1``
+(heights grow by at most a factor ``m + 1`` upwards). ``k`` is the smallest
+window whose summed bound is at most ``TRUNCATION_TOL = 1e-7`` of the full sum.
+This relative bound holds for every ``v`` with ``f2`` and for
+``v <= (S_max + 1/2) V_th`` with ``f1``; above that, ``f1``'s absolute error is
+at most ``S_max * alpha_h * 1e-7``. With Table 1's settings (``V_th = 10``,
+``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+TRUNCATION_TOL = 1e-7
+NAMES = ("f1", "f2", "f3", "rectangular", "sigmoid", "arctan")
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_window(name: str, alpha_w: float, v_th: float, s_max: int, tol: float = TRUNCATION_TOL) -> int:
+    """Half-width ``k`` of the window of Gaussian terms kept around the nearest centre.
+
+    Bound on the neglected part relative to the full sum (see module docstring):
+    ``sum_{m > k} h(m) exp(-m (m - 1) rho)``. Derivation for a neglected centre
+    ``m`` thresholds from the nearest one ``c`` (at distance ``delta * V_th``,
+    ``delta <= 1/2``): its squared distance exceeds the nearest one's by at
+    least ``m (m - 1) V_th**2``; for ``f1`` the extra width factor ``i >= 1``
+    only makes the exponent larger and the height ratio ``i / c`` is at most
+    ``m + 1``.
+    """
+    rho = v_th * v_th / alpha_w
+    height = (lambda m: 2.0) if name == "f2" else (lambda m: m + 2.0)
+    for k in range(s_max):
+        tail = sum(height(m) * math.exp(-m * (m - 1) * rho) for m in range(k + 1, s_max))
+        if tail <= tol:
+            return k
+    return s_max
+
+
+def nearest_threshold(v: torch.Tensor, v_th: float, s_max: int) -> torch.Tensor:
+    """Index ``c`` in ``[1, s_max]`` of the threshold ``c * v_th`` nearest to ``v``."""
+    return torch.clamp(torch.round(v / v_th), 1, s_max)
+
+
+def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float,
+                  scale_with_index: bool, k: int) -> torch.Tensor:
+    """Sum of the Gaussian terms ``i`` in ``[c - k, c + k]``, or of all when that covers ``1..s_max``."""
+    windowed = 2 * k + 1 < s_max
+    if windowed:
+        c = nearest_threshold(v, v_th, s_max)
+        centres = [c + j for j in range(-k, k + 1)]
+    else:
+        centres = [float(i) for i in range(1, s_max + 1)]
+    out = torch.zeros_like(v)
+    for i in centres:
+        if scale_with_index:  # f1: height i * alpha_h, width alpha_w / i
+            term = alpha_h * i * torch.exp(-(v - i * v_th) ** 2 * (i / alpha_w))
+        else:
+            term = alpha_h * torch.exp(-(v - i * v_th) ** 2 / alpha_w)
+        if windowed:
+            term = torch.where((i >= 1) & (i <= s_max), term, torch.zeros_like(term))
+        out = out + term
+    return out
+
+
+def _trapezoid(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float) -> torch.Tensor:
+    x = v / v_th
+    rising_flat_falling = torch.where(x < 1, x, torch.where(x < s_max, torch.ones_like(x), s_max + 1 - x))
+    inside = (x >= 0) & (x < s_max + 1)
+    return alpha_h * torch.where(inside, rising_flat_falling, torch.zeros_like(x))
+
+
+def _nearest_bump(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float,
+                  shape: str) -> torch.Tensor:
+    d = v - nearest_threshold(v, v_th, s_max) * v_th
+    area_width = math.sqrt(math.pi * alpha_w)  # area / height of one f2 Gaussian term
+    if shape == "rectangular":
+        return alpha_h * (d.abs() < area_width / 2).to(v.dtype)
+    if shape == "sigmoid":
+        sig = torch.sigmoid(d / (area_width / 4))
+        return alpha_h * 4 * sig * (1 - sig)
+    scale = area_width / math.pi  # arctan: alpha_h / (1 + (d/scale)^2) has area alpha_h * pi * scale
+    return alpha_h / (1 + (d / scale) ** 2)
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """A named surrogate curve with its parameters; call it on membrane potentials."""
+
+    name: str
+    alpha_h: float = 1.0
+    alpha_w: float = 20.0
+    v_th: float = 10.0
+    s_max: int = 15
+
+    def __post_init__(self):
+        if self.name not in NAMES:
+            raise ValueError(f"unknown surrogate {self.name!r}; choose one of {', '.join(NAMES)}")
+        if not self.alpha_h > 0:
+            raise ValueError(f"alpha_h must be > 0, got {self.alpha_h}")
+        if not self.alpha_w > 0:
+            raise ValueError(f"alpha_w must be > 0, got {self.alpha_w}")
+        if not self.v_th > 0:
+            raise ValueError(f"v_th must be > 0, got {self.v_th}")
+        if int(self.s_max) != self.s_max or self.s_max < 1:
+            raise ValueError(f"s_max must be an integer >= 1, got {self.s_max}")
+
+    @property
+    def window(self) -> int | None:
+        """Half-width of the Gaussian window for f1/f2, None for the other curves."""
+        if self.name in ("f1", "f2"):
+            return gaussian_window(self.name, self.alpha_w, self.v_th, self.s_max)
+        return None
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.name in ("f1", "f2"):
+            return _gaussian_sum(v, self.v_th, self.s_max, self.alpha_h, self.alpha_w,
+                                 scale_with_index=self.name == "f1", k=self.window)
+        if self.name == "f3":
+            return _trapezoid(v, self.v_th, self.s_max, self.alpha_h)
+        return _nearest_bump(v, self.v_th, self.s_max, self.alpha_h, self.alpha_w, self.name)
+
+
+def get(name: str, *, alpha_h: float = 1.0, alpha_w: float = 20.0, v_th: float = 10.0,
+        s_max: int = 15) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The surrogate curve ``name`` (one of :data:`NAMES`) with the given parameters."""
+    return Surrogate(name, alpha_h, alpha_w, v_th, int(s_max))
+
+
+def f1(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
+    """Eq. (14); see the module docstring."""
+    return get("f1", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
+
+
+def f2(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
+    """Eq. (15); see the module docstring."""
+    return get("f2", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
+
+
+def f3(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
+    """Eq. (16); ``alpha_w`` is unused by the trapezoid."""
+    return get("f3", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)

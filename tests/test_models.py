@@ -1,0 +1,96 @@
+"""Networks from the paper's notation: shapes and parameter counts worked out by hand."""
+
+import pytest
+import torch
+from torch import nn
+
+import mtsnn
+from mtsnn.layers import SpikingConv2d, SpikingLinear
+
+# (spec, input shape, weight shapes in order, total parameters) -- totals summed by hand:
+# 784-800-10: 784*800+800 + 800*10+10 = 636010
+# 784-400-400-10: 313600+400 + 160000+400 + 4000+10 = 478410
+# 15C5-P2-40C5-P2-300: (15*25+15) + (40*15*25+40) + (1960*300+300) + (300*10+10) = 606740  (28 -> 14 -> 7)
+# 32C5-P2-64C5-P2-1024: 832 + 51264 + (3136*1024+1024) + 10250 = 3274634
+# CIFAR: 2688 + 221440 + 885120 + 1327488 + 884992 + (16384*1024+1024) + 1049600 + 10250 = 21159818 (32 -> 16 -> 8)
+PAPER_SPECS = [
+    ("784-800-10", (1, 28, 28), [(800, 784), (10, 800)], 636010),
+    ("784-400-400-10", (1, 28, 28), [(400, 784), (400, 400), (10, 400)], 478410),
+    ("15C5-P2-40C5-P2-300", (1, 28, 28), [(15, 1, 5, 5), (40, 15, 5, 5), (300, 1960), (10, 300)], 606740),
+    ("32C5-P2-64C5-P2-1024", (1, 28, 28), [(32, 1, 5, 5), (64, 32, 5, 5), (1024, 3136), (10, 1024)], 3274634),
+    ("96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", (3, 32, 32),
+     [(96, 3, 3, 3), (256, 96, 3, 3), (384, 256, 3, 3), (384, 384, 3, 3), (256, 384, 3, 3),
+      (1024, 16384), (1024, 1024), (10, 1024)], 21159818),
+]
+
+
+@pytest.mark.parametrize("spec, shape, weights, total", PAPER_SPECS)
+def test_paper_specs_layers_and_parameter_counts(spec, shape, weights, total):
+    snn = mtsnn.from_spec(spec, shape, 10)
+    assert [tuple(b.weight.shape) for b in snn.blocks()] == weights
+    assert sum(p.numel() for p in snn.parameters()) == total
+    ann = mtsnn.from_spec(spec, shape, 10, ann=True)
+    assert [tuple(m.weight.shape) for m in ann.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] == weights
+    assert sum(p.numel() for p in ann.parameters()) == total
+
+
+@pytest.mark.parametrize("spec, shape", [("784-400-400-10", (1, 28, 28)), ("15C5-P2-40C5-P2-300", (1, 28, 28))])
+def test_outputs_are_spike_counts_over_time_and_logits_for_the_twin(spec, shape):
+    images = torch.randn(5, *shape)
+    spikes = mtsnn.from_spec(spec, shape, 10, num_steps=3)(images)
+    assert spikes.shape == (3, 5, 10) and torch.equal(spikes, spikes.round())
+    assert mtsnn.from_spec(spec, shape, 10)(images, num_steps=1).shape == (1, 5, 10)
+    assert mtsnn.from_spec(spec, shape, 10, ann=True)(images).shape == (5, 10)
+
+
+def test_ann_twin_uses_relu_between_layers_but_not_after_the_output():
+    ann = mtsnn.from_spec("784-400-400-10", (1, 28, 28), 10, ann=True)
+    kinds = [type(m).__name__ for m in ann]
+    assert kinds == ["FlattenFeatures", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+
+
+def test_mlp_output_layer_is_appended_when_missing_and_neurons_follow_every_weight_layer():
+    snn = mtsnn.from_spec("784-300", (1, 28, 28), 10, s_max=3, grad_mode="paper")
+    assert [tuple(b.weight.shape) for b in snn.blocks()] == [(300, 784), (10, 300)]
+    assert all(b.params.s_max == 3 and b.params.grad_mode == "paper" for b in snn.blocks())
+
+
+def test_max_pooling_option():
+    snn = mtsnn.from_spec("4C3-P2-10", (1, 8, 8), 10, pooling="max")
+    pools = [m for m in snn.layers if type(m).__name__ == "TimePool2d"]
+    assert len(pools) == 1 and pools[0].mode == "max"
+
+
+def test_inits_follow_their_distributions():
+    torch.manual_seed(0)
+    kaiming = mtsnn.from_spec("784-800-10", (1, 28, 28), 10).blocks()[0].weight
+    assert kaiming.mean().abs() < 0.01 and kaiming.std().item() == pytest.approx(10 * (2 / 784) ** 0.5, rel=0.01)
+    paper = mtsnn.from_spec("784-800-10", (1, 28, 28), 10, init="paper").blocks()[0].weight
+    # eq. (17): N(V_th / N_{l-1}, 0.5^2)
+    assert paper.mean().item() == pytest.approx(10 / 784, abs=0.003) and paper.std().item() == pytest.approx(0.5, rel=0.01)
+
+
+@pytest.mark.parametrize("spec, bad", [("15C-P2", "'15C'"), ("0-10", "'0'"), ("P2-10", "'P2'"),
+                                      ("784-0-10", "'0'"), ("784-x-10", "'x'"), ("16C4-10", "'16C4'"),
+                                      ("100-10", "'100'"), ("10-4C3", "'4C3'"), ("4C3-P64-10", "'P64'")])
+def test_malformed_specs_name_the_bad_token(spec, bad):
+    with pytest.raises(ValueError, match=bad):
+        mtsnn.from_spec(spec, (1, 28, 28), 10)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="'median'"):
+        mtsnn.from_spec("4C3-P2-10", (1, 8, 8), 10, pooling="median")
+    with pytest.raises(ValueError, match="'xavier'"):
+        mtsnn.from_spec("784-10", (1, 28, 28), 10, init="xavier")
+    with pytest.raises(ValueError, match="num_steps"):
+        mtsnn.from_spec("784-10", (1, 28, 28), 10)(torch.zeros(1, 1, 28, 28), num_steps=0)
+
+
+def test_blocks_are_usable_on_their_own():
+    conv = SpikingConv2d(2, 3, 3, grad_mode="paper")
+    out = conv(torch.rand(2, 4, 2, 6, 6) * 3)
+    assert out.shape == (2, 4, 3, 6, 6)
+    with pytest.raises(ValueError, match="odd"):
+        SpikingConv2d(2, 3, 4)
+    assert SpikingLinear(3, 2)(torch.ones(5, 3), num_steps=2).shape == (2, 5, 2)
