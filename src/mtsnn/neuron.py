@@ -108,11 +108,11 @@ def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = Non
 
 def bptt_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams) -> torch.Tensor:
     """Gradient w.r.t. the input currents ``I[t]`` for ``grad_mode`` ``"bptt"`` or ``"bptt-detach"``."""
-    f = p.surrogate_fn
+    f = p.surrogate_fn(v)
     grad_current = torch.empty_like(v)
     g_u = torch.zeros_like(v[0])  # dL/du[t], from v[t+1] = beta u[t] + I[t+1]
     for t in reversed(range(v.shape[0])):
-        f_t = f(v[t])
+        f_t = f[t]
         if p.grad_mode == "bptt":
             g_v = f_t * (grad_spikes[t] - p.v_th * g_u) + g_u
         else:
@@ -132,14 +132,13 @@ def paper_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams
     trace of eq. (12): ``a[t] = c[t] (delta[t] + beta a[t+1])``,
     ``c[t] = 1 / (1 + f(v[t]) V_th)``, ``a[T+1] = 0``.
     """
-    f = p.surrogate_fn
-    delta = torch.empty_like(v)
+    f = p.surrogate_fn(v)
+    delta = f * grad_spikes
+    gain = 1 / (1 + f * p.v_th)
     a = torch.empty_like(v)
     a_next = torch.zeros_like(v[0])
     for t in reversed(range(v.shape[0])):
-        f_t = f(v[t])
-        delta[t] = f_t * grad_spikes[t]
-        a_next = (delta[t] + p.decay * a_next) / (1 + f_t * p.v_th)
+        a_next = gain[t] * (delta[t] + p.decay * a_next)
         a[t] = a_next
     return delta, a
 

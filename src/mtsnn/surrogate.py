@@ -31,7 +31,9 @@ is at most ``h(m) * exp(-m (m - 1) rho)`` times the nearest term, with
 window whose summed bound is at most ``TRUNCATION_TOL = 1e-7`` of the full sum.
 This relative bound holds for every ``v`` with ``f2`` and for
 ``v <= (S_max + 1/2) V_th`` with ``f1``; above that, ``f1``'s absolute error is
-at most ``S_max * alpha_h * 1e-7``. With Table 1's settings (``V_th = 10``,
+at most ``S_max * alpha_h * 1e-7``. Each term also stops just above the dtype's
+smallest normal number (about 3e-38 in float32) rather than going subnormal, which on CPUs
+is about 100 times slower. With Table 1's settings (``V_th = 10``,
 ``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15.
 """
 
@@ -76,23 +78,32 @@ def nearest_threshold(v: torch.Tensor, v_th: float, s_max: int) -> torch.Tensor:
 
 def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float,
                   scale_with_index: bool, k: int) -> torch.Tensor:
-    """Sum of the Gaussian terms ``i`` in ``[c - k, c + k]``, or of all when that covers ``1..s_max``."""
-    windowed = 2 * k + 1 < s_max
-    if windowed:
-        c = nearest_threshold(v, v_th, s_max)
-        centres = [c + j for j in range(-k, k + 1)]
-    else:
+    """Sum of the ``2k + 1`` Gaussian terms around the nearest centre, or of all when that covers 1..s_max.
+
+    The window's centre is clamped to ``[1 + k, s_max - k]`` so the window never
+    leaves ``1..s_max`` (no masks) while still holding every existing term within
+    ``k`` of the nearest centre: the bound above holds unchanged.
+    """
+    x = v / v_th
+    if 2 * k + 1 >= s_max:
+        offsets = [x - i for i in range(1, s_max + 1)]
         centres = [float(i) for i in range(1, s_max + 1)]
+    else:
+        c = torch.clamp(torch.round(x), 1 + k, s_max - k)
+        d = x - c
+        offsets = [d - j for j in range(-k, k + 1)]
+        centres = [c + j for j in range(-k, k + 1)]
+    rho = v_th * v_th / alpha_w
+    # exp() whose result would be subnormal runs ~100x slower on x86 CPUs; stopping one
+    # e-fold above the smallest normal number costs at most ~3e-38 (float32) per term.
+    log_tiny = math.log(torch.finfo(v.dtype).tiny) + 1.0
     out = torch.zeros_like(v)
-    for i in centres:
+    for i, offset in zip(centres, offsets):
         if scale_with_index:  # f1: height i * alpha_h, width alpha_w / i
-            term = alpha_h * i * torch.exp(-(v - i * v_th) ** 2 * (i / alpha_w))
+            out = out + i * torch.exp(torch.clamp_min(offset * offset * (-rho * i), log_tiny))
         else:
-            term = alpha_h * torch.exp(-(v - i * v_th) ** 2 / alpha_w)
-        if windowed:
-            term = torch.where((i >= 1) & (i <= s_max), term, torch.zeros_like(term))
-        out = out + term
-    return out
+            out = out + torch.exp(torch.clamp_min(offset * offset * -rho, log_tiny))
+    return alpha_h * out
 
 
 def _trapezoid(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float) -> torch.Tensor:
