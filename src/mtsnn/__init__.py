@@ -4,11 +4,11 @@ The method is that of "Direct training via backpropagation for ultra-low-latency
 spiking neural networks with multi-threshold" (Xu et al., Symmetry 2022).
 """
 
-from . import layers, models, neuron, surrogate
+from . import data, layers, models, neuron, surrogate
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
 from .neuron import GRAD_MODES, LIFParams, MultiThresholdLIF, lif_step
 
 __all__ = ["GRAD_MODES", "LIFParams", "MultiThresholdLIF", "SpikingConv2d", "SpikingLinear",
-           "from_spec", "layers", "lif_step", "models", "neuron", "surrogate"]
+           "data", "from_spec", "layers", "lif_step", "models", "neuron", "surrogate"]
 __version__ = "0.1.0"
