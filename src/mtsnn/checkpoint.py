@@ -1,0 +1,122 @@
+"""Checkpoints without pickle: tensors in the safetensors format, everything else as JSON.
+
+safetensors layout (https://github.com/huggingface/safetensors, format section):
+8 bytes little-endian header length ``n``, ``n`` bytes of UTF-8 JSON mapping each
+tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into
+the byte buffer that follows) plus an optional ``"__metadata__"`` of string
+values, then the buffer. This module writes and reads that layout itself so the
+core needs nothing beyond torch and numpy; files it writes load with the
+``safetensors`` package too. A checkpoint is one such file, whose metadata
+``"mtsnn"`` holds the JSON state, written to a temporary file, flushed to disk
+and renamed into place, so a crash leaves either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+           torch.uint8: "U8", torch.bool: "BOOL"}
+_BY_NAME = {v: k for k, v in _DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024
+if sys.byteorder != "little":  # safetensors stores little-endian bytes; we copy raw memory
+    raise ImportError("mtsnn.checkpoint needs a little-endian machine")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and the problem."""
+
+
+def atomic_write(path: str | Path, chunks) -> None:
+    """Write byte chunks to ``path`` through a temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    header: dict = {"__metadata__": dict(metadata or {})}
+    buffers, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"tensor {name!r} has unsupported dtype {t.dtype}")
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        buffers.append(raw)
+        offset += len(raw)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # align the buffer to 8 bytes
+    atomic_write(path, [struct.pack("<Q", len(blob)), blob, *buffers])
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) < 8:
+        raise CheckpointError(f"{path}: too short ({len(data)} bytes) to be a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER or 8 + n > len(data):
+        raise CheckpointError(f"{path}: header length {n} does not fit the file ({len(data)} bytes); truncated?")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    metadata = header.pop("__metadata__", {}) or {}
+    buffer = memoryview(data)[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = _BY_NAME[info["dtype"]]
+            begin, end = info["data_offsets"]
+            shape = [int(s) for s in info["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(buffer) or end - begin != itemsize * int(np.prod(shape)):
+            raise CheckpointError(f"{path}: tensor {name!r} has offsets {[begin, end]} that do not match "
+                                  f"its shape {shape} or the file size; truncated?")
+        raw = torch.tensor(np.frombuffer(buffer[begin:end], dtype=np.uint8))  # a copy, writable
+        tensors[name] = raw.view(dtype).reshape(shape)
+    return tensors, metadata
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """One file: ``tensors`` plus the JSON-serialisable ``state`` in the metadata."""
+    save_tensors(path, tensors, {"mtsnn": json.dumps(state)})
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, metadata = load_tensors(path)
+    if "mtsnn" not in metadata:
+        raise CheckpointError(f"{path}: not an mtsnn checkpoint (no 'mtsnn' metadata)")
+    try:
+        return tensors, json.loads(metadata["mtsnn"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its mtsnn metadata is not valid JSON ({e})") from None

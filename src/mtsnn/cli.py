@@ -1,0 +1,143 @@
+"""The ``mtsnn`` command: ``train``, ``eval`` and ``presets``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, TrainConfig, dump_toml, load_toml
+
+# Settings that are not command-line options of `train`.
+_INTERNAL = {"preset", "dataset", "spec"}
+
+
+def _option(field: str) -> str:
+    return "--T" if field == "T" else "--" + field.replace("_", "-")
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in _INTERNAL:
+            continue
+        kind = type(field.default)
+        if kind is bool:
+            parser.add_argument(_option(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=None)
+        else:
+            parser.add_argument(_option(field.name), dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="mtsnn", description="Multi-threshold spiking neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a preset (one per 'Proposed Method' row of the paper)")
+    train.add_argument("preset", nargs="?", choices=sorted(PRESETS), help="preset to train")
+    train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (the command line wins)")
+    train.add_argument("--run-dir", help="run directory (default: runs/PRESET[-ann]-TIMESTAMP)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    train.add_argument("--seeds", help="comma-separated seeds: one run each, then mean and std")
+    _add_setting_options(train)
+    evaluate = sub.add_parser("eval", help="test accuracy, spikes per neuron and parameters of a run")
+    evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--data-root", default=None)
+    evaluate.add_argument("--device", default="cpu")
+    presets = sub.add_parser("presets", help="list the presets and their settings")
+    return parser, {"train": train, "eval": evaluate, "presets": presets}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in _INTERNAL and getattr(args, f.name) is not None}
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    overrides = load_toml(args.config) if args.config else {}
+    overrides.update(_settings(args))
+    return PRESETS[args.preset].replace(**overrides).validate()
+
+
+def _train_one(cfg: TrainConfig, run_dir: Path) -> dict:
+    from .train import Run
+
+    print(f"run directory: {run_dir}\n--- effective configuration ---\n{dump_toml(dataclasses.asdict(cfg))}---")
+    return Run.start(cfg, run_dir).fit()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import Run
+
+    if args.resume:
+        run = Run.resume(args.resume, **_settings(args))
+        summary = run.fit()
+        print(f"test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs")
+        return 0
+    if args.preset is None:
+        raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
+    cfg = _config(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
+    if not args.seeds:
+        summary = _train_one(cfg, base)
+        print(f"test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs "
+              f"({summary['wall_seconds']:.0f} s)")
+        return 0
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
+    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}")["test_acc"] for seed in seeds]
+    spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    print(f"test accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
+          + ", ".join(f"{a:.2f}" for a in accs))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%, "
+              f"{report['parameters']:,} parameters")
+        for i, s in enumerate(report["spikes_per_neuron"]):
+            print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, cfg in PRESETS.items():
+        print(f"{name:12s} {cfg.dataset:14s} {cfg.spec:46s} lr={cfg.lr} T={cfg.T} epochs={cfg.epochs} "
+              f"batch={cfg.batch_size} s_max={cfg.s_max} surrogate={cfg.surrogate} grad_mode={cfg.grad_mode}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = sorted(a for action in commands[args.command]._actions for a in action.option_strings)
+        parser.error(f"unknown option(s) {' '.join(unknown)}; valid options of '{args.command}': {', '.join(valid)}")
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .train import Interrupted
+
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}[args.command](args)
+    except Interrupted as e:
+        print(f"mtsnn: {e}; continue with --resume", file=sys.stderr)
+        return 128 + e.signum
+    except (ValueError, DatasetError, CheckpointError, FloatingPointError) as e:
+        print(f"mtsnn: error: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, FloatingPointError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Training settings: one dataclass, validated, and a preset per "Proposed Method" row of Tables 2-6."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+from .neuron import GRAD_MODES
+from .surrogate import NAMES as SURROGATES
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+LOSSES = ("mse", "ce")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults are Table 1's where the paper gives one."""
+
+    preset: str = "fmnist-mlp"
+    dataset: str = "fashion-mnist"
+    spec: str = "784-400-400-10"
+    ann: bool = False
+    # neuron and surrogate (Table 1)
+    T: int = 2
+    v_th: float = 10.0
+    tau_m: float = 10.0
+    s_max: int = 15
+    surrogate: str = "f2"
+    alpha_h: float = 1.0
+    alpha_w: float = 20.0
+    grad_mode: str = "paper"
+    init: str = "kaiming"
+    pooling: str = "avg"
+    # loss: eq. (6) squared error against desired counts per step, or cross-entropy on summed counts
+    loss: str = "mse"
+    target_true: float = 5.0
+    target_false: float = 0.0
+    # optimisation (Table 1: batch 128, Adam 0.9/0.999/1e-8)
+    lr: float = 0.005
+    batch_size: int = 128
+    epochs: int = 200
+    seed: int = 0
+    crop_padding: int = 4
+    flip: bool = False
+    train_limit: int = 0  # 0: the whole training set
+    device: str = "cpu"
+    data_root: str = ""
+    deterministic: bool = False
+    compile: bool = False
+    amp: bool = False
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad setting; return self."""
+        checks = [
+            (self.dataset in DATASETS, f"dataset={self.dataset!r} (choose one of {', '.join(DATASETS)})"),
+            (isinstance(self.T, int) and self.T >= 1, f"T={self.T} (need an integer >= 1)"),
+            (self.v_th > 0, f"v_th={self.v_th} (need > 0)"),
+            (self.tau_m >= 1, f"tau_m={self.tau_m} (need >= 1)"),
+            (isinstance(self.s_max, int) and self.s_max >= 1, f"s_max={self.s_max} (need an integer >= 1)"),
+            (self.surrogate in SURROGATES, f"surrogate={self.surrogate!r} (choose one of {', '.join(SURROGATES)})"),
+            (self.alpha_h > 0, f"alpha_h={self.alpha_h} (need > 0)"),
+            (self.alpha_w > 0, f"alpha_w={self.alpha_w} (need > 0)"),
+            (self.grad_mode in GRAD_MODES, f"grad_mode={self.grad_mode!r} (choose one of {', '.join(GRAD_MODES)})"),
+            (self.loss in LOSSES, f"loss={self.loss!r} (choose one of {', '.join(LOSSES)})"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
+            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
+            (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
+            (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ValueError(f"invalid setting {what}")
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, 32, 32) if self.dataset == "cifar10" else (1, 28, 28)
+
+    def neuron_kwargs(self) -> dict:
+        return dict(v_th=self.v_th, tau_m=self.tau_m, s_max=self.s_max, surrogate=self.surrogate,
+                    alpha_h=self.alpha_h, alpha_w=self.alpha_w, grad_mode=self.grad_mode)
+
+    def replace(self, **changes) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
+                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "mnist-mlp": TrainConfig(preset="mnist-mlp", dataset="mnist", spec="784-800-10", lr=0.005),
+    "mnist-cnn": TrainConfig(preset="mnist-cnn", dataset="mnist", spec="15C5-P2-40C5-P2-300", lr=0.005),
+    "fmnist-mlp": TrainConfig(preset="fmnist-mlp", dataset="fashion-mnist", spec="784-400-400-10", lr=0.005),
+    "fmnist-cnn": TrainConfig(preset="fmnist-cnn", dataset="fashion-mnist", spec="32C5-P2-64C5-P2-1024", lr=0.005),
+    "cifar10-cnn": TrainConfig(preset="cifar10-cnn", dataset="cifar10",
+                               spec="96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", lr=0.0005),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The preset ``name`` with ``overrides`` applied, validated."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides).validate()
+
+
+def dump_toml(values: dict) -> str:
+    """Flat ``key = value`` TOML for scalar settings (TOML's basic strings accept JSON's escapes)."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value!r}")
+        else:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def load_toml(path) -> dict:
+    """Settings from a TOML file; a malformed file raises ValueError naming it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path} is not valid TOML: {e}") from None

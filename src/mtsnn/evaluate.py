@@ -1,0 +1,37 @@
+"""Evaluate a trained run: accuracy, spikes per neuron per layer, parameter count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import data as datasets
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig
+from .train import CHECKPOINT, build_model, evaluate
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The model and config of a run directory or a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint (give a run directory or a .safetensors file)")
+    tensors, state = load_checkpoint(path)
+    cfg = TrainConfig(**state["config"]).replace(device=device)
+    model = build_model(cfg)
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    return model.to(device), cfg
+
+
+def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: str = "cpu") -> dict:
+    model, cfg = load_trained(path, device)
+    test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None)
+    loader = datasets.DeviceLoader(test_set, 1000, train=False, device=torch.device(device))
+    result = evaluate(model, loader, cfg)
+    steps = 1 if cfg.ann else cfg.T
+    return {"preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
+            "test_acc": result["acc"], "parameters": sum(p.numel() for p in model.parameters()),
+            "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}

@@ -1,0 +1,200 @@
+"""Training: the loss of eq. (6), decoding, the CLI, run directories, and resuming after kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsnn import cli
+from mtsnn.checkpoint import load_checkpoint
+from mtsnn.config import TrainConfig, preset
+from mtsnn.train import Run, loss_fn, predict
+
+SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
+                                  reason=f"real Fashion-MNIST not found under {SHARED}")
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def test_eq6_loss_by_hand():
+    cfg = TrainConfig(target_true=5.0, target_false=0.0)
+    out = torch.tensor([[[1.0, 4.0, 0.0]], [[0.0, 6.0, 2.0]]])  # [T=2, B=1, 3], label 1
+    # 1/2 [ (1)^2 + (5-4)^2 + 0 + 0 + (5-6)^2 + (2)^2 ] = 1/2 (1 + 1 + 1 + 4) = 3.5
+    assert loss_fn(out, torch.tensor([1]), cfg).item() == pytest.approx(3.5)
+    ce = torch.nn.functional.cross_entropy(torch.tensor([[1.0, 10.0, 2.0]]), torch.tensor([1]))
+    assert loss_fn(out, torch.tensor([1]), cfg.replace(loss="ce")).item() == pytest.approx(ce.item())
+
+
+def test_prediction_sums_time_and_breaks_ties_towards_the_lowest_class():
+    out = torch.tensor([[[0.0, 2.0, 2.0], [0.0, 0.0, 0.0]], [[3.0, 1.0, 1.0], [0.0, 0.0, 0.0]]])
+    assert predict(out, TrainConfig()).tolist() == [0, 0]  # sums [3,3,3] -> 0; silent -> 0
+
+
+@pytest.mark.parametrize("override, message", [({"T": 0}, "T=0"), ({"lr": -0.1}, "lr=-0.1"),
+                                               ({"s_max": 0}, "s_max=0"), ({"lr": float("nan")}, "lr=nan"),
+                                               ({"grad_mode": "x"}, "grad_mode='x'")])
+def test_invalid_settings_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        preset("fmnist-mlp", **override)
+
+
+def test_presets_follow_table_1():
+    rows = {name: preset(name) for name in ["mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn", "cifar10-cnn"]}
+    assert rows["cifar10-cnn"].lr == 0.0005 and rows["mnist-mlp"].lr == 0.005
+    assert rows["fmnist-cnn"].spec == "32C5-P2-64C5-P2-1024"
+    for cfg in rows.values():
+        assert (cfg.T, cfg.v_th, cfg.tau_m, cfg.s_max, cfg.alpha_h, cfg.alpha_w, cfg.batch_size, cfg.epochs) == \
+            (2, 10.0, 10.0, 15, 1.0, 20.0, 128, 200)
+        assert cfg.surrogate == "f2" and cfg.crop_padding == 4 and not cfg.flip
+
+
+def test_cli_lists_presets(capsys):
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ["mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn", "cifar10-cnn"])
+
+
+def test_cli_unknown_option_lists_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "fmnist-mlp", "--epochz", "3"])
+    err = capsys.readouterr().err
+    assert "--epochz" in err and "--epochs" in err and "--grad-mode" in err
+
+
+def test_cli_unknown_preset_lists_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "imagenet-vit"])
+    err = capsys.readouterr().err
+    assert "imagenet-vit" in err and "fmnist-mlp" in err
+
+
+def test_cli_bad_value_stops_before_any_work(tmp_path, capsys):
+    assert cli.main(["train", "fmnist-mlp", "--T", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "T=0" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_toml_config_is_read_and_the_command_line_wins(tmp_path):
+    (tmp_path / "c.toml").write_text('lr = 0.001\nT = 3\nsurrogate = "f3"\n')
+    args = cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(tmp_path / "c.toml"), "--T", "4"])
+    cfg = cli._config(args)
+    assert (cfg.lr, cfg.T, cfg.surrogate) == (0.001, 4, "f3")
+    (tmp_path / "bad.toml").write_text("lr = = 1")
+    with pytest.raises(ValueError, match="bad.toml"):
+        cli._config(cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(tmp_path / "bad.toml")]))
+    (tmp_path / "typo.toml").write_text("learning_rate = 1")
+    with pytest.raises(ValueError, match="learning_rate"):
+        cli._config(cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(tmp_path / "typo.toml")]))
+
+
+def mtsnn(*args, **kwargs):
+    env = {**os.environ, "MTSNN_DATA": str(SHARED), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mtsnn.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+TINY = ["train", "fmnist-mlp", "--epochs", "3", "--train-limit", "3000", "--deterministic", "--seed", "7"]
+
+
+def final_state(run_dir):
+    tensors, state = load_checkpoint(Path(run_dir) / "checkpoint.safetensors")
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return tensors, state, [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def assert_same_run(a, b):
+    ta, sa, ra = final_state(a)
+    tb, sb, rb = final_state(b)
+    assert set(ta) == set(tb)
+    for name in ta:
+        if name != "rng/torch":
+            assert torch.equal(ta[name], tb[name]), f"{name} differs"
+    assert ra == rb and sa["epoch"] == sb["epoch"] == 3
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    if not (SHARED / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"real Fashion-MNIST not found under {SHARED}")
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    p = mtsnn(*TINY, "--run-dir", str(run_dir))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    return run_dir, out
+
+
+@needs_fmnist
+def test_a_run_directory_has_config_metrics_checkpoint_and_summary(reference_run):
+    run_dir, out = reference_run
+    assert "effective configuration" in out and "test accuracy" in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ["train_loss", "train_acc", "test_acc", "epoch_seconds", "images_per_second", "firing_rate"]:
+        assert key in rows[0]
+    assert len(rows[0]["firing_rate"]) == 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_acc"] == rows[-1]["test_acc"] > 50 and summary["wall_seconds"] > 0
+    assert 'spec = "784-400-400-10"' in (run_dir / "config.toml").read_text()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("delay", [0.0, 1.5, 3.0])
+def test_sigkill_at_any_moment_then_resume_gives_identical_weights_and_metrics(reference_run, tmp_path, delay):
+    run_dir = tmp_path / "run"
+    p = mtsnn(*TINY, "--run-dir", str(run_dir))
+    # wait until training has begun (the configuration is printed), then kill at some later moment
+    for line in p.stdout:
+        if line.startswith("---") and "configuration" not in line:
+            break
+    time.sleep(delay)
+    p.kill()
+    p.wait()
+    if not (run_dir / "checkpoint.safetensors").exists():  # killed before the first checkpoint: start again
+        r = mtsnn(*TINY, "--run-dir", str(run_dir))
+    else:
+        r = mtsnn("train", "--resume", str(run_dir))
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out
+    assert_same_run(run_dir, reference_run[0])
+
+
+@needs_fmnist
+def test_sigterm_checkpoints_mid_epoch_and_resume_matches(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    p = mtsnn(*TINY, "--run-dir", str(run_dir))
+    for line in p.stdout:
+        if line.startswith("epoch   1/3"):
+            break
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, out
+    assert "--resume" in out
+    r = mtsnn("train", "--resume", str(run_dir))
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out
+    assert_same_run(run_dir, reference_run[0])
+
+
+@needs_fmnist
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = preset("fmnist-mlp", epochs=2, train_limit=512, data_root=str(SHARED))
+    run = Run(cfg, tmp_path / "run", log=lambda *a: None)
+    calls = {"n": 0}
+    real = loss_fn
+
+    def poisoned(output, labels, cfg):
+        calls["n"] += 1
+        loss = real(output, labels, cfg)
+        return loss * float("nan") if calls["n"] > 6 else loss  # epoch 1 has 4 batches
+
+    monkeypatch.setattr("mtsnn.train.loss_fn", poisoned)
+    with pytest.raises(FloatingPointError, match="checkpoint"):
+        run.fit()
+    _, state, rows = final_state(tmp_path / "run")
+    assert state["epoch"] == 1 and len(rows) == 1
