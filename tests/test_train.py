@@ -198,3 +198,65 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         run.fit()
     _, state, rows = final_state(tmp_path / "run")
     assert state["epoch"] == 1 and len(rows) == 1
+
+
+def torchrun(*args):
+    env = {**os.environ, "MTSNN_DATA": str(SHARED), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mtsnn.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@needs_fmnist
+def test_two_process_ddp_reaches_the_weights_of_one_process(tmp_path):
+    """gloo on CPU, 2 processes each on half of every batch (1000 images: the last batch splits unevenly)."""
+    common = ["train", "fmnist-mlp", "--epochs", "2", "--train-limit", "1000"]
+    single = mtsnn(*common, "--run-dir", str(tmp_path / "one"))
+    out, _ = single.communicate(timeout=300)
+    assert single.returncode == 0, out
+    double = torchrun(*common, "--run-dir", str(tmp_path / "two"))
+    assert double.returncode == 0, double.stdout + double.stderr
+    assert double.stdout.count("epoch   2/2") == 1  # only rank 0 reports
+    one, _, rows_one = final_state(tmp_path / "one")
+    two, _, rows_two = final_state(tmp_path / "two")
+    for name in one:
+        if name.startswith("model/"):
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-4)
+    for a, b in zip(rows_one, rows_two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert abs(a["test_acc"] - b["test_acc"]) <= 0.1
+
+
+@needs_fmnist
+def test_eval_prints_accuracy_spikes_and_parameters(reference_run, capsys):
+    run_dir, _ = reference_run
+    assert cli.main(["eval", str(run_dir), "--json", "--data-root", str(SHARED)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert report["test_acc"] == rows[-1]["test_acc"]
+    assert report["parameters"] == 478410 and report["T"] == 2
+    assert report["spikes_per_neuron"] == pytest.approx([2 * r for r in rows[-1]["firing_rate"]])
+    assert cli.main(["eval", str(run_dir / "checkpoint.safetensors"), "--data-root", str(SHARED)]) == 0
+    assert "478,410 parameters" in capsys.readouterr().out
+    assert cli.main(["eval", str(run_dir / "nothing-here")]) == 2
+
+
+@needs_fmnist
+def test_amp_and_compile_do_not_break_on_cpu(tmp_path):
+    base = preset("fmnist-mlp", epochs=1, train_limit=256, data_root=str(SHARED))
+    eager = Run(base, tmp_path / "eager", log=lambda *a: None).fit()
+    amp = Run(base.replace(amp=True), tmp_path / "amp", log=lambda *a: None).fit()
+    assert amp["test_acc"] > 10 and eager["test_acc"] > 10
+
+
+def test_compiled_block_matches_eager():
+    from mtsnn.layers import SpikingLinear
+
+    torch.manual_seed(0)
+    block = SpikingLinear(12, 6, grad_mode="paper")
+    x = torch.rand(2, 5, 12) * 4
+    eager = block(x)
+    (g_eager,) = torch.autograd.grad(eager.sum(), block.weight)
+    compiled = torch.compile(block)(x)
+    (g_compiled,) = torch.autograd.grad(compiled.sum(), block.weight)
+    assert torch.equal(compiled, eager)
+    torch.testing.assert_close(g_compiled, g_eager)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -62,10 +63,20 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return PRESETS[args.preset].replace(**overrides).validate()
 
 
+def _is_main_process() -> bool:
+    """False in the processes of rank > 0 that torchrun starts: only rank 0 reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(text: str) -> None:
+    if _is_main_process():
+        print(text)
+
+
 def _train_one(cfg: TrainConfig, run_dir: Path) -> dict:
     from .train import Run
 
-    print(f"run directory: {run_dir}\n--- effective configuration ---\n{dump_toml(dataclasses.asdict(cfg))}---")
+    _say(f"run directory: {run_dir}\n--- effective configuration ---\n{dump_toml(dataclasses.asdict(cfg))}---")
     return Run.start(cfg, run_dir).fit()
 
 
@@ -75,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
-        print(f"test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs")
+        _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs")
         return 0
     if args.preset is None:
         raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
@@ -84,16 +95,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
         summary = _train_one(cfg, base)
-        print(f"test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} epochs "
-              f"({summary['wall_seconds']:.0f} s)")
+        _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs "
+             f"({summary['wall_seconds']:.0f} s)")
         return 0
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}")["test_acc"] for seed in seeds]
+    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}").get("test_acc", 0) for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    print(f"test accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
+    _say(f"test accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
           + ", ".join(f"{a:.2f}" for a in accs))
     return 0
 
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown option(s) {' '.join(unknown)}; valid options of '{args.command}': {', '.join(valid)}")
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .distributed import shutdown
     from .train import Interrupted
 
     try:
@@ -137,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DatasetError, CheckpointError, FloatingPointError) as e:
         print(f"mtsnn: error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, FloatingPointError) else 1
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
 
 def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: str = "cpu") -> dict:
     model, cfg = load_trained(path, device)
-    test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None)
+    test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None, download=True)
     loader = datasets.DeviceLoader(test_set, 1000, train=False, device=torch.device(device))
     result = evaluate(model, loader, cfg)
     steps = 1 if cfg.ann else cfg.T

@@ -93,6 +93,8 @@ def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = Non
     ``current`` is ``[T, ...]``, or, with ``num_steps``, one current held for
     ``num_steps`` steps (direct input: computed once, not ``T`` times).
     """
+    if current.dtype in (torch.float16, torch.bfloat16):  # under autocast: integrate in float32
+        current = current.float()
     steps = num_steps if num_steps is not None else current.shape[0]
     shape = current.shape if num_steps is not None else current.shape[1:]
     spikes = current.new_empty((steps, *shape))

@@ -15,9 +15,11 @@ run sees the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from torch import nn
 from . import data as datasets
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_toml
+from .distributed import Processes
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
 
@@ -41,19 +44,25 @@ def build_model(cfg: TrainConfig) -> nn.Module:
                      **cfg.neuron_kwargs())
 
 
-def loss_fn(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Mean over the batch of the per-sample loss.
+def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The loss of each sample, ``[B]``.
 
     SNN, ``loss="mse"``: eq. (6) summed over the steps, ``1/2 sum_t sum_i (y_i - s_i[t])^2``,
     with the desired count ``y`` = ``target_true`` for the label and ``target_false``
     for the others at every step. ``loss="ce"``: cross-entropy on the summed counts.
     The ANN twin always uses cross-entropy on its logits.
     """
+    output = output.float()
     if cfg.ann or cfg.loss == "ce":
-        return F.cross_entropy(output if cfg.ann else output.sum(0), labels)
+        return F.cross_entropy(output if cfg.ann else output.sum(0), labels, reduction="none")
     target = torch.full_like(output[0], cfg.target_false)
     target.scatter_(1, labels[:, None], cfg.target_true)
-    return 0.5 * ((output - target) ** 2).sum((0, 2)).mean()
+    return 0.5 * ((output - target) ** 2).sum((0, 2))
+
+
+def loss_fn(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Mean over the batch of :func:`sample_losses`."""
+    return sample_losses(output, labels, cfg).mean()
 
 
 def predict(output: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -99,7 +108,8 @@ def evaluate(model: nn.Module, loader, cfg: TrainConfig) -> dict:
 
 
 class StopRequested:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next batch boundary and stops."""
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next batch boundary and stops.
+    With several processes, they agree on the batch at which to stop."""
 
     def __init__(self):
         self.signal = None
@@ -148,26 +158,39 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 class Run:
-    """One training run in ``run_dir``: fresh, or resumed from its checkpoint."""
+    """One training run in ``run_dir``: fresh, or resumed from its checkpoint.
+
+    Under ``torchrun`` each process trains on its shard of every batch (see
+    :mod:`mtsnn.distributed`); rank 0 evaluates and writes the run directory.
+    """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, log=print):
-        self.cfg, self.run_dir, self.log = cfg.validate(), Path(run_dir), log
+        self.cfg, self.run_dir = cfg.validate(), Path(run_dir)
         self.device = torch.device(cfg.device)
+        self.procs = Processes.from_environment(self.device)
+        if self.device.type == "cuda" and self.procs.world > 1:
+            self.device = torch.device("cuda", self.procs.local_rank)
+        self.log = log if self.procs.is_main else (lambda *args: None)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         root = cfg.data_root or None
-        train_set = datasets.load(cfg.dataset, "train", root=root)
+        train_set = datasets.load(cfg.dataset, "train", root=root, download=self.procs.is_main)
         if cfg.train_limit:
             train_set = train_set.subset(cfg.train_limit)
         self.train_size = len(train_set.labels)
         self.train_loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, device=self.device,
                                                   seed=cfg.seed, crop_padding=cfg.crop_padding, flip=cfg.flip)
-        self.test_loader = datasets.DeviceLoader(datasets.load(cfg.dataset, "test", root=root), 1000,
-                                                 train=False, device=self.device)
+        test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
+        self.test_loader = datasets.DeviceLoader(test_set, 1000, train=False, device=self.device)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.epoch, self.batch, self.acc = 0, 0, {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}
+        self.trained = self.model  # what the training step calls: wrapped for DDP and compiled on request
+        if self.procs.world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model)
+        if cfg.compile:
+            self.trained = torch.compile(self.trained)
+        self.epoch, self.batch, self.acc = 0, 0, _fresh_accumulators()
         self.wall_seconds = 0.0
 
     @classmethod
@@ -186,16 +209,22 @@ class Run:
         cfg = TrainConfig(**state["config"]).replace(**overrides)
         run = cls(cfg, run_dir, log)
         _restore(run.model, run.optimizer, tensors, state)
-        run.epoch, run.batch, run.acc, run.wall_seconds = state["epoch"], state["batch"], state["acc"], state["wall_seconds"]
-        log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
+        run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
+        if run.procs.is_main:  # the saved sums are global: one process carries them on
+            run.acc = state["acc"]
+        run.log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
         return run
 
     def save(self) -> Path:
+        """Checkpoint (rank 0 writes; every process must call it, to combine the epoch's sums)."""
+        self._combine_accumulators()
         path = self.run_dir / CHECKPOINT
-        state = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "batch": self.batch,
-                 "acc": self.acc, "wall_seconds": self.wall_seconds,
-                 "param_groups": self.optimizer.state_dict()["param_groups"]}
-        save_checkpoint(path, _state_tensors(self.model, self.optimizer), state)
+        if self.procs.is_main:
+            state = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "batch": self.batch,
+                     "acc": self.acc, "wall_seconds": self.wall_seconds,
+                     "param_groups": self.optimizer.state_dict()["param_groups"]}
+            save_checkpoint(path, _state_tensors(self.model, self.optimizer), state)
+        self.procs.barrier()
         return path
 
     def _keep_metrics_up_to(self, epoch: int) -> None:
@@ -207,42 +236,67 @@ class Run:
         """Train to ``cfg.epochs``; return the summary (also written to ``summary.json``)."""
         # Denormal floats (tiny surrogate x gradient products) make CPU matmuls several times slower.
         torch.set_flush_denormal(True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._keep_metrics_up_to(self.epoch)
-        atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
-        with StopRequested() as stop:
-            while self.epoch < self.cfg.epochs:
-                self._train_epoch(stop)
-                row = self._finish_epoch()
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                self.save()
-        rows = read_metrics(self.run_dir)
-        summary = {"preset": self.cfg.preset, "test_acc": rows[-1]["test_acc"], "epochs": self.epoch,
-                   "wall_seconds": self.wall_seconds}
-        atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
+        main = self.procs.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._keep_metrics_up_to(self.epoch)
+            atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
+        board = _tensorboard(self.run_dir) if main else None
+        try:
+            with StopRequested() as stop:
+                while self.epoch < self.cfg.epochs:
+                    self._train_epoch(stop)
+                    row = self._finish_epoch()
+                    if main:
+                        with open(self.run_dir / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        if board is not None:
+                            for key in ("train_loss", "train_acc", "test_acc", "images_per_second"):
+                                board.add_scalar(key, row[key], row["epoch"])
+                    self.save()
+        finally:
+            if board is not None:
+                board.close()
+        summary = {"preset": self.cfg.preset, "epochs": self.epoch, "wall_seconds": self.wall_seconds}
+        if main:
+            summary["test_acc"] = read_metrics(self.run_dir)[-1]["test_acc"]
+            atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
         return summary
 
     def _train_epoch(self, stop: StopRequested) -> None:
-        self.model.train()
-        cfg, acc = self.cfg, self.acc
+        self.trained.train()
+        cfg, acc, procs = self.cfg, self.acc, self.procs
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp
+                    else contextlib.nullcontext())
         t0 = time.perf_counter()
-        for images, labels in self.train_loader.epoch(self.epoch, start_batch=self.batch):
-            output = self.model(images)
-            loss = loss_fn(output, labels, cfg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {self.batch}; "
-                                         f"the last good checkpoint is {self.run_dir / CHECKPOINT}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            acc["loss_sum"] += loss.item() * labels.numel()
-            acc["correct"] += (predict(output.detach(), cfg) == labels).sum().item()
-            acc["total"] += labels.numel()
-            self.batch += 1
-            if stop.signal is not None:
-                self._add_time(t0)
-                raise Interrupted(stop.signal, self.save())
+        batches = self.train_loader.epoch(self.epoch, start_batch=self.batch)
+        with _progress(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
+            for images, labels in batches:
+                global_batch = labels.numel()
+                images, labels = procs.shard(images, labels)
+                with autocast:
+                    output = self.trained(images)
+                losses = sample_losses(output, labels, cfg)
+                # DDP averages gradients over processes: scale so that equals the global batch mean
+                loss = losses.sum() * (procs.world / global_batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch "
+                                             f"{self.batch}; the last good checkpoint is {self.run_dir / CHECKPOINT}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                acc["loss_sum"] += losses.sum().item()
+                acc["correct"] += (predict(output.detach(), cfg) == labels).sum().item()
+                acc["total"] += labels.numel()
+                self.batch += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{acc['loss_sum'] / max(acc['total'], 1):.3f}",
+                                acc=f"{100 * acc['correct'] / max(acc['total'], 1):.1f}%",
+                                img_s=f"{acc['total'] * procs.world / (time.perf_counter() - t0):.0f}")
+                signum = procs.max(stop.signal or 0)  # every process stops at the same batch
+                if signum:
+                    self._add_time(t0)
+                    raise Interrupted(signum, self.save())
         self._add_time(t0)
 
     def _add_time(self, t0: float) -> None:
@@ -250,18 +304,68 @@ class Run:
         self.acc["seconds"] += seconds
         self.wall_seconds += seconds
 
+    def _combine_accumulators(self) -> None:
+        """Sum the epoch's loss and counts over processes into rank 0's accumulators."""
+        if self.procs.world == 1:
+            return
+        keys = ("loss_sum", "correct", "total")
+        totals = self.procs.sum([float(self.acc[k]) for k in keys])
+        for key, total in zip(keys, totals):
+            self.acc[key] = total if self.procs.is_main else 0
+
     def _finish_epoch(self) -> dict:
-        acc = self.acc
+        self._combine_accumulators()
+        acc, row = self.acc, {}
         t0 = time.perf_counter()
-        test = evaluate(self.model, self.test_loader, self.cfg)
+        if self.procs.is_main:
+            test = evaluate(self.model, self.test_loader, self.cfg)
+            row = {"epoch": self.epoch + 1, "train_loss": acc["loss_sum"] / acc["total"],
+                   "train_acc": 100.0 * acc["correct"] / acc["total"], "test_acc": test["acc"],
+                   "firing_rate": test["firing_rate"], "epoch_seconds": acc["seconds"],
+                   "images_per_second": self.train_size / acc["seconds"]}
+            self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
+                     f"train {row['train_acc']:.2f}%  test {row['test_acc']:.2f}%  "
+                     f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+        self.procs.barrier()
         self.wall_seconds += time.perf_counter() - t0
         self.epoch += 1
-        row = {"epoch": self.epoch, "train_loss": acc["loss_sum"] / acc["total"],
-               "train_acc": 100.0 * acc["correct"] / acc["total"], "test_acc": test["acc"],
-               "firing_rate": test["firing_rate"], "epoch_seconds": acc["seconds"],
-               "images_per_second": self.train_size / acc["seconds"]}
-        self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                 f"train {row['train_acc']:.2f}%  test {row['test_acc']:.2f}%  "
-                 f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
-        self.batch, self.acc = 0, {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}
+        self.batch, self.acc = 0, _fresh_accumulators()
         return row
+
+
+def _fresh_accumulators() -> dict:
+    return {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **values):
+        pass
+
+
+@contextlib.contextmanager
+def _progress(total: int, done: int, label: str, show: bool):
+    """A tqdm bar on an interactive terminal when tqdm is installed; nothing otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or not show or not sys.stderr.isatty():
+        yield _NoProgress()
+        return
+    bar = tqdm(total=total, initial=done, desc=label, leave=False, unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _tensorboard(run_dir: Path):
+    """A SummaryWriter in ``run_dir/tensorboard`` when TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
