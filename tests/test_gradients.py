@@ -75,7 +75,8 @@ def eq6_loss(out, target):
 
 def make(spec, shape, classes, pooling, grad_mode, T, seed=0):
     torch.manual_seed(seed)
-    net = mtsnn.from_spec(spec, shape, classes, pooling=pooling, grad_mode=grad_mode, num_steps=T).double()
+    net = mtsnn.from_spec(spec, shape, classes, pooling=pooling, grad_mode=grad_mode, num_steps=T,
+                          init="kaiming").double()  # fires in these tiny layers
     images = torch.randn(8, *shape, dtype=torch.float64) * 3
     target = torch.rand(T, 8, classes, dtype=torch.float64) * 3
     return net, images, target

@@ -63,9 +63,9 @@ def test_max_pooling_option():
 
 def test_inits_follow_their_distributions():
     torch.manual_seed(0)
-    kaiming = mtsnn.from_spec("784-800-10", (1, 28, 28), 10).blocks()[0].weight
+    kaiming = mtsnn.from_spec("784-800-10", (1, 28, 28), 10, init="kaiming").blocks()[0].weight
     assert kaiming.mean().abs() < 0.01 and kaiming.std().item() == pytest.approx(10 * (2 / 784) ** 0.5, rel=0.01)
-    paper = mtsnn.from_spec("784-800-10", (1, 28, 28), 10, init="paper").blocks()[0].weight
+    paper = mtsnn.from_spec("784-800-10", (1, 28, 28), 10).blocks()[0].weight  # the default
     # eq. (17): N(V_th / N_{l-1}, 0.5^2)
     assert paper.mean().item() == pytest.approx(10 / 784, abs=0.003) and paper.std().item() == pytest.approx(0.5, rel=0.01)
 

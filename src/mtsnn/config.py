@@ -32,7 +32,7 @@ class TrainConfig:
     alpha_h: float = 1.0
     alpha_w: float = 20.0
     grad_mode: str = "paper"
-    init: str = "kaiming"
+    init: str = "paper"
     pooling: str = "avg"
     # loss: eq. (6) squared error against desired counts per step, or cross-entropy on summed counts
     loss: str = "mse"

@@ -58,15 +58,16 @@ class _SpikingBlock(nn.Module):
 
     def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
         super().__init__()
-        self.params = LIFParams(**neuron)
+        self.params = LIFParams(**{"grad_mode": "paper", **neuron})  # blocks default to the paper's method
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if bias else None
         self.fan_in = fan_in
         self.reset_parameters()
 
-    def reset_parameters(self, init: str = "kaiming") -> None:
-        """``"kaiming"``: N(0, 2 V_th^2 / fan_in), i.e. He init scaled to the threshold.
-        ``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2). Biases start at 0."""
+    def reset_parameters(self, init: str = "paper") -> None:
+        """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
+        standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
+        threshold. Biases start at 0."""
         v_th = self.params.v_th
         with torch.no_grad():
             if init == "kaiming":

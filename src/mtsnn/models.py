@@ -173,14 +173,14 @@ def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=Non
 
 
 def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, *,
-              ann: bool = False, pooling: str = "avg", init: str = "kaiming", num_steps: int = 2,
+              ann: bool = False, pooling: str = "avg", init: str = "paper", num_steps: int = 2,
               **neuron) -> nn.Module:
     """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
 
     ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
-    ``init`` (SNN only): ``"kaiming"`` (default) or ``"paper"`` (eq. 17).
-    ``**neuron``: neuron settings, as for :class:`mtsnn.MultiThresholdLIF`,
-    plus ``grad_mode="paper"``.
+    ``init`` (SNN only): ``"paper"`` (eq. 17, the default: it trained best, see
+    the README) or ``"kaiming"``. ``**neuron``: neuron settings, as for
+    :class:`mtsnn.MultiThresholdLIF`; ``grad_mode`` defaults to ``"paper"``.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
     if init not in INITS:
