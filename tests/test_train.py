@@ -14,7 +14,7 @@ import torch
 from mtsnn import cli
 from mtsnn.checkpoint import load_checkpoint
 from mtsnn.config import TrainConfig, preset
-from mtsnn.train import Run, loss_fn, predict
+from mtsnn.train import Run, loss_fn, predict, sample_losses
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
@@ -186,14 +186,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     cfg = preset("fmnist-mlp", epochs=2, train_limit=512, data_root=str(SHARED))
     run = Run(cfg, tmp_path / "run", log=lambda *a: None)
     calls = {"n": 0}
-    real = loss_fn
 
     def poisoned(output, labels, cfg):
         calls["n"] += 1
-        loss = real(output, labels, cfg)
-        return loss * float("nan") if calls["n"] > 6 else loss  # epoch 1 has 4 batches
+        losses = sample_losses(output, labels, cfg)
+        return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
-    monkeypatch.setattr("mtsnn.train.loss_fn", poisoned)
+    monkeypatch.setattr("mtsnn.train.sample_losses", poisoned)
     with pytest.raises(FloatingPointError, match="checkpoint"):
         run.fit()
     _, state, rows = final_state(tmp_path / "run")
@@ -208,14 +207,17 @@ def torchrun(*args):
 
 @needs_fmnist
 def test_two_process_ddp_reaches_the_weights_of_one_process(tmp_path):
-    """gloo on CPU, 2 processes each on half of every batch (1000 images: the last batch splits unevenly)."""
-    common = ["train", "fmnist-mlp", "--epochs", "2", "--train-limit", "1000"]
+    """gloo on CPU, 2 processes each on half of every batch (1000 images: the last batch splits unevenly).
+
+    One epoch (8 steps): the reduction order differs, and the staircase is discontinuous, so
+    over longer runs a float-level difference eventually flips a spike and the runs drift apart."""
+    common = ["train", "fmnist-mlp", "--epochs", "1", "--train-limit", "1000"]
     single = mtsnn(*common, "--run-dir", str(tmp_path / "one"))
     out, _ = single.communicate(timeout=300)
     assert single.returncode == 0, out
     double = torchrun(*common, "--run-dir", str(tmp_path / "two"))
     assert double.returncode == 0, double.stdout + double.stderr
-    assert double.stdout.count("epoch   2/2") == 1  # only rank 0 reports
+    assert double.stdout.count("epoch   1/1") == 1  # only rank 0 reports
     one, _, rows_one = final_state(tmp_path / "one")
     two, _, rows_two = final_state(tmp_path / "two")
     for name in one:
