@@ -129,6 +129,17 @@ def reference_run(tmp_path_factory):
 
 
 @needs_fmnist
+def test_seeds_run_one_directory_each_and_report_mean_and_std(tmp_path):
+    p = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1",
+              "--run-dir", str(tmp_path))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    accs = [json.loads((tmp_path / f"seed{s}" / "summary.json").read_text())["test_acc"] for s in (0, 1)]
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5  # sample std of two values
+    assert f"test accuracy {mean:.2f} ± {std:.2f}% over seeds [0, 1]" in out
+
+
+@needs_fmnist
 def test_a_run_directory_has_config_metrics_checkpoint_and_summary(reference_run):
     run_dir, out = reference_run
     assert "effective configuration" in out and "test accuracy" in out
