@@ -49,7 +49,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--device", default="cpu")
     presets = sub.add_parser("presets", help="list the presets and their settings")
-    return parser, {"train": train, "eval": evaluate, "presets": presets}
+    report = sub.add_parser("report", help="build REPORT.md and summary.json from RESULTS/runs/")
+    report.add_argument("--results", default="results", help="the results folder (default: results)")
+    return parser, {"train": train, "eval": evaluate, "presets": presets, "report": report}
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -130,6 +132,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build
+
+    print(f"wrote {build(Path(args.results))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, commands = _parser()
     args, unknown = parser.parse_known_args(argv)
@@ -142,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted
 
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "report": cmd_report}
+        return commands[args.command](args)
     except Interrupted as e:
         print(f"mtsnn: {e}; continue with --resume", file=sys.stderr)
         return 128 + e.signum

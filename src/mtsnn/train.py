@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import os
+import platform
 import signal
 import sys
 import time
@@ -260,6 +263,8 @@ class Run:
         summary = {"preset": self.cfg.preset, "epochs": self.epoch, "wall_seconds": self.wall_seconds}
         if main:
             summary["test_acc"] = read_metrics(self.run_dir)[-1]["test_acc"]
+            summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
+            summary["machine"] = machine(self.device, self.procs.world)
             atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
         return summary
 
@@ -331,6 +336,32 @@ class Run:
         self.epoch += 1
         self.batch, self.acc = 0, _fresh_accumulators()
         return row
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def machine(device: torch.device, processes: int = 1) -> dict:
+    """What the run ran on, for reports."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                    platform.processor() or platform.machine())
+    return {"device": name, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "processes": processes, "torch": torch.__version__}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _fresh_accumulators() -> dict:

@@ -1,0 +1,154 @@
+"""``mtsnn report``: our accuracy beside the paper's, from the run directories under ``results/runs/``.
+
+Layout: ``results/runs/<preset>[-ann]/seed<k>/`` with each run's ``config.toml``,
+``metrics.jsonl`` and ``summary.json`` (checkpoints are left out of the repository;
+``summary.json`` records their sha256). A run whose ``metrics.jsonl`` stops before its
+configured epochs is reported as partial, with the epochs it has.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .config import load_toml
+
+# "Proposed Method" rows of the paper: (table, preset, network, T, mean accuracy over 5 runs)
+PAPER = {
+    "mnist-mlp": ("Table 2", "784-800-10", 2, 99.15),
+    "mnist-cnn": ("Table 3", "15C5-P2-40C5-P2-300", 2, 99.56),
+    "fmnist-mlp": ("Table 4", "784-400-400-10", 2, 91.08),
+    "fmnist-cnn": ("Table 5", "32C5-P2-64C5-P2-1024", 2, 93.08),
+    "cifar10-cnn": ("Table 6", "96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", 2, 87.90),
+}
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+                 "cifar10": "CIFAR-10 JPEG proxy (not the original CIFAR-10)"}
+
+
+def read_run(run_dir: Path) -> dict | None:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists() or not (run_dir / "config.toml").exists():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    if not rows:
+        return None
+    cfg = load_toml(run_dir / "config.toml")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return {"dir": run_dir, "cfg": cfg, "rows": rows, "summary": summary,
+            "complete": len(rows) >= cfg["epochs"] and bool(summary)}
+
+
+def collect(runs_root: Path) -> list[dict]:
+    """One row per preset x variant (SNN, ANN twin), in the keys of results/summary.json."""
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
+        run = read_run(run_dir)
+        if run is not None:
+            groups.setdefault((run["cfg"]["preset"], bool(run["cfg"]["ann"])), []).append(run)
+    table = []
+    for (preset, ann), runs in sorted(groups.items()):
+        cfg = runs[0]["cfg"]
+        accs = [r["rows"][-1]["test_acc"] for r in runs]
+        table.append({
+            "preset": preset, "dataset": cfg["dataset"], "spec": cfg["spec"], "T": None if ann else cfg["T"],
+            "variant": "ANN twin" if ann else "SNN",
+            "epochs": [len(r["rows"]) for r in runs], "planned_epochs": cfg["epochs"],
+            "partial": [not r["complete"] for r in runs],
+            "seeds": [r["cfg"]["seed"] for r in runs], "accs": accs,
+            "mean_acc": statistics.mean(accs), "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "paper_acc": None if ann else PAPER.get(preset, (None,) * 4)[3],
+            "best_epoch_to_paper": _first_epoch_reaching(runs, None if ann else PAPER.get(preset, (None,) * 4)[3]),
+            "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in runs),
+            "seconds_per_epoch": statistics.mean(row["epoch_seconds"] for r in runs for row in r["rows"]),
+            "machine": runs[0]["summary"].get("machine"),
+            "runs": [str(r["dir"]) for r in runs],
+            "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
+        })
+    return table
+
+
+def _first_epoch_reaching(runs: list[dict], target: float | None) -> list[int | None]:
+    if target is None:
+        return [None] * len(runs)
+    return [next((row["epoch"] for row in r["rows"] if row["test_acc"] >= target), None) for r in runs]
+
+
+def _plot(row: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for seed, curve in zip(row["seeds"], row["curves"]):
+        ax.plot(range(1, len(curve) + 1), curve, label=f"seed {seed}", linewidth=1)
+    if row["paper_acc"] is not None:
+        ax.axhline(row["paper_acc"], color="black", linestyle="--", linewidth=1, label=f"paper {row['paper_acc']}%")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    low = min(min(c) for c in row["curves"])
+    ax.set_ylim(max(low, (row["paper_acc"] or 100) - 10), 100)
+    ax.set_title(f"{row['preset']} {row['variant']} ({row['spec']}, T={row['T'] or '-'})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fmt(row: dict | None) -> str:
+    if row is None:
+        return "not run"
+    spread = f" ± {row['std_acc']:.2f}" if len(row["accs"]) > 1 else ""
+    partial = [f"seed {s}: {e}/{row['planned_epochs']} epochs" for s, e, p in
+               zip(row["seeds"], row["epochs"], row["partial"]) if p]
+    note = f" (**partial**: {'; '.join(partial)})" if partial else ""
+    return f"{row['mean_acc']:.2f}{spread}% over {len(row['accs'])} seed(s){note}"
+
+
+def build(results: Path = Path("results")) -> Path:
+    """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs."""
+    table = collect(results / "runs")
+    public = [{k: v for k, v in row.items() if k not in ("curves", "runs")} for row in table]
+    (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
+    by_key = {(row["preset"], row["variant"]): row for row in table}
+    lines = ["# mtsnn against the paper", "",
+             "Regenerated by `mtsnn report` from the run logs under `results/runs/` "
+             "(each run's `config.toml`, `metrics.jsonl`, `summary.json`). Accuracy is the test "
+             "accuracy after the last epoch, mean ± sample std over seeds; the paper's figures are "
+             "means of 5 runs after 200 epochs on a V100.", ""]
+    for preset, (table_name, spec, steps, paper_acc) in PAPER.items():
+        snn, ann = by_key.get((preset, "SNN")), by_key.get((preset, "ANN twin"))
+        if snn is None and ann is None:
+            continue
+        dataset = DATASET_NAMES[(snn or ann)["dataset"]]
+        lines += [f"## {table_name}: {preset} on {dataset}", "",
+                  "| | network | T | epochs | accuracy | seconds per epoch |", "|---|---|---|---|---|---|",
+                  f"| paper, Proposed Method | {spec} | {steps} | 200 | {paper_acc:.2f}% (5 runs) | (V100) |"]
+        for label, row in (("mtsnn SNN", snn), ("mtsnn ANN twin", ann)):
+            if row is not None:
+                epochs = "/".join(sorted({str(e) for e in row["epochs"]}))
+                lines.append(f"| {label} | {row['spec']} | {row['T'] or '-'} | {epochs} | {_fmt(row)} | "
+                             f"{row['seconds_per_epoch']:.1f} |")
+        if snn is not None:
+            gap = snn["mean_acc"] - paper_acc
+            reached = [e for e in snn["best_epoch_to_paper"] if e is not None]
+            lines += ["", f"Difference to the paper: {gap:+.2f} points."
+                      + (f" The paper's figure was first reached at epoch(s) {', '.join(map(str, reached))}."
+                         if reached else "")]
+        for row in (snn, ann):
+            if row is not None:
+                name = f"curves-{preset}-{'ann' if row['variant'] == 'ANN twin' else 'snn'}.png"
+                if _plot(row, results / name):
+                    lines += ["", f"![{row['preset']} {row['variant']} learning curves]({name})"]
+        lines.append("")
+    machine = next((row["machine"] for row in table if row["machine"]), None)
+    if machine:
+        lines += ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
+    report = results / "REPORT.md"
+    report.write_text("\n".join(lines))
+    return report

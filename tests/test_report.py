@@ -1,0 +1,43 @@
+"""mtsnn report: results/summary.json and REPORT.md from hand-made run directories."""
+
+import json
+
+import pytest
+
+from mtsnn.config import dump_toml, preset
+from mtsnn import cli
+
+
+def make_run(root, name, seed, accs, epochs, ann=False):
+    run = root / "runs" / name / f"seed{seed}"
+    run.mkdir(parents=True)
+    cfg = preset("fmnist-mlp", seed=seed, epochs=epochs, ann=ann)
+    (run / "config.toml").write_text(dump_toml(cfg.__dict__))
+    rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": 2.0} for i, a in enumerate(accs)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if len(accs) == epochs:
+        (run / "summary.json").write_text(json.dumps({"test_acc": accs[-1], "machine": {"device": "cpu"}}))
+
+
+def test_report_rows_by_hand(tmp_path, capsys):
+    make_run(tmp_path, "fmnist-mlp", 0, [85.0, 90.0, 91.5], 3)
+    make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3)
+    make_run(tmp_path, "fmnist-mlp", 2, [80.0, 88.0], 3)  # stopped after 2 of 3 epochs
+    make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    snn, ann = rows["SNN"], rows["ANN twin"]
+    assert snn["accs"] == [91.5, 90.5, 88.0] and snn["seeds"] == [0, 1, 2]
+    assert snn["mean_acc"] == pytest.approx(90.0)
+    assert snn["std_acc"] == pytest.approx(((1.5**2 + 0.5**2 + 2**2) / 2) ** 0.5)
+    assert snn["partial"] == [False, False, True] and snn["epochs"] == [3, 3, 2]
+    assert snn["paper_acc"] == 91.08 and ann["paper_acc"] is None and ann["T"] is None
+    assert snn["wall_seconds"] == pytest.approx((6 + 6 + 4) / 3)
+    assert snn["best_epoch_to_paper"] == [3, None, None]
+    for key in ["preset", "dataset", "spec", "T", "epochs", "seeds", "accs", "mean_acc", "std_acc",
+                "paper_acc", "wall_seconds", "machine"]:
+        assert key in snn
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "Table 4" in report and "91.08%" in report and "90.00 ± 1.80%" in report
+    assert "**partial**: seed 2: 2/3 epochs" in report and "89.50% over 1 seed(s)" in report
+    assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report
