@@ -8,8 +8,7 @@ import math
 import sys
 from dataclasses import dataclass
 
-from .neuron import GRAD_MODES
-from .surrogate import NAMES as SURROGATES
+from .neuron import LIFParams
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 LOSSES = ("mse", "ce")
@@ -57,13 +56,6 @@ class TrainConfig:
         checks = [
             (self.dataset in DATASETS, f"dataset={self.dataset!r} (choose one of {', '.join(DATASETS)})"),
             (isinstance(self.T, int) and self.T >= 1, f"T={self.T} (need an integer >= 1)"),
-            (self.v_th > 0, f"v_th={self.v_th} (need > 0)"),
-            (self.tau_m >= 1, f"tau_m={self.tau_m} (need >= 1)"),
-            (isinstance(self.s_max, int) and self.s_max >= 1, f"s_max={self.s_max} (need an integer >= 1)"),
-            (self.surrogate in SURROGATES, f"surrogate={self.surrogate!r} (choose one of {', '.join(SURROGATES)})"),
-            (self.alpha_h > 0, f"alpha_h={self.alpha_h} (need > 0)"),
-            (self.alpha_w > 0, f"alpha_w={self.alpha_w} (need > 0)"),
-            (self.grad_mode in GRAD_MODES, f"grad_mode={self.grad_mode!r} (choose one of {', '.join(GRAD_MODES)})"),
             (self.loss in LOSSES, f"loss={self.loss!r} (choose one of {', '.join(LOSSES)})"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
@@ -74,6 +66,8 @@ class TrainConfig:
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"invalid setting {what}")
+        if not self.ann:
+            LIFParams(**self.neuron_kwargs())  # the neuron's own checks name the bad value
         return self
 
     @property
