@@ -254,6 +254,11 @@ def test_eval_prints_accuracy_spikes_and_parameters(reference_run, capsys):
     assert cli.main(["eval", str(run_dir / "checkpoint.safetensors"), "--data-root", str(SHARED)]) == 0
     assert "478,410 parameters" in capsys.readouterr().out
     assert cli.main(["eval", str(run_dir / "nothing-here")]) == 2
+    assert cli.main(["eval", str(run_dir), "--energy", "--json", "--data-root", str(SHARED)]) == 0
+    energy = json.loads(capsys.readouterr().out)["energy"]
+    assert [r["spikes_per_neuron"] for r in energy["layers"]] == pytest.approx(report["spikes_per_neuron"])
+    assert energy["total"]["ann_macs"] == 784 * 400 + 400 * 400 + 400 * 10
+    assert energy["layers"][0]["dense_macs"] == 784 * 400 and energy["layers"][1]["acs"] > 0
 
 
 @needs_fmnist

@@ -46,6 +46,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluate = sub.add_parser("eval", help="test accuracy, spikes per neuron and parameters of a run")
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--energy", action="store_true",
+                          help="also count spikes, synaptic operations and energy per inference")
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--device", default="cpu")
     presets = sub.add_parser("presets", help="list the presets and their settings")
@@ -114,15 +116,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device)
+    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%, "
-              f"{report['parameters']:,} parameters")
-        for i, s in enumerate(report["spikes_per_neuron"]):
-            print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
+        return 0
+    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%, "
+          f"{report['parameters']:,} parameters")
+    for i, s in enumerate(report["spikes_per_neuron"]):
+        print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
+    if "energy" in report:
+        _print_energy(report["energy"])
     return 0
+
+
+def _print_energy(counts: dict) -> None:
+    print("\nper inference      neurons  firing rate  spikes/neuron  dense MACs        ACs  event MACs"
+          "  neuron updates  ANN twin MACs")
+    rows = [(f"layer {i + 1}", r) for i, r in enumerate(counts["layers"])] + [("total", counts["total"])]
+    for name, r in rows:
+        print(f"{name:16s} {r['neurons']:9,d} {r['firing_rate']:12.4f} {r['spikes_per_neuron']:14.4f} "
+              f"{r['dense_macs']:11,.0f} {r['acs']:10,.0f} {r['event_macs']:11,.0f} {r['neuron_updates']:15,.0f} "
+              f"{r['ann_macs']:14,.0f}")
+    e, ratio = counts["energy_pj"], counts["energy_ratio_to_ann"]
+    print(f"\nenergy per inference: SNN on accumulate hardware {e['snn_accumulate_hardware'] / 1e6:.3f} uJ "
+          f"({ratio['snn_accumulate_hardware']:.3f} x ANN twin), SNN on MAC hardware "
+          f"{e['snn_mac_hardware'] / 1e6:.3f} uJ ({ratio['snn_mac_hardware']:.3f} x), ANN twin "
+          f"{e['ann_twin'] / 1e6:.3f} uJ\n({counts['assumptions']})")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
