@@ -51,9 +51,19 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--device", default="cpu")
     presets = sub.add_parser("presets", help="list the presets and their settings")
+    sweep = sub.add_parser("sweep", help="train the points of a figure's sweep (fig6, fig7, fig8, fig9)")
+    sweep.add_argument("figure", choices=["fig6", "fig7", "fig8", "fig9"])
+    sweep.add_argument("--preset", default="fmnist-mlp", choices=sorted(PRESETS))
+    sweep.add_argument("--out", default="results/figures/sweeps", help="where the run directories go")
+    _add_setting_options(sweep)
+    figures = sub.add_parser("figures", help="draw the paper's figures (fig1, fig4-fig9) as PNGs")
+    figures.add_argument("names", nargs="*", metavar="NAME", help="figures to draw (default: all)")
+    figures.add_argument("--out", default="results/figures")
+    figures.add_argument("--sweeps", default="results/figures/sweeps", help="where `mtsnn sweep` put its runs")
     report = sub.add_parser("report", help="build REPORT.md and summary.json from RESULTS/runs/")
     report.add_argument("--results", default="results", help="the results folder (default: results)")
-    return parser, {"train": train, "eval": evaluate, "presets": presets, "report": report}
+    return parser, {"train": train, "eval": evaluate, "presets": presets, "report": report, "sweep": sweep,
+                    "figures": figures}
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -151,6 +161,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    for run_dir in run_sweep(args.figure, args.preset, Path(args.out), log=_say, **_settings(args)):
+        _say(f"{run_dir}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import draw
+
+    for path in draw(args.names, Path(args.out), Path(args.sweeps)):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build
 
@@ -167,15 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .distributed import shutdown
+    from .figures import FigureError
     from .train import Interrupted
 
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "report": cmd_report}
+        commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "report": cmd_report,
+                    "sweep": cmd_sweep, "figures": cmd_figures}
         return commands[args.command](args)
     except Interrupted as e:
         print(f"mtsnn: {e}; continue with --resume", file=sys.stderr)
         return 128 + e.signum
-    except (ValueError, DatasetError, CheckpointError, FloatingPointError) as e:
+    except (ValueError, DatasetError, CheckpointError, FloatingPointError, FigureError) as e:
         print(f"mtsnn: error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, FloatingPointError) else 1
     finally:

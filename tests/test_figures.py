@@ -1,0 +1,49 @@
+"""mtsnn figures and mtsnn sweep: the files appear, sweeps skip finished points and resume."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mtsnn import cli
+from mtsnn.sweep import SWEEPS
+
+pytest.importorskip("matplotlib")
+SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def test_figures_from_the_equations(tmp_path, capsys):
+    assert cli.main(["figures", "fig1", "fig4", "fig5", "--out", str(tmp_path)]) == 0
+    for name in ("fig1", "fig4", "fig5"):
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_figures_need_their_sweep(tmp_path, capsys):
+    assert cli.main(["figures", "fig7", "--out", str(tmp_path), "--sweeps", str(tmp_path / "none")]) == 2
+    assert "mtsnn sweep fig7" in capsys.readouterr().err
+    assert cli.main(["figures", "fig99", "--out", str(tmp_path)]) == 2
+
+
+def test_sweeps_match_the_paper_sections():
+    assert SWEEPS["fig7"][1] == [0.2, 2.0, 20.0, 200.0, 2000.0] and SWEEPS["fig7"][2] == {"alpha_h": 1.0}
+    assert SWEEPS["fig8"][2] == {"T": 1} and SWEEPS["fig9"][2] == {"s_max": 1}
+    assert SWEEPS["fig6"][1] == ["f1", "f2", "f3"]
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_a_tiny_sweep_then_its_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MTSNN_DATA", str(SHARED))
+    args = ["sweep", "fig9", "--epochs", "1", "--train-limit", "256", "--out", str(tmp_path / "sweeps")]
+    assert cli.main(args) == 0
+    points = sorted((tmp_path / "sweeps" / "fig9").iterdir())
+    assert [p.name for p in points] == [f"T={t}" for t in (1, 2, 3, 4, 5)]
+    configs = [(p / "config.toml").read_text() for p in points]
+    assert all("s_max = 1\n" in c for c in configs) and "T = 3\n" in configs[2]
+    capsys.readouterr()
+    assert cli.main(args) == 0  # everything done: nothing retrained
+    assert capsys.readouterr().out.count("done, skipped") == 5
+    assert cli.main(["figures", "fig9", "--out", str(tmp_path), "--sweeps", str(tmp_path / "sweeps")]) == 0
+    assert (tmp_path / "fig9.png").exists()
+    assert json.loads((points[0] / "summary.json").read_text())["epochs"] == 1
