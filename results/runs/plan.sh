@@ -3,10 +3,9 @@
 # summary.json is done, one with a checkpoint continues from it, others start.
 # Run from the repository root, in the background:
 #   nohup bash results/runs/plan.sh > results/runs/plan.log 2>&1 &
-# Settings beyond Table 1 (chosen in results/probes/README.md) are given here.
+# The presets' settings throughout (Table 1, plus the defaults chosen in results/probes/README.md).
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
-EXTRA=(--crop-padding "${CROP:-2}")
 run() {  # run PRESET SEED [ann]
     local preset=$1 seed=$2 variant=${3:-}
     local dir="results/runs/$preset${variant:+-$variant}/seed$seed"
@@ -15,8 +14,7 @@ run() {  # run PRESET SEED [ann]
     if [ -f "$dir/checkpoint.safetensors" ]; then
         ./run mtsnn train --resume "$dir" >> "$dir/console.log" 2>&1
     else
-        ./run mtsnn train "$preset" --seed "$seed" --run-dir "$dir" ${variant:+--ann} "${EXTRA[@]}" \
-            >> "$dir/console.log" 2>&1
+        ./run mtsnn train "$preset" --seed "$seed" --run-dir "$dir" ${variant:+--ann} >> "$dir/console.log" 2>&1
     fi
 }
 for seed in 0 1 2; do run fmnist-mlp $seed; done
