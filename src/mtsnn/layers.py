@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neuron import LIFParams, _LIFFunction, lif_forward, paper_backward
+from .neuron import LIFParams, _LIFFunction, fused, lif_forward, paper_backward
 
 
 class _PaperBlockFunction(torch.autograd.Function):
@@ -31,7 +31,7 @@ class _PaperBlockFunction(torch.autograd.Function):
         current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
             current = current.unflatten(0, x.shape[:2])
-        spikes, v = lif_forward(current, p, num_steps)
+        spikes, v = fused(lif_forward)(current, p, num_steps)
         ctx.save_for_backward(x, weight, v)
         ctx.layer, ctx.p, ctx.static, ctx.has_bias = layer, p, static, bias is not None
         return spikes
@@ -39,7 +39,7 @@ class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes):
         x, weight, v = ctx.saved_tensors
-        delta, a = paper_backward(grad_spikes, v, ctx.p)
+        delta, a = fused(paper_backward)(grad_spikes, v, ctx.p)
         # Direct input: x[t] is the same image at every step, so the sums over t come first.
         delta, a = (delta.sum(0), a.sum(0)) if ctx.static else (delta.flatten(0, 1), a.flatten(0, 1))
         x_flat = x if ctx.static else x.flatten(0, 1)

@@ -39,9 +39,8 @@ is about 100 times slower. With Table 1's settings (``V_th = 10``,
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -50,7 +49,6 @@ TRUNCATION_TOL = 1e-7
 NAMES = ("f1", "f2", "f3", "rectangular", "sigmoid", "arctan")
 
 
-@functools.lru_cache(maxsize=None)
 def gaussian_window(name: str, alpha_w: float, v_th: float, s_max: int, tol: float = TRUNCATION_TOL) -> int:
     """Half-width ``k`` of the window of Gaussian terms kept around the nearest centre.
 
@@ -135,6 +133,7 @@ class Surrogate:
     alpha_w: float = 20.0
     v_th: float = 10.0
     s_max: int = 15
+    window: int | None = field(init=False, compare=False)  # Gaussian half-width for f1/f2, else None
 
     def __post_init__(self):
         if self.name not in NAMES:
@@ -147,13 +146,8 @@ class Surrogate:
             raise ValueError(f"v_th must be > 0, got {self.v_th}")
         if int(self.s_max) != self.s_max or self.s_max < 1:
             raise ValueError(f"s_max must be an integer >= 1, got {self.s_max}")
-
-    @property
-    def window(self) -> int | None:
-        """Half-width of the Gaussian window for f1/f2, None for the other curves."""
-        if self.name in ("f1", "f2"):
-            return gaussian_window(self.name, self.alpha_w, self.v_th, self.s_max)
-        return None
+        window = gaussian_window(self.name, self.alpha_w, self.v_th, self.s_max) if self.name in ("f1", "f2") else None
+        object.__setattr__(self, "window", window)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         if self.name in ("f1", "f2"):

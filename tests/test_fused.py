@@ -1,0 +1,61 @@
+"""The fused path (torch.compile of the neuron's functional core) equals the eager path."""
+
+import pytest
+import torch
+
+from mtsnn import neuron
+from mtsnn.neuron import LIFParams, bptt_backward, lif_forward, paper_backward
+from mtsnn.surrogate import NAMES
+
+
+def compiled(fn):
+    torch._dynamo.reset()  # a fresh compile per case: no silent fall-back past the recompile limit
+    return torch.compile(fn, fullgraph=True)  # fullgraph: fails rather than run pieces eagerly
+
+
+def inputs(seed=0):
+    torch.manual_seed(seed)
+    current = torch.randn(3, 4, 33) * 25  # odd sizes: vectorised loops plus their tails
+    return current, torch.randn_like(current)
+
+
+@pytest.mark.parametrize("surrogate", NAMES)
+def test_fused_forward_and_paper_backward(surrogate):
+    p = LIFParams(surrogate=surrogate, grad_mode="paper")
+    current, grad = inputs()
+    s_eager, v_eager = lif_forward(current, p)
+    s_fused, v_fused = compiled(lif_forward)(current, p)
+    assert torch.equal(s_fused, s_eager)
+    torch.testing.assert_close(v_fused, v_eager)
+    for got, want in zip(compiled(paper_backward)(grad, v_eager, p), paper_backward(grad, v_eager, p)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_mode", ["bptt", "bptt-detach"])
+@pytest.mark.parametrize("surrogate", NAMES)
+def test_fused_bptt_backward(surrogate, grad_mode):
+    p = LIFParams(surrogate=surrogate, grad_mode=grad_mode, alpha_h=0.1)
+    current, grad = inputs(1)
+    _, v = lif_forward(current, p)
+    torch.testing.assert_close(compiled(bptt_backward)(grad, v, p), bptt_backward(grad, v, p), rtol=1e-5, atol=1e-6)
+
+
+def test_direct_input_forward_fused():
+    p = LIFParams()
+    current = torch.randn(4, 10) * 30
+    s_eager, v_eager = lif_forward(current, p, 3)
+    s_fused, v_fused = compiled(lif_forward)(current, p, 3)
+    assert torch.equal(s_fused, s_eager) and torch.allclose(v_fused, v_eager)
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setattr(neuron, "_backend", None)
+    monkeypatch.setenv("MTSNN_NEURON_BACKEND", "eager")
+    assert neuron.neuron_backend() == "eager" and neuron.fused(lif_forward) is lif_forward
+    monkeypatch.setattr(neuron, "_backend", None)
+    monkeypatch.setenv("MTSNN_NEURON_BACKEND", "inductor")
+    assert neuron.neuron_backend() == "inductor" and neuron.fused(lif_forward) is not lif_forward
+    monkeypatch.setattr(neuron, "_backend", None)
+    monkeypatch.setenv("MTSNN_NEURON_BACKEND", "gpu-please")
+    with pytest.raises(ValueError, match="gpu-please"):
+        neuron.neuron_backend()
