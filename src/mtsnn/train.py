@@ -36,6 +36,7 @@ from .config import TrainConfig, dump_toml
 from .distributed import Processes
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
+from .neuron import neuron_backend
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -245,6 +246,7 @@ class Run:
             self._keep_metrics_up_to(self.epoch)
             atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
         board = _tensorboard(self.run_dir) if main else None
+        self.log(f"neuron backend: {neuron_backend()}")
         try:
             with StopRequested() as stop:
                 while self.epoch < self.cfg.epochs:
@@ -354,7 +356,7 @@ def machine(device: torch.device, processes: int = 1) -> dict:
         name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
                     platform.processor() or platform.machine())
     return {"device": name, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "processes": processes, "torch": torch.__version__}
+            "processes": processes, "torch": torch.__version__, "neuron_backend": neuron_backend()}
 
 
 def _cpuinfo() -> list[str]:
