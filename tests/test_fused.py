@@ -59,3 +59,15 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("MTSNN_NEURON_BACKEND", "gpu-please")
     with pytest.raises(ValueError, match="gpu-please"):
         neuron.neuron_backend()
+
+
+def test_a_failing_compile_falls_back_to_eager(monkeypatch):
+    monkeypatch.setattr(neuron, "_backend", "inductor")
+
+    def broken_compile(*args):
+        raise RuntimeError("C++ compile error")
+
+    run = neuron._with_eager_fallback(broken_compile, lif_forward)
+    with pytest.warns(UserWarning, match="running it eagerly"):
+        spikes, _ = run(torch.full((2, 3), 25.0), LIFParams(), None)
+    assert spikes.tolist() == [[2.0] * 3] * 2 and neuron.neuron_backend() == "eager"

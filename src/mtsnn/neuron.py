@@ -176,12 +176,31 @@ def neuron_backend() -> str:
 
 
 def fused(fn):
-    """``fn`` compiled by torch.compile when the inductor backend is in use, else ``fn``."""
+    """``fn`` compiled by torch.compile when the inductor backend is in use, else ``fn``.
+
+    If compiling fails at run time (a broken compiler or cache, say), the process warns
+    once and continues eagerly; an error of the call itself then surfaces from ``fn``.
+    """
     if neuron_backend() == "eager":
         return fn
     if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn)
+        _compiled[fn] = _with_eager_fallback(torch.compile(fn), fn)
     return _compiled[fn]
+
+
+def _with_eager_fallback(compiled, eager):
+    def call(*args):
+        global _backend
+        if _backend == "eager":
+            return eager(*args)
+        try:
+            return compiled(*args)
+        except Exception as e:  # compile failures come as many exception types
+            warnings.warn(f"compiling the neuron failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "running it eagerly from now on")
+            _backend = "eager"
+            return eager(*args)
+    return call
 
 
 class _LIFFunction(torch.autograd.Function):
