@@ -59,3 +59,13 @@ def test_silent_network_costs_only_its_first_layer():
     report = count_operations(net, torch.zeros(5, 4))
     assert report["total"]["acs"] == 0 and report["total"]["event_macs"] == 0
     assert report["energy_pj"]["snn_accumulate_hardware"] == pytest.approx(12 * 4.6)
+
+
+def test_ann_twin_operations_count_every_synapse():
+    from mtsnn.energy import ann_operations
+
+    report = ann_operations("784-400-400-10", (1, 28, 28))
+    assert [r["ann_macs"] for r in report["layers"]] == [784 * 400, 400 * 400, 400 * 10]
+    assert report["energy_pj"]["ann_twin"] == pytest.approx((784 * 400 + 400 * 400 + 4000) * 4.6)
+    conv = ann_operations("2C3-P2", (1, 4, 4), 2)  # 100 valid taps x 2 channels, then 8 -> 2
+    assert [r["ann_macs"] for r in conv["layers"]] == [200, 16]

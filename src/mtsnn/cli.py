@@ -140,6 +140,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _print_energy(counts: dict) -> None:
+    if "snn_accumulate_hardware" not in counts["energy_pj"]:  # an ANN twin run
+        for i, r in enumerate(counts["layers"]):
+            print(f"  layer {i + 1}: {r['ann_macs']:,.0f} multiply-accumulates per inference")
+        print(f"energy per inference: {counts['energy_pj']['ann_twin'] / 1e6:.3f} uJ ({counts['assumptions']})")
+        return
     print("\nper inference      neurons  firing rate  spikes/neuron  dense MACs        ACs  event MACs"
           "  neuron updates  ANN twin MACs")
     rows = [(f"layer {i + 1}", r) for i, r in enumerate(counts["layers"])] + [("total", counts["total"])]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import SpikingConv2d, SpikingLinear
-from .models import FlattenFeatures, SpikingNetwork, TimePool2d
+from .models import FlattenFeatures, SpikingNetwork, TimePool2d, from_spec
 
 E_ADD_PJ = 0.9
 E_MAC_PJ = 4.6
@@ -123,3 +123,19 @@ def _weighted_sum(a, b, na: int, nb: int):
     if isinstance(a, float):
         return (a * na + b * nb) / (na + nb)
     return a
+
+
+def ann_operations(spec: str, input_shape: tuple[int, ...], num_classes: int = 10) -> dict:
+    """Multiply-accumulates and energy per image of the ANN twin of ``spec`` (same synapse count)."""
+    snn = from_spec(spec, input_shape, num_classes)
+    x = torch.zeros(1, *input_shape)
+    layers = []
+    for layer in snn.layers:
+        if isinstance(layer, (SpikingLinear, SpikingConv2d)):
+            layers.append({"layer": type(layer).__name__, "ann_macs": synapse_count(layer, torch.ones_like(x)).item()})
+            x = layer(x, num_steps=1)[0]
+        else:
+            x = layer(x)
+    macs = sum(row["ann_macs"] for row in layers)
+    return {"layers": layers, "total": {"ann_macs": macs}, "energy_pj": {"ann_twin": macs * E_MAC_PJ},
+            "assumptions": "45 nm: 4.6 pJ per 32-bit float MAC (Horowitz, ISSCC 2014); memory access not counted"}

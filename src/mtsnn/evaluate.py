@@ -9,7 +9,7 @@ import torch
 from . import data as datasets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
-from .energy import count_over_loader
+from .energy import ann_operations, count_over_loader
 from .train import CHECKPOINT, build_model, evaluate
 
 
@@ -32,14 +32,14 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
     """Test accuracy, spikes per neuron per layer, parameters; with ``energy``, the
     operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set."""
     model, cfg = load_trained(path, device)
-    if energy and cfg.ann:
-        raise ValueError(f"{path} is an ANN twin run: --energy counts the operations of an SNN "
-                         "(it reports the ANN twin's beside it)")
     test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None, download=True)
     loader = datasets.DeviceLoader(test_set, 1000, train=False, device=torch.device(device))
     result = evaluate(model, loader, cfg)
     steps = 1 if cfg.ann else cfg.T
-    extra = {"energy": count_over_loader(model, loader)} if energy else {}
+    extra = {}
+    if energy:
+        extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
+                           else count_over_loader(model, loader))
     return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
             "test_acc": result["acc"], "parameters": sum(p.numel() for p in model.parameters()),
             "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}
