@@ -77,15 +77,14 @@ def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> lis
         if layers[0].width != math.prod(input_shape):
             raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: the input size is "
                              f"{math.prod(input_shape)} for input shape {tuple(input_shape)}")
-        layers = layers[1:]
-        if layers and layers[-1].width == num_classes:
-            layers = layers[:-1]
-    elif isinstance(layers[0], Pool):
+        hidden = layers[1:-1] if layers[-1].width == num_classes else layers[1:]
+        return hidden + [Dense(num_classes)]
+    if isinstance(layers[0], Pool):
         raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: a spec cannot start with pooling")
 
     height, width = input_shape[-2:] if len(input_shape) == 3 else (None, None)
     seen_dense = False
-    for token, layer in zip(tokens[-len(layers):] if layers else [], layers):
+    for token, layer in zip(tokens, layers):
         if isinstance(layer, Dense):
             seen_dense = True
         elif seen_dense:
