@@ -40,7 +40,10 @@ def atomic_write(path: str | Path, chunks) -> None:
     """Write byte chunks to ``path`` through a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)

@@ -50,21 +50,27 @@ def collect(runs_root: Path) -> list[dict]:
     table = []
     for (preset, ann), runs in sorted(groups.items()):
         cfg = runs[0]["cfg"]
-        accs = [r["rows"][-1]["test_acc"] for r in runs]
+        # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
+        counted = [r for r in runs if r["complete"]] or runs
+        accs = [r["rows"][-1]["test_acc"] for r in counted]
+        paper = None if ann else PAPER.get(preset, (None,) * 4)[3]
         table.append({
             "preset": preset, "dataset": cfg["dataset"], "spec": cfg["spec"], "T": None if ann else cfg["T"],
             "variant": "ANN twin" if ann else "SNN",
-            "epochs": [len(r["rows"]) for r in runs], "planned_epochs": cfg["epochs"],
-            "partial": [not r["complete"] for r in runs],
-            "seeds": [r["cfg"]["seed"] for r in runs], "accs": accs,
+            "epochs": [len(r["rows"]) for r in counted], "planned_epochs": cfg["epochs"],
+            "partial": [not r["complete"] for r in counted],
+            "seeds": [r["cfg"]["seed"] for r in counted], "accs": accs,
             "mean_acc": statistics.mean(accs), "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "paper_acc": None if ann else PAPER.get(preset, (None,) * 4)[3],
-            "best_epoch_to_paper": _first_epoch_reaching(runs, None if ann else PAPER.get(preset, (None,) * 4)[3]),
-            "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in runs),
+            "paper_acc": paper,
+            "best_epoch_to_paper": _first_epoch_reaching(counted, paper),
+            "unfinished": [{"seed": r["cfg"]["seed"], "epochs": len(r["rows"]), "test_acc": r["rows"][-1]["test_acc"]}
+                           for r in runs if not r["complete"] and r not in counted],
+            "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in counted),
             "seconds_per_epoch": statistics.mean(row["epoch_seconds"] for r in runs for row in r["rows"]),
             "machine": runs[0]["summary"].get("machine"),
             "runs": [str(r["dir"]) for r in runs],
             "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
+            "curve_seeds": [r["cfg"]["seed"] for r in runs],
         })
     return table
 
@@ -83,7 +89,7 @@ def _plot(row: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for seed, curve in zip(row["seeds"], row["curves"]):
+    for seed, curve in zip(row["curve_seeds"], row["curves"]):
         ax.plot(range(1, len(curve) + 1), curve, label=f"seed {seed}", linewidth=1)
     if row["paper_acc"] is not None:
         ax.axhline(row["paper_acc"], color="black", linestyle="--", linewidth=1, label=f"paper {row['paper_acc']}%")
@@ -107,13 +113,16 @@ def _fmt(row: dict | None) -> str:
     partial = [f"seed {s}: {e}/{row['planned_epochs']} epochs" for s, e, p in
                zip(row["seeds"], row["epochs"], row["partial"]) if p]
     note = f" (**partial**: {'; '.join(partial)})" if partial else ""
+    running = [f"seed {u['seed']} at epoch {u['epochs']}/{row['planned_epochs']}: {u['test_acc']:.2f}%"
+               for u in row["unfinished"]]
+    note += f"; not counted, unfinished: {'; '.join(running)}" if running else ""
     return f"{row['mean_acc']:.2f}{spread}% over {len(row['accs'])} seed(s){note}"
 
 
 def build(results: Path = Path("results")) -> Path:
     """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs."""
     table = collect(results / "runs")
-    public = [{k: v for k, v in row.items() if k not in ("curves", "runs")} for row in table]
+    public = [{k: v for k, v in row.items() if k not in ("curves", "curve_seeds", "runs")} for row in table]
     (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
     by_key = {(row["preset"], row["variant"]): row for row in table}
     lines = ["# mtsnn against the paper", "",
