@@ -10,7 +10,7 @@ from . import data as datasets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .energy import ann_operations, count_over_loader
-from .train import CHECKPOINT, build_model, evaluate
+from .train import CHECKPOINT, build_model, evaluate, model_state
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
@@ -23,7 +23,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     tensors, state = load_checkpoint(path)
     cfg = TrainConfig(**state["config"]).replace(device=device)
     model = build_model(cfg)
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    model.load_state_dict(model_state(tensors))
     return model.to(device), cfg
 
 

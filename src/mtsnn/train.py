@@ -145,8 +145,13 @@ def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a checkpoint's tensors."""
+    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+
+
 def _restore(model, optimizer, tensors, state) -> None:
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    model.load_state_dict(model_state(tensors))
     optim_state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim/"):
