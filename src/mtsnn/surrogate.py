@@ -31,10 +31,15 @@ is at most ``h(m) * exp(-m (m - 1) rho)`` times the nearest term, with
 window whose summed bound is at most ``TRUNCATION_TOL = 1e-7`` of the full sum.
 This relative bound holds for every ``v`` with ``f2`` and for
 ``v <= (S_max + 1/2) V_th`` with ``f1``; above that, ``f1``'s absolute error is
-at most ``S_max * alpha_h * 1e-7``. Each term also stops just above the dtype's
-smallest normal number (about 3e-38 in float32) rather than going subnormal, which on CPUs
-is about 100 times slower. With Table 1's settings (``V_th = 10``,
+at most ``S_max * alpha_h * 1e-7``. With Table 1's settings (``V_th = 10``,
 ``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15.
+
+Underflow. An exponential term (of ``f1``, ``f2`` or ``sigmoid``) smaller than
+``sqrt(tiny)`` of its height is exactly 0, where ``tiny`` is the dtype's smallest normal
+number (so below about 1e-19 in float32, 1e-154 in float64). Kept, such terms would
+make the gradients they multiply subnormal, and subnormal operands slow CPU matmuls and
+``exp`` many times over; ``torch.set_flush_denormal`` does not help, since it covers
+only the calling thread, not PyTorch's worker threads.
 """
 
 from __future__ import annotations
@@ -92,16 +97,20 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
         offsets = [d - j for j in range(-k, k + 1)]
         centres = [c + j for j in range(-k, k + 1)]
     rho = v_th * v_th / alpha_w
-    # exp() whose result would be subnormal runs ~100x slower on x86 CPUs; stopping one
-    # e-fold above the smallest normal number costs at most ~3e-38 (float32) per term.
-    log_tiny = math.log(torch.finfo(v.dtype).tiny) + 1.0
     out = torch.zeros_like(v)
     for i, offset in zip(centres, offsets):
         if scale_with_index:  # f1: height i * alpha_h, width alpha_w / i
-            out = out + i * torch.exp(torch.clamp_min(offset * offset * (-rho * i), log_tiny))
+            out = out + i * _exp_or_zero(offset * offset * (-rho * i))
         else:
-            out = out + torch.exp(torch.clamp_min(offset * offset * -rho, log_tiny))
+            out = out + _exp_or_zero(offset * offset * -rho)
     return alpha_h * out
+
+
+def _exp_or_zero(exponent: torch.Tensor) -> torch.Tensor:
+    """``exp(exponent)``, or exactly 0 where that is below ``sqrt(tiny)`` (see "Underflow" above)."""
+    log_floor = 0.5 * math.log(torch.finfo(exponent.dtype).tiny)
+    small = exponent < log_floor
+    return torch.where(small, 0.0, torch.exp(torch.where(small, log_floor, exponent)))
 
 
 def _trapezoid(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float) -> torch.Tensor:
@@ -117,9 +126,9 @@ def _nearest_bump(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
     area_width = math.sqrt(math.pi * alpha_w)  # area / height of one f2 Gaussian term
     if shape == "rectangular":
         return alpha_h * (d.abs() < area_width / 2).to(v.dtype)
-    if shape == "sigmoid":
-        sig = torch.sigmoid(d / (area_width / 4))
-        return alpha_h * 4 * sig * (1 - sig)
+    if shape == "sigmoid":  # 4 sig(z) (1 - sig(z)) = 4 e^-|z| / (1 + e^-|z|)^2
+        decay = _exp_or_zero(-(d / (area_width / 4)).abs())
+        return alpha_h * 4 * decay / (1 + decay) ** 2
     scale = area_width / math.pi  # arctan: alpha_h / (1 + (d/scale)^2) has area alpha_h * pi * scale
     return alpha_h / (1 + (d / scale) ** 2)
 
