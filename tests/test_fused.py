@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtsnn import neuron
-from mtsnn.neuron import LIFParams, bptt_backward, lif_forward, paper_backward
+from mtsnn.neuron import LIFParams, bptt_backward, lif_forward, membrane_potentials, paper_backward
 from mtsnn.surrogate import NAMES
 
 
@@ -23,11 +23,9 @@ def inputs(seed=0):
 def test_fused_forward_and_paper_backward(surrogate):
     p = LIFParams(surrogate=surrogate, grad_mode="paper")
     current, grad = inputs()
-    s_eager, v_eager = lif_forward(current, p)
-    s_fused, v_fused = compiled(lif_forward)(current, p)
-    assert torch.equal(s_fused, s_eager)
-    torch.testing.assert_close(v_fused, v_eager)
-    for got, want in zip(compiled(paper_backward)(grad, v_eager, p), paper_backward(grad, v_eager, p)):
+    assert torch.equal(compiled(lif_forward)(current, p), lif_forward(current, p))
+    torch.testing.assert_close(compiled(membrane_potentials)(current, p), membrane_potentials(current, p))
+    for got, want in zip(compiled(paper_backward)(grad, current, p), paper_backward(grad, current, p)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -36,16 +34,22 @@ def test_fused_forward_and_paper_backward(surrogate):
 def test_fused_bptt_backward(surrogate, grad_mode):
     p = LIFParams(surrogate=surrogate, grad_mode=grad_mode, alpha_h=0.1)
     current, grad = inputs(1)
-    _, v = lif_forward(current, p)
-    torch.testing.assert_close(compiled(bptt_backward)(grad, v, p), bptt_backward(grad, v, p), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled(bptt_backward)(grad, current, p), bptt_backward(grad, current, p),
+                               rtol=1e-5, atol=1e-6)
 
 
-def test_direct_input_forward_fused():
-    p = LIFParams()
+def test_direct_input_fused():
+    # one current held for 3 steps: forward as if it were repeated, gradients summed over the steps
+    p, steps = LIFParams(grad_mode="paper"), 3
     current = torch.randn(4, 10) * 30
-    s_eager, v_eager = lif_forward(current, p, 3)
-    s_fused, v_fused = compiled(lif_forward)(current, p, 3)
-    assert torch.equal(s_fused, s_eager) and torch.allclose(v_fused, v_eager)
+    grad = torch.randn(steps, 4, 10)
+    repeated = current.expand(steps, 4, 10)
+    assert torch.equal(compiled(lif_forward)(current, p, steps), lif_forward(repeated, p))
+    for got, want in zip(compiled(paper_backward)(grad, current, p, steps), paper_backward(grad, repeated, p)):
+        torch.testing.assert_close(got, want.sum(0), rtol=1e-5, atol=1e-6)
+    p = LIFParams(grad_mode="bptt-detach")
+    torch.testing.assert_close(compiled(bptt_backward)(grad, current, p, steps),
+                               bptt_backward(grad, repeated, p).sum(0), rtol=1e-5, atol=1e-6)
 
 
 def test_backend_choice(monkeypatch):
@@ -69,5 +73,5 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch):
 
     run = neuron._with_eager_fallback(broken_compile, lif_forward)
     with pytest.warns(UserWarning, match="running it eagerly"):
-        spikes, _ = run(torch.full((2, 3), 25.0), LIFParams(), None)
+        spikes = run(torch.full((2, 3), 25.0), LIFParams(), None)
     assert spikes.tolist() == [[2.0] * 3] * 2 and neuron.neuron_backend() == "eager"

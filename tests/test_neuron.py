@@ -100,3 +100,23 @@ def test_paper_mode_needs_a_weight_layer():
 def test_input_needs_time_and_batch_dims():
     with pytest.raises(ValueError, match=r"\[T, B, ...\].*\(5,\)"):
         MultiThresholdLIF()(torch.ones(5))
+
+
+def _saved_for_backward(fn):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn()
+    return saved
+
+
+def test_the_neuron_keeps_only_its_input_current_for_backward():
+    current = (torch.randn(2, 3, 5) * 20).requires_grad_()
+    saved = _saved_for_backward(lambda: MultiThresholdLIF()(current))
+    assert [t.data_ptr() for t in saved] == [current.data_ptr()]  # no v, no surrogate terms
+
+
+def test_a_paper_block_keeps_its_input_weight_and_current():
+    from mtsnn.layers import SpikingLinear
+    block, x = SpikingLinear(4, 5), torch.rand(2, 3, 4).requires_grad_()
+    saved = _saved_for_backward(lambda: block(x))
+    assert sorted(tuple(t.shape) for t in saved) == [(2, 3, 4), (2, 3, 5), (5, 4)]

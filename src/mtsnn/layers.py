@@ -31,18 +31,19 @@ class _PaperBlockFunction(torch.autograd.Function):
         current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
             current = current.unflatten(0, x.shape[:2])
-        spikes, v = fused(lif_forward)(current, p, num_steps)
-        ctx.save_for_backward(x, weight, v)
-        ctx.layer, ctx.p, ctx.static, ctx.has_bias = layer, p, static, bias is not None
-        return spikes
+        ctx.save_for_backward(x, weight, current)
+        ctx.layer, ctx.p, ctx.num_steps, ctx.has_bias = layer, p, num_steps, bias is not None
+        return fused(lif_forward)(current, p, num_steps)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        x, weight, v = ctx.saved_tensors
-        delta, a = fused(paper_backward)(grad_spikes, v, ctx.p)
-        # Direct input: x[t] is the same image at every step, so the sums over t come first.
-        delta, a = (delta.sum(0), a.sum(0)) if ctx.static else (delta.flatten(0, 1), a.flatten(0, 1))
-        x_flat = x if ctx.static else x.flatten(0, 1)
+        x, weight, current = ctx.saved_tensors
+        # Direct input: x[t] is the same image at every step, so paper_backward sums over t.
+        delta, a = fused(paper_backward)(grad_spikes, current, ctx.p, ctx.num_steps)
+        static = ctx.num_steps is not None
+        if not static:
+            delta, a = delta.flatten(0, 1), a.flatten(0, 1)
+        x_flat = x if static else x.flatten(0, 1)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = ctx.layer.input_grad(delta, weight, x_flat.shape).reshape(x.shape)

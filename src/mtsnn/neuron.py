@@ -26,7 +26,9 @@ always at the pre-reset ``v[t]``. Three ``grad_mode`` s share this forward:
     weight layer, so it lives in :mod:`mtsnn.layers`; here is its neuron part
     (:func:`paper_backward`).
 
-The forward keeps one tensor, ``v``, per element per step for the backward.
+For the backward the forward keeps only its input current (one value per element and
+step, or per element under direct input, and a tensor that exists anyway); the backward
+reruns the cheap recurrence to get ``v`` back rather than have the forward write it out.
 
 Speed: the functional core (:func:`lif_forward`, :func:`bptt_backward`,
 :func:`paper_backward`) runs fused by ``torch.compile`` (inductor: C++ on CPUs, Triton
@@ -93,17 +95,13 @@ def lif_step(current: torch.Tensor, u: torch.Tensor, p: LIFParams) -> tuple[torc
     return s, v - s * p.v_th
 
 
-def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the neuron from rest; return spike counts and pre-reset potentials, both ``[T, ...]``.
-
-    ``current`` is ``[T, ...]``, or, with ``num_steps``, one current held for
-    ``num_steps`` steps (direct input: computed once, not ``T`` times).
-    """
+def _unroll(current: torch.Tensor, p: LIFParams, num_steps: int | None
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The recurrence from rest: per-step lists of spike counts ``s[t]`` and pre-reset potentials ``v[t]``."""
     if current.dtype in (torch.float16, torch.bfloat16):  # under autocast: integrate in float32
         current = current.float()
     steps = num_steps if num_steps is not None else current.shape[0]
-    # Lists stacked at the end rather than writes into preallocated tensors: torch.compile
+    # Lists stacked by the callers rather than writes into preallocated tensors: torch.compile
     # fuses the whole loop far better without the in-place slices (0.41 s vs 1.16 s at T=32).
     u = torch.zeros_like(current if num_steps is not None else current[0])
     spikes, potentials = [], []
@@ -113,27 +111,47 @@ def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = Non
         u = v - s * p.v_th
         spikes.append(s)
         potentials.append(v)
-    return torch.stack(spikes), torch.stack(potentials)
+    return spikes, potentials
 
 
-def bptt_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams) -> torch.Tensor:
-    """Gradient w.r.t. the input currents ``I[t]`` for ``grad_mode`` ``"bptt"`` or ``"bptt-detach"``."""
-    f = p.surrogate_fn(v)
+def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = None) -> torch.Tensor:
+    """Run the neuron from rest; return the spike counts ``[T, ...]``.
+
+    ``current`` is ``[T, ...]``, or, with ``num_steps``, one current held for
+    ``num_steps`` steps (direct input: computed once, not ``T`` times).
+    """
+    return torch.stack(_unroll(current, p, num_steps)[0])
+
+
+def membrane_potentials(current: torch.Tensor, p: LIFParams, num_steps: int | None = None) -> torch.Tensor:
+    """The pre-reset potentials ``v`` ``[T, ...]`` of :func:`lif_forward`'s run."""
+    return torch.stack(_unroll(current, p, num_steps)[1])
+
+
+def bptt_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams,
+                  num_steps: int | None = None) -> torch.Tensor:
+    """Gradient w.r.t. ``current`` (summed over the steps under direct input) for
+    ``grad_mode`` ``"bptt"`` or ``"bptt-detach"``."""
+    _, v = _unroll(current, p, num_steps)
+    # The surrogate is evaluated step by step inside the loop (here and in paper_backward)
+    # so that the compiled kernel never writes it out as a [T, ...] tensor.
     grads = []
     g_u = torch.zeros_like(v[0])  # dL/du[t], from v[t+1] = beta u[t] + I[t+1]
-    for t in reversed(range(v.shape[0])):
+    for t in reversed(range(len(v))):
+        f = p.surrogate_fn(v[t])
         if p.grad_mode == "bptt":
-            g_v = f[t] * (grad_spikes[t] - p.v_th * g_u) + g_u
+            g_v = f * (grad_spikes[t] - p.v_th * g_u) + g_u
         else:
-            g_v = f[t] * grad_spikes[t] + g_u
+            g_v = f * grad_spikes[t] + g_u
         grads.append(g_v)
         g_u = p.decay * g_v
-    return torch.stack(grads[::-1])
+    return sum(grads) if num_steps is not None else torch.stack(grads[::-1])
 
 
-def paper_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The neuron part of eqs. (7)-(13): ``(delta, a)``, both ``[T, ...]``.
+def paper_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams,
+                   num_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron part of eqs. (7)-(13): ``(delta, a)``, both ``[T, ...]`` (summed over
+    the steps under direct input, where the layer's input is the same at every step).
 
     ``delta[t] = f(v[t]) dL/ds[t]`` (eqs. 9-10) is what the layer below receives
     through ``W^T``. ``a`` is the cotangent whose ordinary weight gradient
@@ -141,15 +159,18 @@ def paper_backward(grad_spikes: torch.Tensor, v: torch.Tensor, p: LIFParams
     trace of eq. (12): ``a[t] = c[t] (delta[t] + beta a[t+1])``,
     ``c[t] = 1 / (1 + f(v[t]) V_th)``, ``a[T+1] = 0``.
     """
-    f = p.surrogate_fn(v)
-    delta = f * grad_spikes
-    gain = 1 / (1 + f * p.v_th)
-    traces = []
+    _, v = _unroll(current, p, num_steps)
+    deltas, traces = [], []
     a_next = torch.zeros_like(v[0])
-    for t in reversed(range(v.shape[0])):
-        a_next = gain[t] * (delta[t] + p.decay * a_next)
+    for t in reversed(range(len(v))):
+        f = p.surrogate_fn(v[t])
+        delta = f * grad_spikes[t]
+        a_next = (delta + p.decay * a_next) / (1 + f * p.v_th)
+        deltas.append(delta)
         traces.append(a_next)
-    return delta, torch.stack(traces[::-1])
+    if num_steps is not None:
+        return sum(deltas), sum(traces)
+    return torch.stack(deltas[::-1]), torch.stack(traces[::-1])
 
 
 _backend: str | None = None
@@ -208,16 +229,14 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, p: LIFParams, num_steps):
-        spikes, v = fused(lif_forward)(current, p, num_steps)
-        ctx.save_for_backward(v)
-        ctx.p, ctx.static = p, num_steps is not None
-        return spikes
+        ctx.save_for_backward(current)
+        ctx.p, ctx.num_steps = p, num_steps
+        return fused(lif_forward)(current, p, num_steps)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        (v,) = ctx.saved_tensors
-        grad_current = fused(bptt_backward)(grad_spikes, v, ctx.p)
-        return (grad_current.sum(0) if ctx.static else grad_current), None, None
+        (current,) = ctx.saved_tensors
+        return fused(bptt_backward)(grad_spikes, current, ctx.p, ctx.num_steps), None, None
 
 
 def check_time_major(x: torch.Tensor, what: str = "input") -> None:
