@@ -14,7 +14,9 @@ import torch
 from mtsnn import cli
 from mtsnn.checkpoint import load_checkpoint
 from mtsnn.config import TrainConfig, preset
-from mtsnn.train import Run, loss_fn, predict, sample_losses
+from mtsnn import data
+from mtsnn.models import from_spec
+from mtsnn.train import Run, evaluate, loss_fn, predict, sample_losses
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
@@ -34,6 +36,22 @@ def test_eq6_loss_by_hand():
 def test_prediction_sums_time_and_breaks_ties_towards_the_lowest_class():
     out = torch.tensor([[[0.0, 2.0, 2.0], [0.0, 0.0, 0.0]], [[3.0, 1.0, 1.0], [0.0, 0.0, 0.0]]])
     assert predict(out, TrainConfig()).tolist() == [0, 0]  # sums [3,3,3] -> 0; silent -> 0
+
+
+def test_evaluate_names_the_output_neurons_that_never_fire():
+    cfg = TrainConfig(spec="4-3", T=2)
+    model = from_spec(cfg.spec, (1, 2, 2), 3, num_steps=2)
+    output_layer = model.blocks()[-1]
+    with torch.no_grad():  # class 0 fires once a step, class 1 never, class 2 on bright images only
+        output_layer.weight.zero_()
+        output_layer.bias.copy_(torch.tensor([15.0, -100.0, 0.0]))
+        output_layer.weight[2].fill_(100.0)
+    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    images[3:] = 255
+    test_set = data.Dataset("mnist", "test", images, torch.tensor([0, 1, 2, 0, 1, 2]), list("012"), ())
+    result = evaluate(model, data.DeviceLoader(test_set, 4, train=False, mean=(0.0,), std=(1.0,)), cfg)
+    assert result["silent_outputs"] == [1]
+    assert result["acc"] == pytest.approx(100 * 2 / 6)  # dark images -> class 0, bright -> class 2
 
 
 @pytest.mark.parametrize("override, message", [({"T": 0}, "T=0"), ({"lr": -0.1}, "lr=-0.1"),

@@ -134,6 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{report['parameters']:,} parameters")
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
+    if report["silent_outputs"]:
+        print(f"  silent output neurons (classes never predicted): {report['silent_outputs']}")
     if "energy" in report:
         _print_energy(report["energy"])
     return 0

@@ -50,7 +50,7 @@ class _PaperBlockFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = ctx.layer.weight_grad(a, x_flat, weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = a.transpose(0, 1).flatten(1).sum(1)
+            grad_b = a.sum([d for d in range(a.dim()) if d != 1])  # all but the channel/feature dim
         return grad_x, grad_w, grad_b, None, None, None
 
 

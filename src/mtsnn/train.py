@@ -42,10 +42,14 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """The preset's network (SNN or ANN twin). Convolution weights are channels-last, so
+    activations follow: oneDNN (CPU) and cuDNN convolutions run 10-20% faster that way."""
     if cfg.ann:
-        return from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling)
-    return from_spec(cfg.spec, cfg.input_shape, 10, pooling=cfg.pooling, init=cfg.init, num_steps=cfg.T,
-                     **cfg.neuron_kwargs())
+        model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling)
+    else:
+        model = from_spec(cfg.spec, cfg.input_shape, 10, pooling=cfg.pooling, init=cfg.init, num_steps=cfg.T,
+                          **cfg.neuron_kwargs())
+    return model.to(memory_format=torch.channels_last)
 
 
 def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -98,17 +102,24 @@ class SpikeCounter:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, cfg: TrainConfig) -> dict:
-    """Test accuracy (%) and firing rate per block."""
+    """Test accuracy (%), firing rate per block and, for an SNN, the silent outputs: the
+    classes whose output neuron never fired on the whole set. Such a class is never
+    predicted, and the surrogate gives a neuron far below threshold no gradient to recover."""
     model.eval()
     counter = SpikeCounter(model)
     correct = total = 0
+    output_spikes = 0
     try:
         for images, labels in loader.epoch(0):
-            correct += (predict(model(images), cfg) == labels).sum().item()
+            output = model(images)
+            correct += (predict(output, cfg) == labels).sum().item()
             total += labels.numel()
+            if not cfg.ann:
+                output_spikes = output_spikes + output.sum((0, 1))
     finally:
         counter.remove()
-    return {"acc": 100.0 * correct / total, "firing_rate": counter.firing_rates()}
+    silent = [] if cfg.ann else (output_spikes == 0).nonzero().flatten().tolist()
+    return {"acc": 100.0 * correct / total, "firing_rate": counter.firing_rates(), "silent_outputs": silent}
 
 
 class StopRequested:
@@ -333,11 +344,14 @@ class Run:
             test = evaluate(self.model, self.test_loader, self.cfg)
             row = {"epoch": self.epoch + 1, "train_loss": acc["loss_sum"] / acc["total"],
                    "train_acc": 100.0 * acc["correct"] / acc["total"], "test_acc": test["acc"],
-                   "firing_rate": test["firing_rate"], "epoch_seconds": acc["seconds"],
+                   "firing_rate": test["firing_rate"], "silent_outputs": test["silent_outputs"],
+                   "epoch_seconds": acc["seconds"],
                    "images_per_second": self.train_size / acc["seconds"]}
             self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
                      f"train {row['train_acc']:.2f}%  test {row['test_acc']:.2f}%  "
                      f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+            if test["silent_outputs"]:
+                self.log(f"  silent output neurons (classes never predicted): {test['silent_outputs']}")
         self.procs.barrier()
         self.wall_seconds += time.perf_counter() - t0
         self.epoch += 1
