@@ -8,12 +8,15 @@ from mtsnn.config import dump_toml, preset
 from mtsnn import cli
 
 
-def make_run(root, name, seed, accs, epochs, ann=False):
+def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset("fmnist-mlp", seed=seed, epochs=epochs, ann=ann)
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
-    rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": 2.0} for i, a in enumerate(accs)]
+    seconds = seconds or [2.0] * len(accs)
+    rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": t} for i, (a, t) in enumerate(zip(accs, seconds))]
+    if silent is not None:
+        rows[-1]["silent_outputs"] = silent
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if len(accs) == epochs:
         (run / "summary.json").write_text(json.dumps({"test_acc": accs[-1], "machine": {"device": "cpu"}}))
@@ -21,9 +24,10 @@ def make_run(root, name, seed, accs, epochs, ann=False):
 
 def test_report_rows_by_hand(tmp_path, capsys):
     make_run(tmp_path, "fmnist-mlp", 0, [85.0, 90.0, 91.5], 3)
-    make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3)
+    make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3, seconds=[2.0, 2.0, 50.0], silent=[])
     make_run(tmp_path, "fmnist-mlp", 2, [80.0, 88.0], 3)  # stopped after 2 of 3 epochs
     make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
+    (tmp_path / "runs" / "fmnist-mlp" / "seed0" / "eval.json").write_text(json.dumps({"silent_outputs": [9, 4]}))
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
     snn, ann = rows["SNN"], rows["ANN twin"]
@@ -34,12 +38,16 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert snn["partial"] == [False, False] and snn["epochs"] == [3, 3]
     assert snn["unfinished"] == [{"seed": 2, "epochs": 2, "test_acc": 88.0}]
     assert snn["paper_acc"] == 91.08 and ann["paper_acc"] is None and ann["T"] is None
-    assert snn["wall_seconds"] == pytest.approx(6.0)
+    assert snn["wall_seconds"] == pytest.approx((6.0 + 54.0) / 2)
+    assert snn["seconds_per_epoch"] == 2.0  # median of 8 epochs, one slowed to 50 s
+    assert snn["silent_outputs"] == {"0": [9, 4]}
     assert snn["best_epoch_to_paper"] == [3, None]
     for key in ["preset", "dataset", "spec", "T", "epochs", "seeds", "accs", "mean_acc", "std_acc",
                 "paper_acc", "wall_seconds", "machine"]:
         assert key in snn
     report = (tmp_path / "REPORT.md").read_text()
     assert "Table 4" in report and "91.08%" in report and "91.00 ± 0.71%" in report
+    assert "(by seed: 91.50, 90.50)" in report
+    assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
     assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report
