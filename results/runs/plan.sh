@@ -22,6 +22,9 @@ run fmnist-mlp 0 ann
 for seed in 0 1 2; do run mnist-mlp $seed; done
 run mnist-mlp 0 ann
 run mnist-cnn 0 ann
-run fmnist-cnn 0 ann
+# Seed 0 of mnist-mlp lost class 9 in its first steps (a silent output neuron, never
+# recovered); the paper averages 5 runs, so mnist-mlp gets 5 seeds.
+for seed in 3 4; do run mnist-mlp $seed; done
 run mnist-cnn 0
+run fmnist-cnn 0 ann
 run fmnist-cnn 0
