@@ -47,6 +47,20 @@ def test_truncated_sums_match_the_full_sums(alpha_w, s_max, alpha_h):
     assert (got1[~inside] - want1[~inside]).abs().max() <= s_max * alpha_h * 1e-7
 
 
+@pytest.mark.parametrize("alpha_w", [2.0, 20.0, 200.0])
+def test_f2_in_float32_is_as_accurate_as_its_input(alpha_w):
+    # float32 f2 takes two exponentials per element (ratios between neighbouring terms);
+    # against the full sum in float64 at the same (float32) potentials, what remains is
+    # the rounding of v / v_th, amplified by at most 2 rho |d| <= rho: a few 1e-5 at worst.
+    v = grid(10.0, 15).float().double()
+    want = full_f2(v, 1.0, alpha_w, 10.0, 15)
+    got = surrogate.get("f2", alpha_w=alpha_w)(v.float()).double()
+    kept = want > 1e-15
+    rho = 100.0 / alpha_w
+    assert ((got[kept] - want[kept]).abs() / want[kept]).max() < rho * 2e-5
+    assert (got[~kept] <= 2e-15).all()
+
+
 def test_window_does_not_grow_with_s_max():
     k15 = surrogate.gaussian_window("f2", 20.0, 10.0, 15)
     assert k15 == surrogate.gaussian_window("f2", 20.0, 10.0, 1000) == 2

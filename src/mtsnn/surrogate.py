@@ -32,7 +32,10 @@ window whose summed bound is at most ``TRUNCATION_TOL = 1e-7`` of the full sum.
 This relative bound holds for every ``v`` with ``f2`` and for
 ``v <= (S_max + 1/2) V_th`` with ``f1``; above that, ``f1``'s absolute error is
 at most ``S_max * alpha_h * 1e-7``. With Table 1's settings (``V_th = 10``,
-``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15.
+``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15. ``f2`` gets them
+from two exponentials per element (neighbouring terms differ by a factor
+``exp(+-2 rho d) exp(-rho (2j - 1))``, see :func:`_f2_window`); ``f1``'s widths differ
+per term, so it takes ``2k + 1``.
 
 Underflow. An exponential term (of ``f1``, ``f2`` or ``sigmoid``) smaller than
 ``sqrt(tiny)`` of its height is exactly 0, where ``tiny`` is the dtype's smallest normal
@@ -88,6 +91,9 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
     ``k`` of the nearest centre: the bound above holds unchanged.
     """
     x = v / v_th
+    rho = v_th * v_th / alpha_w
+    if not scale_with_index and _two_exponentials_suffice(rho, v.dtype):
+        return alpha_h * _f2_window(x, s_max, rho, k)
     if 2 * k + 1 >= s_max:
         offsets = [x - i for i in range(1, s_max + 1)]
         centres = [float(i) for i in range(1, s_max + 1)]
@@ -96,7 +102,6 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
         d = x - c
         offsets = [d - j for j in range(-k, k + 1)]
         centres = [c + j for j in range(-k, k + 1)]
-    rho = v_th * v_th / alpha_w
     out = torch.zeros_like(v)
     for i, offset in zip(centres, offsets):
         if scale_with_index:  # f1: height i * alpha_h, width alpha_w / i
@@ -104,6 +109,48 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
         else:
             out = out + _exp_or_zero(offset * offset * -rho)
     return alpha_h * out
+
+
+def _reach(rho: float, dtype: torch.dtype) -> float:
+    """Distance (in thresholds) beyond which a term is below sqrt(tiny), so exactly 0."""
+    return math.sqrt(-0.5 * math.log(torch.finfo(dtype).tiny) / rho)
+
+
+def _two_exponentials_suffice(rho: float, dtype: torch.dtype) -> bool:
+    """Whether :func:`_f2_window`'s ratio ``exp(2 rho d)``, for every offset ``d`` it needs,
+    stays far from overflow in ``dtype`` (true for Table 1's settings in float32 and float64)."""
+    bound = max(_reach(rho, dtype) - 1, 0.5)
+    return 2 * rho * bound < math.log(torch.finfo(dtype).max) - 8
+
+
+def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
+    """f2 / alpha_h over the terms within ``k`` of the nearest centre, with two exponentials
+    per element instead of ``2k + 1`` (exp is most of the neuron's backward on a CPU).
+
+    With ``c`` the nearest centre and ``d = x - c``, the term ``j`` away is
+    ``exp(-rho (d - j)^2)``, and each is the previous one, outwards, times
+    ``r^(+-1) exp(-rho (2j - 1))`` with ``r = exp(2 rho d)``. A term is used only when it
+    exists (``1 <= c + j <= s_max``) and is at least sqrt(tiny) (its exponent, cheap to
+    compute, says so); a term below that is 0 and so are those beyond it, so no product
+    is ever subnormal. A used term has ``|d| < reach - 1``, so ``r`` is computed from
+    ``d`` clamped there: it stays finite, and unused lanes hold no inf or NaN.
+    """
+    log_floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
+    c = torch.clamp(torch.round(x), 1, s_max)
+    d = x - c
+    nearest = _exp_or_zero(d * d * -rho)
+    bound = max(_reach(rho, x.dtype) - 1, 0.5)
+    r = torch.exp(torch.clamp(d, -bound, bound) * (2 * rho))
+    r_inv = 1 / r
+    out, up, down = nearest, nearest, nearest
+    for j in range(1, k + 1):
+        step = math.exp(-rho * (2 * j - 1))
+        up_kept = (c + j <= s_max) & ((d - j) * (d - j) * -rho >= log_floor)
+        down_kept = (c - j >= 1) & ((d + j) * (d + j) * -rho >= log_floor)
+        up = torch.where(up_kept, up * r * step, 0.0)
+        down = torch.where(down_kept, down * r_inv * step, 0.0)
+        out = out + up + down
+    return out
 
 
 def _exp_or_zero(exponent: torch.Tensor) -> torch.Tensor:
