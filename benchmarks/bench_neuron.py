@@ -27,7 +27,7 @@ import torch
 
 from mtsnn.config import preset
 from mtsnn.neuron import LIFParams, bptt_backward, fused, lif_forward, neuron_backend, paper_backward
-from mtsnn.train import build_model, loss_fn
+from mtsnn.train import build_model, loss_fn, make_optimizer
 
 HERE = Path(__file__).parent
 
@@ -144,7 +144,7 @@ def interleaved(contestants: dict, args: tuple, repeats: int) -> dict:
 
 def train_step(cfg, images, labels):
     model = build_model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
 
     def step():
         loss = loss_fn(model(images), labels, cfg)

@@ -47,15 +47,13 @@ class _PaperBlockFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = ctx.layer.input_grad(delta, weight, x_flat.shape).reshape(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = ctx.layer.weight_grad(a, x_flat, weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = a.sum([d for d in range(a.dim()) if d != 1])  # all but the channel/feature dim
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            grad_w, grad_b = ctx.layer.weight_and_bias_grad(a, x_flat, weight, ctx.has_bias)
         return grad_x, grad_w, grad_b, None, None, None
 
 
 class _SpikingBlock(nn.Module):
-    """Shared logic of the blocks; subclasses define the synapse and its two gradients."""
+    """Shared logic of the blocks; subclasses define the synapse and its gradients."""
 
     def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
         super().__init__()
@@ -106,8 +104,9 @@ class SpikingLinear(_SpikingBlock):
     def input_grad(self, grad, weight, x_shape):
         return grad @ weight
 
-    def weight_grad(self, grad, x, weight_shape):
-        return grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    def weight_and_bias_grad(self, grad, x, weight, has_bias):
+        grad = grad.reshape(-1, grad.shape[-1])
+        return grad.T @ x.reshape(-1, x.shape[-1]), grad.sum(0) if has_bias else None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {self.params}"
@@ -130,8 +129,13 @@ class SpikingConv2d(_SpikingBlock):
     def input_grad(self, grad, weight, x_shape):
         return torch.nn.grad.conv2d_input(x_shape, weight, grad, padding=self.padding)
 
-    def weight_grad(self, grad, x, weight_shape):
-        return torch.nn.grad.conv2d_weight(x, weight_shape, grad, padding=self.padding)
+    def weight_and_bias_grad(self, grad, x, weight, has_bias):
+        # One oneDNN/cuDNN call for both: a separate sum over (N, H, W) of a channels-last
+        # gradient takes longer than the weight gradient itself on a CPU.
+        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None,
+            [1, 1], [self.padding, self.padding], [1, 1], False, [0, 0], 1, [False, True, has_bias])
+        return grad_w, grad_b
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

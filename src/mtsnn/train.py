@@ -52,6 +52,15 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with Table 1's settings. The fused kernel (CPU and CUDA) does the whole update in
+    one pass. The default one was 5.7x slower for mnist-cnn on our CPU: an SNN's weights
+    that see no input spikes keep zeros in Adam's second moment, and torch.sqrt of zeros
+    measured 20x slower there than of other values."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                            fused=device.type in ("cpu", "cuda"))
+
+
 def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss of each sample, ``[B]``.
 
@@ -168,7 +177,11 @@ def _restore(model, optimizer, tensors, state) -> None:
         if name.startswith("optim/"):
             _, index, key = name.split("/", 2)
             optim_state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    # The saved groups hold the training state (lr, betas, ...); how the update runs (fused or
+    # not) is this process's choice, so a checkpoint from another device or version resumes.
+    groups = [{**saved, **{k: now[k] for k in ("fused", "foreach")}}
+              for saved, now in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
     torch.set_rng_state(tensors["rng/torch"])
 
 
@@ -204,7 +217,7 @@ class Run:
         self.test_loader = datasets.DeviceLoader(test_set, 1000, train=False, device=self.device)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.trained = self.model  # what the training step calls: wrapped for DDP and compiled on request
         if self.procs.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model)
