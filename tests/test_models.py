@@ -94,3 +94,22 @@ def test_blocks_are_usable_on_their_own():
     with pytest.raises(ValueError, match="odd"):
         SpikingConv2d(2, 3, 4)
     assert SpikingLinear(3, 2)(torch.ones(5, 3), num_steps=2).shape == (2, 5, 2)
+
+
+def test_output_surrogate_changes_only_the_output_layer_and_revives_a_silent_output():
+    def bias_grad_of_silent_output(**kwargs):
+        torch.manual_seed(0)
+        net = mtsnn.from_spec("4-5-3", (1, 2, 2), 3, num_steps=2, **kwargs)
+        with torch.no_grad():
+            net.blocks()[-1].bias[1] = -100.0  # ten thresholds below: class 1 never fires
+        out = net(torch.rand(8, 1, 2, 2))
+        assert out[:, :, 1].sum() == 0
+        (out[:, :, 1] - 5.0).pow(2).sum().backward()  # class 1 should fire 5 times a step
+        return [b.params.surrogate for b in net.blocks()], net.blocks()[-1].bias.grad[1].item()
+
+    surrogates, grad = bias_grad_of_silent_output()
+    assert surrogates == ["f2", "f2"] and grad == 0.0  # exp(-110^2 / 20) underflows: no way back
+    surrogates, grad = bias_grad_of_silent_output(output_surrogate="arctan")
+    assert surrogates == ["f2", "arctan"] and grad < 0  # descent raises the bias
+    with pytest.raises(ValueError, match="output_surrogate"):
+        mtsnn.from_spec("4-3", (1, 2, 2), 3, ann=True, output_surrogate="arctan")

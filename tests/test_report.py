@@ -8,10 +8,10 @@ from mtsnn.config import dump_toml, preset
 from mtsnn import cli
 
 
-def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None):
+def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate=""):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
-    cfg = preset("fmnist-mlp", seed=seed, epochs=epochs, ann=ann)
+    cfg = preset("fmnist-mlp", seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate)
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": t} for i, (a, t) in enumerate(zip(accs, seconds))]
@@ -27,10 +27,12 @@ def test_report_rows_by_hand(tmp_path, capsys):
     make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3, seconds=[2.0, 2.0, 50.0], silent=[])
     make_run(tmp_path, "fmnist-mlp", 2, [80.0, 88.0], 3)  # stopped after 2 of 3 epochs
     make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
+    make_run(tmp_path, "fmnist-mlp-output-arctan", 0, [87.0, 91.0, 92.0], 3, output_surrogate="arctan")
     (tmp_path / "runs" / "fmnist-mlp" / "seed0" / "eval.json").write_text(json.dumps({"silent_outputs": [9, 4]}))
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    snn, ann = rows["SNN"], rows["ANN twin"]
+    snn, ann, arctan = rows["SNN"], rows["ANN twin"], rows["SNN, output layer arctan"]
+    assert arctan["accs"] == [92.0] and arctan["paper_acc"] == 91.08 and len(rows) == 3
     # the unfinished seed 2 is listed apart, not averaged in
     assert snn["accs"] == [91.5, 90.5] and snn["seeds"] == [0, 1]
     assert snn["mean_acc"] == pytest.approx(91.0)
@@ -48,6 +50,8 @@ def test_report_rows_by_hand(tmp_path, capsys):
     report = (tmp_path / "REPORT.md").read_text()
     assert "Table 4" in report and "91.08%" in report and "91.00 ± 0.71%" in report
     assert "(by seed: 91.50, 90.50)" in report
+    assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report
+    assert "mtsnn SNN, output layer arctan: +0.92 points from the paper." in report
     assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
     assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report

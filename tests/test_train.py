@@ -56,7 +56,8 @@ def test_evaluate_names_the_output_neurons_that_never_fire():
 
 @pytest.mark.parametrize("override, message", [({"T": 0}, "T=0"), ({"lr": -0.1}, "lr=-0.1"),
                                                ({"s_max": 0}, "s_max=0"), ({"lr": float("nan")}, "lr=nan"),
-                                               ({"grad_mode": "x"}, "grad_mode 'x'"), ({"tau_m": 0.5}, "tau_m=0.5")])
+                                               ({"grad_mode": "x"}, "grad_mode 'x'"), ({"tau_m": 0.5}, "tau_m=0.5"),
+                                               ({"output_surrogate": "gauss"}, "output_surrogate='gauss'")])
 def test_invalid_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **override)

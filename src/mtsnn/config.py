@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from .neuron import LIFParams
+from .surrogate import NAMES as SURROGATES
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 LOSSES = ("mse", "ce")
@@ -28,6 +29,9 @@ class TrainConfig:
     tau_m: float = 10.0
     s_max: int = 15
     surrogate: str = "f2"
+    # The output layer's surrogate; "" means ``surrogate``. A heavy-tailed one (arctan) lets
+    # an output neuron that fell far below threshold recover (see mtsnn.models.from_spec).
+    output_surrogate: str = ""
     alpha_h: float = 1.0
     alpha_w: float = 20.0
     grad_mode: str = "paper"
@@ -68,6 +72,9 @@ class TrainConfig:
                 raise ValueError(f"invalid setting {what}")
         if not self.ann:
             LIFParams(**self.neuron_kwargs())  # the neuron's own checks name the bad value
+            if self.output_surrogate not in ("", *SURROGATES):
+                raise ValueError(f"invalid setting output_surrogate={self.output_surrogate!r} "
+                                 f"(choose one of {', '.join(SURROGATES)}, or '' for surrogate's)")
         return self
 
     @property

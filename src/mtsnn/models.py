@@ -18,6 +18,7 @@ with ReLU and no time; its output layer gives logits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -173,13 +174,18 @@ def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=Non
 
 def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, *,
               ann: bool = False, pooling: str = "avg", init: str = "paper", num_steps: int = 2,
-              **neuron) -> nn.Module:
+              output_surrogate: str | None = None, **neuron) -> nn.Module:
     """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
 
     ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
     ``init`` (SNN only): ``"paper"`` (eq. 17, the default: it trained best, see
     the README) or ``"kaiming"``. ``**neuron``: neuron settings, as for
     :class:`mtsnn.MultiThresholdLIF`; ``grad_mode`` defaults to ``"paper"``.
+
+    ``output_surrogate`` (SNN only) replaces the surrogate of the output layer alone. With
+    f2, an output neuron whose potential fell a few widths below threshold for every input
+    gets no gradient: its class is never predicted again. A curve with a heavy tail
+    (``"arctan"``) keeps a gradient there, while hidden neurons keep the paper's curve.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
     if init not in INITS:
@@ -187,8 +193,9 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if ann:
-        if neuron:
-            raise ValueError(f"the ANN twin takes no neuron settings, got {sorted(neuron)}")
+        if neuron or output_surrogate is not None:
+            given = sorted(neuron) + ["output_surrogate"] * (output_surrogate is not None)
+            raise ValueError(f"the ANN twin takes no neuron settings, got {given}")
         ann_pool = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
         modules = _build(layers, input_shape, lambda i, o, k: nn.Conv2d(i, o, k, padding=k // 2),
                          nn.Linear, ann_pool, activation=nn.ReLU)
@@ -198,4 +205,7 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     network = SpikingNetwork(nn.ModuleList(modules), num_steps)
     for block in network.blocks():
         block.reset_parameters(init)
+    if output_surrogate is not None:
+        output = network.blocks()[-1]
+        output.params = dataclasses.replace(output.params, surrogate=output_surrogate)
     return network

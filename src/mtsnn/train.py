@@ -48,7 +48,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling)
     else:
         model = from_spec(cfg.spec, cfg.input_shape, 10, pooling=cfg.pooling, init=cfg.init, num_steps=cfg.T,
-                          **cfg.neuron_kwargs())
+                          output_surrogate=cfg.output_surrogate or None, **cfg.neuron_kwargs())
     return model.to(memory_format=torch.channels_last)
 
 
