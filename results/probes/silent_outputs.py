@@ -48,7 +48,7 @@ def probe(name: str, seed: int, overrides: dict) -> list[tuple[int, list[int]]]:
 
 def main():
     name, seeds = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
-    overrides = ast.literal_eval(sys.argv[3]) if len(sys.argv) > 3 else {}
+    overrides = ast.literal_eval(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3].strip() else {}
     torch.set_flush_denormal(True)
     for seed in seeds:
         history = probe(name, seed, overrides)
