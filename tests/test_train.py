@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mtsnn import cli
-from mtsnn.checkpoint import load_checkpoint
+from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, preset
 from mtsnn import data
 from mtsnn.models import from_spec
-from mtsnn.train import Run, evaluate, loss_fn, predict, sample_losses
+from mtsnn.train import Run, _restore, _state_tensors, build_model, evaluate, loss_fn, make_optimizer, predict, sample_losses
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
@@ -54,10 +54,40 @@ def test_evaluate_names_the_output_neurons_that_never_fire():
     assert result["acc"] == pytest.approx(100 * 2 / 6)  # dark images -> class 0, bright -> class 2
 
 
+def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_path):
+    # Conv weights are channels-last, checkpoints contiguous: Adam's restored moments must
+    # follow their weights' layout, or the fused update pairs them with the wrong elements.
+    cfg = TrainConfig(spec="4C3-4C3-P2-10", T=2)
+    images, labels = torch.rand(3, 8, 1, 28, 28), torch.randint(0, 10, (3, 8))
+
+    def step(model, optimizer, i):
+        optimizer.zero_grad()
+        loss_fn(model(images[i]), labels[i], cfg).backward()
+        optimizer.step()
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        return model, make_optimizer(model, cfg, torch.device("cpu"))
+    model, optimizer = fresh()
+    step(model, optimizer, 0)
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, _state_tensors(model, optimizer), {"param_groups": optimizer.state_dict()["param_groups"]})
+    resumed, resumed_optimizer = fresh()
+    _restore(resumed, resumed_optimizer, *load_checkpoint(path))
+    for i in (1, 2):
+        step(model, optimizer, i)
+        step(resumed, resumed_optimizer, i)
+    assert model.blocks()[1].weight.is_contiguous(memory_format=torch.channels_last)
+    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("override, message", [({"T": 0}, "T=0"), ({"lr": -0.1}, "lr=-0.1"),
                                                ({"s_max": 0}, "s_max=0"), ({"lr": float("nan")}, "lr=nan"),
                                                ({"grad_mode": "x"}, "grad_mode 'x'"), ({"tau_m": 0.5}, "tau_m=0.5"),
-                                               ({"output_surrogate": "gauss"}, "output_surrogate='gauss'")])
+                                               ({"output_surrogate": "gauss"}, "output_surrogate='gauss'"),
+                                               ({"output_surrogate": "arctan", "ann": True}, "with ann=True")])
 def test_invalid_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **override)

@@ -67,6 +67,8 @@ class TrainConfig:
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
         ]
+        checks.append((not (self.ann and self.output_surrogate),
+                       f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"))
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"invalid setting {what}")

@@ -131,9 +131,9 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     ``exp(-rho (d - j)^2)``, and each is the previous one, outwards, times
     ``r^(+-1) exp(-rho (2j - 1))`` with ``r = exp(2 rho d)``. A term is used only when it
     exists (``1 <= c + j <= s_max``) and is at least sqrt(tiny) (its exponent, cheap to
-    compute, says so); a term below that is 0 and so are those beyond it, so no product
-    is ever subnormal. A used term has ``|d| < reach - 1``, so ``r`` is computed from
-    ``d`` clamped there: it stays finite, and unused lanes hold no inf or NaN.
+    compute, says so); a term below that is 0 and so are those beyond it (terms shrink
+    outwards). A used term has ``|d| < reach - 1``, so ``r`` is computed from ``d``
+    clamped there: it stays finite, and unused lanes hold no inf or NaN.
     """
     log_floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
     c = torch.clamp(torch.round(x), 1, s_max)
@@ -147,8 +147,10 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
         step = math.exp(-rho * (2 * j - 1))
         up_kept = (c + j <= s_max) & ((d - j) * (d - j) * -rho >= log_floor)
         down_kept = (c - j >= 1) & ((d + j) * (d + j) * -rho >= log_floor)
-        up = torch.where(up_kept, up * r * step, 0.0)
-        down = torch.where(down_kept, down * r_inv * step, 0.0)
+        # Zero the previous term where this one is dropped, before multiplying: a kept
+        # term and every partial product towards it are >= sqrt(tiny), so none is subnormal.
+        up = torch.where(up_kept, up, 0.0) * r * step
+        down = torch.where(down_kept, down, 0.0) * r_inv * step
         out = out + up + down
     return out
 

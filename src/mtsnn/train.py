@@ -182,6 +182,12 @@ def _restore(model, optimizer, tensors, state) -> None:
     groups = [{**saved, **{k: now[k] for k in ("fused", "foreach")}}
               for saved, now in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+    # Checkpoints hold contiguous tensors; Adam's moments must take their parameter's layout
+    # (channels-last convolutions), as the fused update walks them in memory order.
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     torch.set_rng_state(tensors["rng/torch"])
 
 
