@@ -66,17 +66,16 @@ class TrainConfig:
             (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
+            (not (self.ann and self.output_surrogate),
+             f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"),
+            (self.output_surrogate in ("", *SURROGATES), f"output_surrogate={self.output_surrogate!r} "
+             f"(choose one of {', '.join(SURROGATES)}, or '' for surrogate's)"),
         ]
-        checks.append((not (self.ann and self.output_surrogate),
-                       f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"))
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"invalid setting {what}")
         if not self.ann:
             LIFParams(**self.neuron_kwargs())  # the neuron's own checks name the bad value
-            if self.output_surrogate not in ("", *SURROGATES):
-                raise ValueError(f"invalid setting output_surrogate={self.output_surrogate!r} "
-                                 f"(choose one of {', '.join(SURROGATES)}, or '' for surrogate's)")
         return self
 
     @property

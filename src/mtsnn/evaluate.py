@@ -41,5 +41,6 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
         extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
                            else count_over_loader(model, loader))
     return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
-            "test_acc": result["acc"], "silent_outputs": result["silent_outputs"], "parameters": sum(p.numel() for p in model.parameters()),
+            "test_acc": result["acc"], "silent_outputs": result["silent_outputs"],
+            "parameters": sum(p.numel() for p in model.parameters()),
             "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}

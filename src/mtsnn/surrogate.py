@@ -111,16 +111,22 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
     return alpha_h * out
 
 
-def _reach(rho: float, dtype: torch.dtype) -> float:
-    """Distance (in thresholds) beyond which a term is below sqrt(tiny), so exactly 0."""
-    return math.sqrt(-0.5 * math.log(torch.finfo(dtype).tiny) / rho)
+def _log_floor(dtype: torch.dtype) -> float:
+    """``log(sqrt(tiny))``: exponential terms below it are exactly 0 (see "Underflow" above)."""
+    return 0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+def _ratio_bound(rho: float, dtype: torch.dtype) -> float:
+    """Largest ``|d|`` at which :func:`_f2_window` still uses a neighbour of the nearest term:
+    one threshold short of where a term falls below sqrt(tiny), and at least 1/2."""
+    reach = math.sqrt(-_log_floor(dtype) / rho)
+    return max(reach - 1, 0.5)
 
 
 def _two_exponentials_suffice(rho: float, dtype: torch.dtype) -> bool:
     """Whether :func:`_f2_window`'s ratio ``exp(2 rho d)``, for every offset ``d`` it needs,
     stays far from overflow in ``dtype`` (true for Table 1's settings in float32 and float64)."""
-    bound = max(_reach(rho, dtype) - 1, 0.5)
-    return 2 * rho * bound < math.log(torch.finfo(dtype).max) - 8
+    return 2 * rho * _ratio_bound(rho, dtype) < math.log(torch.finfo(dtype).max) - 8
 
 
 def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
@@ -132,14 +138,14 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     ``r^(+-1) exp(-rho (2j - 1))`` with ``r = exp(2 rho d)``. A term is used only when it
     exists (``1 <= c + j <= s_max``) and is at least sqrt(tiny) (its exponent, cheap to
     compute, says so); a term below that is 0 and so are those beyond it (terms shrink
-    outwards). A used term has ``|d| < reach - 1``, so ``r`` is computed from ``d``
-    clamped there: it stays finite, and unused lanes hold no inf or NaN.
+    outwards). A used neighbour has ``|d|`` within :func:`_ratio_bound`, so ``r`` is computed
+    from ``d`` clamped there: it stays finite, and unused lanes hold no inf or NaN.
     """
-    log_floor = 0.5 * math.log(torch.finfo(x.dtype).tiny)
+    log_floor = _log_floor(x.dtype)
     c = torch.clamp(torch.round(x), 1, s_max)
     d = x - c
     nearest = _exp_or_zero(d * d * -rho)
-    bound = max(_reach(rho, x.dtype) - 1, 0.5)
+    bound = _ratio_bound(rho, x.dtype)
     r = torch.exp(torch.clamp(d, -bound, bound) * (2 * rho))
     r_inv = 1 / r
     out, up, down = nearest, nearest, nearest
@@ -157,7 +163,7 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
 
 def _exp_or_zero(exponent: torch.Tensor) -> torch.Tensor:
     """``exp(exponent)``, or exactly 0 where that is below ``sqrt(tiny)`` (see "Underflow" above)."""
-    log_floor = 0.5 * math.log(torch.finfo(exponent.dtype).tiny)
+    log_floor = _log_floor(exponent.dtype)
     small = exponent < log_floor
     return torch.where(small, 0.0, torch.exp(torch.where(small, log_floor, exponent)))
 
