@@ -43,7 +43,7 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert snn["wall_seconds"] == pytest.approx((6.0 + 54.0) / 2)
     assert snn["seconds_per_epoch"] == 2.0  # median of 8 epochs, one slowed to 50 s
     assert snn["silent_outputs"] == {"0": [9, 4]}
-    assert snn["best_epoch_to_paper"] == [3, None]
+    assert snn["reached_paper"] == [{"epoch": 3, "minutes": 0.1}, None] and ann["reached_paper"] is None
     for key in ["preset", "dataset", "spec", "T", "epochs", "seeds", "accs", "mean_acc", "std_acc",
                 "paper_acc", "wall_seconds", "machine"]:
         assert key in snn
@@ -52,6 +52,8 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert "(by seed: 91.50, 90.50)" in report
     assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report
     assert "mtsnn SNN, output layer arctan: +0.92 points from the paper." in report
+    assert ("The paper's 91.08% was first reached at epoch 3 (seed 0, 0.1 min of training). "
+            "Never reached by seed(s) 1.") in report
     assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
     assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report
