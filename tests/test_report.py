@@ -29,6 +29,8 @@ def test_report_rows_by_hand(tmp_path, capsys):
     make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
     make_run(tmp_path, "fmnist-mlp-output-arctan", 0, [87.0, 91.0, 92.0], 3, output_surrogate="arctan")
     (tmp_path / "runs" / "fmnist-mlp" / "seed0" / "eval.json").write_text(json.dumps({"silent_outputs": [9, 4]}))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "fmnist-mlp.md").write_text("**What was tried.** Five seeds.\n")
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
     snn, ann, arctan = rows["SNN"], rows["ANN twin"], rows["SNN, output layer arctan"]
@@ -50,6 +52,7 @@ def test_report_rows_by_hand(tmp_path, capsys):
     report = (tmp_path / "REPORT.md").read_text()
     assert "Table 4" in report and "91.08%" in report and "91.00 ± 0.71%" in report
     assert "(by seed: 91.50, 90.50)" in report
+    assert "\n**What was tried.** Five seeds.\n" in report
     assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report
     assert "mtsnn SNN, output layer arctan: +0.92 points from the paper." in report
     assert ("The paper's 91.08% was first reached at epoch 3 (seed 0, 0.1 min of training). "

@@ -8,6 +8,9 @@ neurons for some classes never fired on the test set (``silent_outputs`` in its 
 metrics row, or in an ``eval.json`` written by ``mtsnn eval --json`` for runs logged
 before that field existed) is named, with those classes. Runs are grouped by preset, SNN or
 ANN twin, and the SNN's ``output_surrogate``, read from each ``config.toml``.
+
+What was tried where we fall short is written by hand, once per preset, in
+``results/notes/<preset>.md``; the report places it under that preset's table.
 """
 
 from __future__ import annotations
@@ -172,6 +175,9 @@ def build(results: Path = Path("results")) -> Path:
             if row["paper_acc"] is not None:
                 lines += ["", f"mtsnn {row['variant']}: {row['mean_acc'] - paper_acc:+.2f} points from the paper."
                           + _time_to_paper(row)]
+        notes = results / "notes" / f"{preset}.md"
+        if notes.exists():
+            lines += ["", notes.read_text().strip()]
         for row in rows:
             suffix = f"-output-{row['output_surrogate']}" if row["output_surrogate"] else ""
             name = f"curves-{preset}-{'ann' if row['variant'] == 'ANN twin' else 'snn' + suffix}.png"
