@@ -113,3 +113,21 @@ def test_output_surrogate_changes_only_the_output_layer_and_revives_a_silent_out
     assert surrogates == ["f2", "arctan"] and grad < 0  # descent raises the bias
     with pytest.raises(ValueError, match="output_surrogate"):
         mtsnn.from_spec("4-3", (1, 2, 2), 3, ann=True, output_surrogate="arctan")
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_flatten_features_orders_c_h_w_and_returns_its_gradient_in_the_input_layout(channels_last):
+    T, B, C, H, W = 2, 3, 4, 5, 6
+    x = torch.arange(T * B * C * H * W, dtype=torch.float32).reshape(T, B, C, H, W)
+    if channels_last:  # how a channels-last convolution's [T*B, C, H, W] output looks, unflattened
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, B))
+    x.requires_grad_()
+    out = mtsnn.models.FlattenFeatures()(x)
+    # feature (c, h, w) sits at c*H*W + h*W + w, whatever the input's layout
+    assert out.shape == (T, B, C * H * W)
+    assert out[1, 2, 3 * H * W + 4 * W + 5].item() == x[1, 2, 3, 4, 5].item()
+    upstream = torch.randn(T, B, C * H * W)
+    (grad,) = torch.autograd.grad(out, x, upstream)  # as computed: .grad would take x's layout anyway
+    assert torch.equal(grad[1, 0, 2, 3, 1], upstream[1, 0, 2 * H * W + 3 * W + 1])
+    assert torch.equal(grad, upstream.reshape(T, B, C, H, W))
+    assert grad.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) == channels_last

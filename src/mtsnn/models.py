@@ -142,11 +142,32 @@ class TimePool2d(nn.Module):
         return f"{self.mode}, size={self.size}"
 
 
+class _FlattenKeepingLayout(torch.autograd.Function):
+    """``x.flatten(-3)`` whose gradient comes back in ``x``'s memory layout. A plain flatten
+    returns a C-contiguous gradient, and pooling's backward then takes a slow path for a
+    channels-last input (fmnist-cnn: 14.7 ms instead of 1.6 ms per step on 2 CPU cores)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        images = x.flatten(0, -4) if x.dim() >= 4 else x
+        ctx.shape = x.shape
+        ctx.channels_last = images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(
+            memory_format=torch.channels_last)
+        return x.flatten(-3)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.reshape(ctx.shape)
+        if not ctx.channels_last:
+            return grad
+        return grad.flatten(0, -4).contiguous(memory_format=torch.channels_last).view(ctx.shape)
+
+
 class FlattenFeatures(nn.Module):
     """Flatten the (C, H, W) features of ``[..., C, H, W]``, keeping the time and batch dims."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(-3)
+        return _FlattenKeepingLayout.apply(x)
 
 
 def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=None) -> list[nn.Module]:
