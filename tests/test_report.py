@@ -8,10 +8,11 @@ from mtsnn.config import dump_toml, preset
 from mtsnn import cli
 
 
-def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate=""):
+def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate="",
+             preset_name="fmnist-mlp"):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
-    cfg = preset("fmnist-mlp", seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate)
+    cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate)
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": t} for i, (a, t) in enumerate(zip(accs, seconds))]
@@ -28,11 +29,13 @@ def test_report_rows_by_hand(tmp_path, capsys):
     make_run(tmp_path, "fmnist-mlp", 2, [80.0, 88.0], 3)  # stopped after 2 of 3 epochs
     make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
     make_run(tmp_path, "fmnist-mlp-output-arctan", 0, [87.0, 91.0, 92.0], 3, output_surrogate="arctan")
+    make_run(tmp_path, "mnist-cnn", 0, [97.0], 3, preset_name="mnist-cnn")  # stopped after 1 of 3 epochs
     (tmp_path / "runs" / "fmnist-mlp" / "seed0" / "eval.json").write_text(json.dumps({"silent_outputs": [9, 4]}))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "fmnist-mlp.md").write_text("**What was tried.** Five seeds.\n")
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
-    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["variant"]: r for r in summary if r["preset"] == "fmnist-mlp"}
     snn, ann, arctan = rows["SNN"], rows["ANN twin"], rows["SNN, output layer arctan"]
     assert arctan["accs"] == [92.0] and arctan["paper_acc"] == 91.08 and len(rows) == 3
     # the unfinished seed 2 is listed apart, not averaged in
@@ -51,6 +54,10 @@ def test_report_rows_by_hand(tmp_path, capsys):
         assert key in snn
     report = (tmp_path / "REPORT.md").read_text()
     assert "Table 4" in report and "91.08%" in report and "91.00 ± 0.71%" in report
+    assert ("| paper table | preset | paper | mtsnn SNN | mtsnn SNN, output layer arctan | mtsnn ANN twin |\n"
+            "|---|---|---|---|---|---|\n"
+            "| Table 3 | mnist-cnn | 99.56% | 97.00% (1 seed), **partial**: 1/3 epochs | - | - |\n"
+            "| Table 4 | fmnist-mlp | 91.08% | 91.00 ± 0.71% (2 seeds) | 92.00% (1 seed) | 89.50% (1 seed) |") in report
     assert "(by seed: 91.50, 90.50)" in report
     assert "\n**What was tried.** Five seeds.\n" in report
     assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report

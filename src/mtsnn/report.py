@@ -147,6 +147,31 @@ def _fmt(row: dict) -> str:
     return f"{row['mean_acc']:.2f}{spread}% over {len(row['accs'])} seed(s){seeds}{note}"
 
 
+def _overview(table: list[dict]) -> list[str]:
+    """One line per paper table: the paper's figure and each variant's mean ± std (seeds)."""
+    variants = sorted({row["variant"] for row in table}, key=lambda v: (v == "ANN twin", v))
+    lines = ["## Overview", "", "| paper table | preset | paper | " + " | ".join(f"mtsnn {v}" for v in variants) + " |",
+             "|---" * (3 + len(variants)) + "|"]
+    for preset, (table_name, _, _, paper_acc) in PAPER.items():
+        rows = {row["variant"]: row for row in table if row["preset"] == preset}
+        if not rows:
+            continue
+        cells = []
+        for variant in variants:
+            row = rows.get(variant)
+            if row is None:
+                cells.append("-")
+                continue
+            seeds = len(row["accs"])
+            accuracy = (f"{row['mean_acc']:.2f} ± {row['std_acc']:.2f}% ({seeds} seeds)" if seeds > 1
+                        else f"{row['mean_acc']:.2f}% (1 seed)")
+            partial = (f", **partial**: {min(row['epochs'])}/{row['planned_epochs']} epochs"
+                       if any(row["partial"]) else "")
+            cells.append(accuracy + partial)
+        lines.append(f"| {table_name} | {preset} | {paper_acc:.2f}% | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def build(results: Path = Path("results")) -> Path:
     """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs."""
     table = collect(results / "runs")
@@ -160,6 +185,7 @@ def build(results: Path = Path("results")) -> Path:
              "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
              "the same cropping), not tuned for an ANN. Minutes to the paper's figure are the run's "
              "own wall-clock time, so they include any slowdown from other jobs on the machine.", ""]
+    lines += _overview(table)
     for preset, (table_name, spec, steps, paper_acc) in PAPER.items():
         rows = sorted((row for row in table if row["preset"] == preset), key=lambda row: row["variant"] == "ANN twin")
         if not rows:
