@@ -239,8 +239,7 @@ def write_markdown(r: dict) -> None:
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
              f"mtsnn neuron backend: {m['neuron_backend']}. Median of {r['repeats']} interleaved runs after a "
              "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
-             "Compare figures within one run: on this shared 2-core machine absolute times of the same code "
-             "moved by up to 20% between runs.", ""]
+             "Compare figures within one run: on a shared machine absolute times drift between runs.", ""]
     for key, times in r["neuron"].items():
         relu = times["torch.relu (floor)"]
         peer_times = [t for n, t in times.items() if n.startswith(("sinabs", "SpikingJelly", "snnTorch"))]

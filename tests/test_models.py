@@ -128,6 +128,21 @@ def test_flatten_features_orders_c_h_w_and_returns_its_gradient_in_the_input_lay
     assert out[1, 2, 3 * H * W + 4 * W + 5].item() == x[1, 2, 3, 4, 5].item()
     upstream = torch.randn(T, B, C * H * W)
     (grad,) = torch.autograd.grad(out, x, upstream)  # as computed: .grad would take x's layout anyway
-    assert torch.equal(grad[1, 0, 2, 3, 1], upstream[1, 0, 2 * H * W + 3 * W + 1])
     assert torch.equal(grad, upstream.reshape(T, B, C, H, W))
     assert grad.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("make_input, channels_last_grad", [
+    (lambda: torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last), True),  # ANN twin: [B, C, H, W]
+    (lambda: torch.randn(3, 4, 6, 5).transpose(-1, -2), False),  # neither contiguous nor channels-last
+    (lambda: torch.randn(4, 5, 6), False),  # one unbatched image
+], ids=["4-D channels-last", "transposed", "3-D"])
+def test_flatten_features_gradient_equals_a_plain_flatten(make_input, channels_last_grad):
+    x = make_input().double().requires_grad_()
+    upstream = torch.randn(x.shape[:-3] + (x.shape[-3] * x.shape[-2] * x.shape[-1],), dtype=torch.double)
+    (grad,) = torch.autograd.grad(mtsnn.models.FlattenFeatures()(x), x, upstream)
+    (want,) = torch.autograd.grad(x.flatten(-3), x, upstream)
+    assert torch.equal(grad, want)
+    assert torch.autograd.gradcheck(mtsnn.models.FlattenFeatures(), (x,))
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last_grad
+    assert grad.is_contiguous() != channels_last_grad

@@ -24,7 +24,7 @@ def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=Non
 
 
 def test_report_rows_by_hand(tmp_path, capsys):
-    make_run(tmp_path, "fmnist-mlp", 0, [85.0, 90.0, 91.5], 3)
+    make_run(tmp_path, "fmnist-mlp", 0, [85.0, 91.2, 91.5], 3, seconds=[30.0, 60.0, 600.0])
     make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3, seconds=[2.0, 2.0, 50.0], silent=[])
     make_run(tmp_path, "fmnist-mlp", 2, [80.0, 88.0], 3)  # stopped after 2 of 3 epochs
     make_run(tmp_path, "fmnist-mlp-ann", 0, [88.0, 89.0, 89.5], 3, ann=True)
@@ -45,10 +45,11 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert snn["partial"] == [False, False] and snn["epochs"] == [3, 3]
     assert snn["unfinished"] == [{"seed": 2, "epochs": 2, "test_acc": 88.0}]
     assert snn["paper_acc"] == 91.08 and ann["paper_acc"] is None and ann["T"] is None
-    assert snn["wall_seconds"] == pytest.approx((6.0 + 54.0) / 2)
-    assert snn["seconds_per_epoch"] == 2.0  # median of 8 epochs, one slowed to 50 s
+    assert snn["wall_seconds"] == pytest.approx((690.0 + 54.0) / 2)
+    assert snn["seconds_per_epoch"] == 16.0  # median of 8 epochs: 2, 2, 2, 2, 30, 50, 60, 600
     assert snn["silent_outputs"] == {"0": [9, 4]}
-    assert snn["reached_paper"] == [{"epoch": 3, "minutes": 0.1}, None] and ann["reached_paper"] is None
+    # seed 0 first reaches 91.08% at epoch 2, after 30 + 60 s of training
+    assert snn["reached_paper"] == [{"epoch": 2, "minutes": 1.5}, None] and ann["reached_paper"] is None
     for key in ["preset", "dataset", "spec", "T", "epochs", "seeds", "accs", "mean_acc", "std_acc",
                 "paper_acc", "wall_seconds", "machine"]:
         assert key in snn
@@ -57,13 +58,22 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert ("| paper table | preset | paper | mtsnn SNN | mtsnn SNN, output layer arctan | mtsnn ANN twin |\n"
             "|---|---|---|---|---|---|\n"
             "| Table 3 | mnist-cnn | 99.56% | 97.00% (1 seed), **partial**: 1/3 epochs | - | - |\n"
-            "| Table 4 | fmnist-mlp | 91.08% | 91.00 ± 0.71% (2 seeds) | 92.00% (1 seed) | 89.50% (1 seed) |") in report
+            "| Table 4 | fmnist-mlp | 91.08% | 91.00 ± 0.71% (2 seeds), silent outputs in seed(s) 0 | 92.00% (1 seed) "
+            "| 89.50% (1 seed) |") in report
     assert "(by seed: 91.50, 90.50)" in report
     assert "\n**What was tried.** Five seeds.\n" in report
     assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report
     assert "mtsnn SNN, output layer arctan: +0.92 points from the paper." in report
-    assert ("The paper's 91.08% was first reached at epoch 3 (seed 0, 0.1 min of training). "
-            "Never reached by seed(s) 1.") in report
+    assert ("The paper's 91.08% was reached by seed 0 at epoch 2 (1.5 min) of training. "
+            "Never reached by seed(s) 1.\n") in report
+    assert "mtsnn SNN: -2.56 points from the paper. Not yet reached by seed 0 (1/3 epochs).\n" in report
     assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
     assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report
+
+
+def test_report_without_runs_has_no_tables(tmp_path):
+    (tmp_path / "runs").mkdir()
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    assert "|" not in (tmp_path / "REPORT.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text()) == []

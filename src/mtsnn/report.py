@@ -100,11 +100,18 @@ def _first_reaching(run: dict, target: float) -> dict | None:
 
 
 def _time_to_paper(row: dict) -> str:
-    reached = [f"epoch {hit['epoch']} (seed {seed}, {hit['minutes']:.1f} min of training)"
-               for seed, hit in zip(row["seeds"], row["reached_paper"]) if hit is not None]
-    missed = [str(seed) for seed, hit in zip(row["seeds"], row["reached_paper"]) if hit is None]
-    text = f" The paper's {row['paper_acc']:.2f}% was first reached at {', '.join(reached)}." if reached else ""
-    return text + (f" Never reached by seed(s) {', '.join(missed)}." if missed else "")
+    reached, missed, running = [], [], []
+    for seed, hit, epochs, partial in zip(row["seeds"], row["reached_paper"], row["epochs"], row["partial"]):
+        if hit is not None:
+            reached.append(f"seed {seed} at epoch {hit['epoch']} ({hit['minutes']:.1f} min)")
+        elif partial:
+            running.append(f"seed {seed} ({epochs}/{row['planned_epochs']} epochs)")
+        else:
+            missed.append(str(seed))
+    text = (f" The paper's {row['paper_acc']:.2f}% was reached by {', '.join(reached)} of training."
+            if reached else "")
+    text += f" Never reached by seed(s) {', '.join(missed)}." if missed else ""
+    return text + (f" Not yet reached by {', '.join(running)}." if running else "")
 
 
 def _plot(row: dict, path: Path) -> bool:
@@ -149,6 +156,8 @@ def _fmt(row: dict) -> str:
 
 def _overview(table: list[dict]) -> list[str]:
     """One line per paper table: the paper's figure and each variant's mean ± std (seeds)."""
+    if not table:
+        return []
     variants = sorted({row["variant"] for row in table}, key=lambda v: (v == "ANN twin", v))
     lines = ["## Overview", "", "| paper table | preset | paper | " + " | ".join(f"mtsnn {v}" for v in variants) + " |",
              "|---" * (3 + len(variants)) + "|"]
@@ -167,7 +176,9 @@ def _overview(table: list[dict]) -> list[str]:
                         else f"{row['mean_acc']:.2f}% (1 seed)")
             partial = (f", **partial**: {min(row['epochs'])}/{row['planned_epochs']} epochs"
                        if any(row["partial"]) else "")
-            cells.append(accuracy + partial)
+            silent = (f", silent outputs in seed(s) {', '.join(map(str, row['silent_outputs']))}"
+                      if row["silent_outputs"] else "")
+            cells.append(accuracy + partial + silent)
         lines.append(f"| {table_name} | {preset} | {paper_acc:.2f}% | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -184,7 +195,7 @@ def build(results: Path = Path("results")) -> Path:
              "means of 5 runs after 200 epochs on a V100. The ANN twin is the same network with ReLU "
              "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
              "the same cropping), not tuned for an ANN. Minutes to the paper's figure are the run's "
-             "own wall-clock time, so they include any slowdown from other jobs on the machine.", ""]
+             "training time (evaluation excluded), including any slowdown from other jobs on the machine.", ""]
     lines += _overview(table)
     for preset, (table_name, spec, steps, paper_acc) in PAPER.items():
         rows = sorted((row for row in table if row["preset"] == preset), key=lambda row: row["variant"] == "ANN twin")
@@ -203,7 +214,7 @@ def build(results: Path = Path("results")) -> Path:
                           + _time_to_paper(row)]
         notes = results / "notes" / f"{preset}.md"
         if notes.exists():
-            lines += ["", notes.read_text().strip()]
+            lines += ["", notes.read_text(encoding="utf-8").strip()]
         for row in rows:
             suffix = f"-output-{row['output_surrogate']}" if row["output_surrogate"] else ""
             name = f"curves-{preset}-{'ann' if row['variant'] == 'ANN twin' else 'snn' + suffix}.png"
@@ -214,5 +225,5 @@ def build(results: Path = Path("results")) -> Path:
     if machine:
         lines += ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
     report = results / "REPORT.md"
-    report.write_text("\n".join(lines))
+    report.write_text("\n".join(lines), encoding="utf-8")
     return report
