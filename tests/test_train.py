@@ -331,3 +331,17 @@ def test_compiled_block_matches_eager():
     (g_compiled,) = torch.autograd.grad(compiled.sum(), block.weight)
     assert torch.equal(compiled, eager)
     torch.testing.assert_close(g_compiled, g_eager)
+
+
+def test_flush_subnormal_state_zeroes_only_subnormals():
+    from mtsnn.train import flush_subnormal_state
+    tiny = torch.finfo(torch.float32).tiny
+    weight = torch.nn.Parameter(torch.zeros(5))
+    optimizer = torch.optim.Adam([weight])
+    values = torch.tensor([tiny / 4, -tiny / 1000, tiny, -2.0, 0.0])  # two subnormals, then normals and 0
+    optimizer.state[weight] = {"step": torch.tensor(3.0), "exp_avg": values.clone(), "exp_avg_sq": values.abs()}
+    flush_subnormal_state(optimizer)
+    state = optimizer.state[weight]
+    assert state["exp_avg"].tolist() == [0.0, 0.0, tiny, -2.0, 0.0]
+    assert state["exp_avg_sq"].tolist() == [0.0, 0.0, tiny, 2.0, 0.0]
+    assert state["step"].item() == 3.0

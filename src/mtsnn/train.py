@@ -61,6 +61,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                             fused=device.type in ("cpu", "cuda"))
 
 
+FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
+
+
+def flush_subnormal_state(optimizer: torch.optim.Optimizer) -> None:
+    """Set optimizer state below the dtype's smallest normal number to exactly 0.
+
+    A weight that stops getting gradient (a dead ReLU, a neuron that never fires) has its
+    Adam first moment decay by beta1 per step, through about 150 steps of subnormal values.
+    Subnormals make CPU arithmetic many times slower, and ``torch.set_flush_denormal``
+    covers only the calling thread. Measured on a fmnist-cnn ANN twin after 93 epochs
+    (1.4M subnormals in one layer's state): 0.110 s per step as saved, 0.076 s flushed.
+    Such values change an update by less than 1e-30, far below float32's resolution.
+    """
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0:
+                value.masked_fill_(value.abs() < torch.finfo(value.dtype).tiny, 0.0)
+
+
 def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss of each sample, ``[B]``.
 
@@ -327,6 +346,8 @@ class Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.batch % FLUSH_EVERY == 0:
+                    flush_subnormal_state(self.optimizer)
                 acc["loss_sum"] += losses.sum().item()
                 acc["correct"] += (predict(output.detach(), cfg) == labels).sum().item()
                 acc["total"] += labels.numel()
