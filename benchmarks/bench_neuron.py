@@ -27,7 +27,7 @@ import torch
 
 from mtsnn.config import preset
 from mtsnn.neuron import LIFParams, bptt_backward, fused, lif_forward, neuron_backend, paper_backward
-from mtsnn.train import build_model, loss_fn, make_optimizer
+from mtsnn.train import build_model, keep_freed_memory, loss_fn, make_optimizer
 
 HERE = Path(__file__).parent
 
@@ -188,6 +188,7 @@ def main():
     parser.add_argument("--presets", default="mnist-mlp,fmnist-mlp,mnist-cnn,fmnist-cnn")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    keep_freed_memory()  # as training does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
     results = {"machine": machine(), "repeats": args.repeats, "neuron": {}, "presets": {}}
