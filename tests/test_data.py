@@ -295,11 +295,16 @@ class RunsACommand:
         return os.system, (self.command,)
 
 
-def test_a_crafted_pickle_cannot_run_code(tmp_path, two_record_batches):
+def test_a_crafted_pickle_cannot_run_code(tmp_path, monkeypatch, two_record_batches):
     marker = tmp_path / "pwned"
+    content = pickle.dumps({b"data": RunsACommand(f"touch {marker}"), b"labels": [0, 0]})
     (tmp_path / "cifar-10-batches-py").mkdir()
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
-        pickle.dumps({b"data": RunsACommand(f"touch {marker}"), b"labels": [0, 0]}))
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
+    # Not the official file: refused on its checksum, before any unpickling
+    with pytest.raises(DatasetError, match="test_batch: checksum mismatch"):
+        data.load("cifar10", "test", root=tmp_path)
+    # Even a file that passed the checksum may build nothing but CIFAR's plain contents
+    monkeypatch.setitem(data.CHECKSUMS, "cifar-10-batches-py/test_batch", md5(content))
     with pytest.raises(DatasetError, match="refusing to load global (posix|nt).system"):
         data.load("cifar10", "test", root=tmp_path)
     assert not marker.exists()
@@ -315,6 +320,7 @@ def test_malformed_python_batches_raise(tmp_path, monkeypatch, two_record_batche
     content = pickle.dumps(batch, protocol=3)
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
+    monkeypatch.setitem(data.CHECKSUMS, "cifar-10-batches-py/test_batch", md5(content))
     with pytest.raises(DatasetError, match=message):
         data.load("cifar10", "test", root=tmp_path)
 
@@ -336,6 +342,17 @@ def dataset_of(images, labels=None, name="mnist"):
 def as_pixels(batch):
     """Undo mean 0, std 1 normalisation: back to integer pixel values."""
     return (batch * 255).round().to(torch.int64)
+
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"batch_size": 0}, "batch_size=0 (need >= 1)"),
+    ({"seed": -1}, "seed=-1 (need >= 0)"),
+    ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
+])
+def test_loader_settings_out_of_range_are_named(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.DeviceLoader(dataset_of(torch.zeros(4, 1, 2, 2)), **{"batch_size": 2, "train": True, **setting})
 
 
 # All nine crops of [[10, 20], [30, 40]] zero-padded by one pixel, by hand

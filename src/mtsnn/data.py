@@ -8,7 +8,8 @@ folder works as is::
     ROOT/MNIST/raw/train-images-idx3-ubyte[.gz], ...        IDX, raw or gzip'd
     ROOT/FashionMNIST/raw/...
     ROOT/cifar-10-batches-bin/data_batch_1.bin, ...         preferred: no pickle
-    ROOT/cifar-10-batches-py/data_batch_1, ...
+    ROOT/cifar-10-batches-py/data_batch_1, ...         pickles: unpickled only when their
+                                                            md5 is the official release's
 
 Integrity. Every file's structure is checked (magic numbers, sizes, counts, label ranges).
 A file whose checksum is known (CHECKSUMS: the md5 of its uncompressed content, so any gzip
@@ -270,6 +271,9 @@ def _read_cifar(name: str, split: str, root: Path, download: bool):
     python = [root / CIFAR_PY / batch for batch in batches]
     if all(p.is_file() for p in python) and not all(p.is_file() for p in binary):
         files = [_read_file(p, f"{CIFAR_PY}/{p.name}") for p in python]
+        checked = _CheckedFiles()
+        for file in files:  # unpickle only the official release's bytes (checksum mismatch: DatasetError)
+            checked.verify(file)
         parsed = [_cifar_python_batch(f) for f in files]
     else:
         if download and not all(p.is_file() for p in binary):
@@ -453,8 +457,9 @@ class DeviceLoader:
                  device: str | torch.device = "cpu", seed: int = 0, crop_padding: int = 4,
                  flip: bool = False, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, drop_last: bool = False):
-        if batch_size < 1 or seed < 0 or crop_padding < 0:
-            raise ValueError("batch_size must be positive, seed and crop_padding not negative")
+        for name, value, least in (("batch_size", batch_size, 1), ("seed", seed, 0), ("crop_padding", crop_padding, 0)):
+            if value < least:
+                raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
         self.images = dataset.images.to(device)
         self.labels = dataset.labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
