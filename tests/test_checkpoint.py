@@ -71,6 +71,30 @@ def test_damaged_files_raise_errors_naming_the_file(tmp_path, damage, message):
     assert str(path) in str(info.value)
 
 
+
+def with_header(header) -> bytes:
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + bytes(24)
+
+
+@pytest.mark.parametrize("header, message", [
+    ([1, 2], "header is a JSON list, expected an object"),
+    ({"__metadata__": {"mtsnn": 3}}, "__metadata__ must map names to strings"),
+    ({"a": "F32"}, "tensor 'a' has a malformed header entry"),
+    ({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "do not match its shape"),
+])
+def test_malformed_headers_raise_errors_naming_the_file(tmp_path, header, message):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(with_header(header))
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_tensors(path)
+    assert str(path) in str(info.value)
+
+
 def test_not_a_checkpoint(tmp_path):
     save_tensors(tmp_path / "plain.safetensors", {"a": torch.ones(1)})
     with pytest.raises(CheckpointError, match="not an mtsnn checkpoint"):

@@ -1,5 +1,6 @@
 """mtsnn report: results/summary.json and REPORT.md from hand-made run directories."""
 
+import importlib.util
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from mtsnn import cli
 
 
 def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate="",
-             preset_name="fmnist-mlp"):
+             preset_name="fmnist-mlp", unverified=None):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate)
@@ -20,7 +21,10 @@ def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=Non
         rows[-1]["silent_outputs"] = silent
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if len(accs) == epochs:
-        (run / "summary.json").write_text(json.dumps({"test_acc": accs[-1], "machine": {"device": "cpu"}}))
+        summary = {"test_acc": accs[-1], "machine": {"device": "cpu"}}
+        if unverified is not None:
+            summary["unverified_data"] = unverified
+        (run / "summary.json").write_text(json.dumps(summary))
 
 
 def test_report_rows_by_hand(tmp_path, capsys):
@@ -69,7 +73,9 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert "mtsnn SNN: -2.56 points from the paper. Not yet reached by seed 0 (1/3 epochs).\n" in report
     assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
-    assert (tmp_path / "curves-fmnist-mlp-snn.png").exists() or "matplotlib" not in report
+    if importlib.util.find_spec("matplotlib") is not None:  # the curves are drawn when matplotlib is there
+        assert (tmp_path / "curves-fmnist-mlp-snn.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert "![fmnist-mlp SNN learning curves](curves-fmnist-mlp-snn.png)" in report
 
 
 def test_report_without_runs_has_no_tables(tmp_path):
@@ -77,3 +83,17 @@ def test_report_without_runs_has_no_tables(tmp_path):
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     assert "|" not in (tmp_path / "REPORT.md").read_text()
     assert json.loads((tmp_path / "summary.json").read_text()) == []
+
+
+@pytest.mark.parametrize("unverified, label", [
+    (None, "CIFAR-10, unverified copy (our CIFAR-10 is a JPEG proxy, not the original)"),  # not recorded
+    (["/data/cifar-10-batches-bin/test_batch.bin"], "CIFAR-10, unverified copy"),
+    ([], "CIFAR-10\n"),  # every file checked against the official release
+])
+def test_cifar_is_marked_unless_its_files_were_verified(tmp_path, unverified, label):
+    make_run(tmp_path, "cifar10-cnn", 0, [60.0], 1, preset_name="cifar10-cnn", unverified=unverified)
+    make_run(tmp_path, "fmnist-mlp", 0, [90.0], 1, unverified=[])
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    assert f"## Table 6: cifar10-cnn on {label}" in report
+    assert "## Table 4: fmnist-mlp on Fashion-MNIST\n" in report

@@ -1,6 +1,7 @@
 """Training: the loss of eq. (6), decoding, the CLI, run directories, and resuming after kills."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, preset
 from mtsnn import data
 from mtsnn.models import from_spec
-from mtsnn.train import Run, _restore, _state_tensors, build_model, evaluate, loss_fn, make_optimizer, predict, sample_losses
+from mtsnn.train import Run, _restore, read_metrics, _state_tensors, build_model, evaluate, loss_fn, make_optimizer, predict, sample_losses
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
@@ -206,6 +207,7 @@ def test_a_run_directory_has_config_metrics_checkpoint_and_summary(reference_run
     assert len(rows[0]["firing_rate"]) == 3
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test_acc"] == rows[-1]["test_acc"] > 50 and summary["wall_seconds"] > 0
+    assert summary["unverified_data"] == []  # the shared Fashion-MNIST is the official release
     assert 'spec = "784-400-400-10"' in (run_dir / "config.toml").read_text()
 
 
@@ -269,6 +271,33 @@ def torchrun(*args):
                            "-m", "mtsnn.cli", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+
+@needs_fmnist
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_downloads_and_the_others_load_after_it(monkeypatch, tmp_path, rank):
+    from mtsnn.distributed import Processes
+    events = []
+
+    class Recording(Processes):
+        def barrier(self):
+            events.append("barrier")
+
+    real_load = data.load
+
+    def load(name, split, root=None, *, download=False):
+        events.append((split, download))
+        return real_load(name, split, root=SHARED)
+
+    monkeypatch.setattr(Processes, "from_environment", classmethod(lambda cls, device: Recording(rank, 2)))
+    monkeypatch.setattr(data, "load", load)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model: model)
+    Run(preset("fmnist-mlp", train_limit=256), tmp_path / "run")
+    if rank == 0:  # loads, downloading what is missing, then lets the others go
+        assert events == [("train", True), ("test", True), "barrier"]
+    else:  # waits for rank 0 first, and never downloads
+        assert events == ["barrier", ("train", False), ("test", False)]
+
+
 @needs_fmnist
 def test_two_process_ddp_reaches_the_weights_of_one_process(tmp_path):
     """gloo on CPU, 2 processes each on half of every batch (1000 images: the last batch splits unevenly).
@@ -312,11 +341,30 @@ def test_eval_prints_accuracy_spikes_and_parameters(reference_run, capsys):
 
 
 @needs_fmnist
-def test_amp_and_compile_do_not_break_on_cpu(tmp_path):
-    base = preset("fmnist-mlp", epochs=1, train_limit=256, data_root=str(SHARED))
-    eager = Run(base, tmp_path / "eager", log=lambda *a: None).fit()
-    amp = Run(base.replace(amp=True), tmp_path / "amp", log=lambda *a: None).fit()
-    assert amp["test_acc"] > 10 and eager["test_acc"] > 10
+def test_compiled_training_matches_eager(tmp_path):
+    base = preset("fmnist-mlp", epochs=1, train_limit=256, data_root=str(SHARED))  # 2 steps
+    eager = Run(base, tmp_path / "eager", log=lambda *a: None)
+    compiled = Run(base.replace(compile=True), tmp_path / "compiled", log=lambda *a: None)
+    assert isinstance(compiled.trained, torch._dynamo.eval_frame.OptimizedModule)
+    eager.fit(), compiled.fit()
+    for key, value in eager.model.state_dict().items():  # the same two Adam steps, up to float reordering
+        torch.testing.assert_close(compiled.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+@needs_fmnist
+def test_amp_computes_the_synapses_in_bfloat16(tmp_path, monkeypatch):
+    dtypes, linear = [], torch.nn.functional.linear
+
+    def recording_linear(*args):
+        out = linear(*args)
+        dtypes.append(out.dtype)
+        return out
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    cfg = preset("fmnist-mlp", epochs=1, train_limit=256, data_root=str(SHARED), amp=True)
+    Run(cfg, tmp_path / "amp", log=lambda *a: None).fit()
+    # 2 training steps x 3 layers under autocast; evaluation runs in float32
+    assert dtypes[:6] == [torch.bfloat16] * 6 and set(dtypes[6:]) == {torch.float32}
+    assert math.isfinite(read_metrics(tmp_path / "amp")[0]["train_loss"])
 
 
 def test_compiled_block_matches_eager():
@@ -373,3 +421,18 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_blocks():
     # so every cycle faults its 25,600 pages of 4 KiB in again. Kept, the heap is reused.
     assert faults_after_first_cycle("default") >= 20000
     assert faults_after_first_cycle("keep") < 100
+
+
+@pytest.mark.parametrize("state, problem", [
+    ({"config": {"lr": "0.1"}}, "invalid setting lr='0.1'"),
+    ({"config": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
+    ({"epoch": 3}, "KeyError: 'config'"),
+])
+def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, state, problem):
+    from mtsnn.checkpoint import CheckpointError
+    from mtsnn.evaluate import load_trained
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, state)
+    for load in (Run.resume, load_trained):
+        with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved config is not a valid") as info:
+            load(tmp_path)
+        assert problem in str(info.value)

@@ -76,6 +76,12 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     atomic_write(path, [struct.pack("<Q", len(blob)), blob, *buffers])
 
 
+def _naturals(value, length: int | None = None) -> bool:
+    """Whether ``value`` is a JSON list of integers >= 0 (of ``length`` items if given)."""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     try:
@@ -91,16 +97,19 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         header = json.loads(data[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
-    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map names to strings, got {metadata!r}")
     buffer = memoryview(data)[8 + n:]
     tensors = {}
     for name, info in header.items():
-        try:
-            dtype = _BY_NAME[info["dtype"]]
-            begin, end = info["data_offsets"]
-            shape = [int(s) for s in info["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        if not (isinstance(info, dict) and info.get("dtype") in _BY_NAME
+                and _naturals(info.get("data_offsets"), length=2) and _naturals(info.get("shape"))):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r} (need a "
+                                  f"dtype of {', '.join(_BY_NAME)}, 2 data_offsets and a shape, as integers >= 0)")
+        dtype, (begin, end), shape = _BY_NAME[info["dtype"]], info["data_offsets"], info["shape"]
         itemsize = torch.empty((), dtype=dtype).element_size()
         if not 0 <= begin <= end <= len(buffer) or end - begin != itemsize * int(np.prod(shape)):
             raise CheckpointError(f"{path}: tensor {name!r} has offsets {[begin, end]} that do not match "

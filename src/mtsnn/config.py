@@ -12,6 +12,7 @@ from .neuron import LIFParams
 from .surrogate import NAMES as SURROGATES
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}  # a float setting may be written 10
 LOSSES = ("mse", "ce")
 
 
@@ -57,13 +58,20 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first bad setting; return self."""
+        for field in dataclasses.fields(self):  # TOML files and JSON state can hold any type
+            value = getattr(self, field.name)
+            kind = _TYPES[field.type]
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+                raise ValueError(f"invalid setting {field.name}={value!r} "
+                                 f"(need {field.type}, got {type(value).__name__})")
         checks = [
             (self.dataset in DATASETS, f"dataset={self.dataset!r} (choose one of {', '.join(DATASETS)})"),
-            (isinstance(self.T, int) and self.T >= 1, f"T={self.T} (need an integer >= 1)"),
+            (self.T >= 1, f"T={self.T} (need >= 1)"),
             (self.loss in LOSSES, f"loss={self.loss!r} (choose one of {', '.join(LOSSES)})"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
+            (self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
+            (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (not (self.ann and self.output_surrogate),

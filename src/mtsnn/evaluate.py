@@ -10,7 +10,7 @@ from . import data as datasets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .energy import ann_operations, count_over_loader
-from .train import CHECKPOINT, build_model, evaluate, model_state
+from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
@@ -21,7 +21,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint (give a run directory or a .safetensors file)")
     tensors, state = load_checkpoint(path)
-    cfg = TrainConfig(**state["config"]).replace(device=device)
+    cfg = saved_config(state, path).replace(device=device)
     model = build_model(cfg)
     model.load_state_dict(model_state(tensors))
     return model.to(device), cfg

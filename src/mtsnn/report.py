@@ -29,8 +29,18 @@ PAPER = {
     "fmnist-cnn": ("Table 5", "32C5-P2-64C5-P2-1024", 2, 93.08),
     "cifar10-cnn": ("Table 6", "96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", 2, 87.90),
 }
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
-                 "cifar10": "CIFAR-10 JPEG proxy (not the original CIFAR-10)"}
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def _dataset_label(name: str, rows: list[dict]) -> str:
+    """The data set's name, marked when a run trained on files that were not checked against the
+    official release; CIFAR-10 is marked unless every run is known to have had verified files
+    (the copy on our machines is a JPEG proxy, which no checksum can vouch for)."""
+    unverified = [row["data_unverified"] for row in rows]
+    if any(unverified) or (name == "cifar10" and not all(u is False for u in unverified)):
+        return f"{DATASET_NAMES[name]}, unverified copy (our CIFAR-10 is a JPEG proxy, not the original)" \
+            if name == "cifar10" else f"{DATASET_NAMES[name]}, unverified copy"
+    return DATASET_NAMES[name]
 
 
 def read_run(run_dir: Path) -> dict | None:
@@ -82,6 +92,9 @@ def collect(runs_root: Path) -> list[dict]:
             "seconds_per_epoch": statistics.median(row["epoch_seconds"] for r in runs for row in r["rows"]),
             "silent_outputs": {r["cfg"]["seed"]: r["silent_outputs"] for r in counted if r["silent_outputs"]},
             "machine": runs[0]["summary"].get("machine"),
+            # True: some run read unverified files; None: not recorded (unfinished or older runs)
+            "data_unverified": (True if any(r["summary"].get("unverified_data") for r in runs)
+                                else False if all(r["summary"].get("unverified_data") == [] for r in runs) else None),
             "runs": [str(r["dir"]) for r in runs],
             "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
             "curve_seeds": [r["cfg"]["seed"] for r in runs],
@@ -201,7 +214,7 @@ def build(results: Path = Path("results")) -> Path:
         rows = sorted((row for row in table if row["preset"] == preset), key=lambda row: row["variant"] == "ANN twin")
         if not rows:
             continue
-        lines += [f"## {table_name}: {preset} on {DATASET_NAMES[rows[0]['dataset']]}", "",
+        lines += [f"## {table_name}: {preset} on {_dataset_label(rows[0]['dataset'], rows)}", "",
                   "| | network | T | epochs | accuracy | seconds per epoch (median) |", "|---|---|---|---|---|---|",
                   f"| paper, Proposed Method | {spec} | {steps} | 200 | {paper_acc:.2f}% (5 runs) | (V100) |"]
         for row in rows:

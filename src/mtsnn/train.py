@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as datasets
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_toml
 from .distributed import Processes
 from .layers import SpikingConv2d, SpikingLinear
@@ -231,6 +231,15 @@ def _restore(model, optimizer, tensors, state) -> None:
     torch.set_rng_state(tensors["rng/torch"])
 
 
+def saved_config(state: dict, path: Path) -> TrainConfig:
+    """The config a checkpoint's state holds; CheckpointError naming ``path`` if it is not a valid one."""
+    try:
+        return TrainConfig(**state["config"]).validate()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its saved config is not a valid mtsnn config "
+                              f"({type(e).__name__}: {e})") from None
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
@@ -253,6 +262,8 @@ class Run:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         root = cfg.data_root or None
+        if not self.procs.is_main:
+            self.procs.barrier()  # wait until rank 0 has downloaded what was missing
         train_set = datasets.load(cfg.dataset, "train", root=root, download=self.procs.is_main)
         if cfg.train_limit:
             train_set = train_set.subset(cfg.train_limit)
@@ -260,6 +271,9 @@ class Run:
         self.train_loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, device=self.device,
                                                   seed=cfg.seed, crop_padding=cfg.crop_padding, flip=cfg.flip)
         test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
+        self.unverified_data = [str(path) for path in train_set.unverified + test_set.unverified]
+        if self.procs.is_main:
+            self.procs.barrier()
         self.test_loader = datasets.DeviceLoader(test_set, 1000, train=False, device=self.device)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
@@ -285,7 +299,7 @@ class Run:
         """Reopen ``run_dir``: its config (``overrides`` may change e.g. ``epochs`` or ``device``)."""
         path = Path(run_dir) / CHECKPOINT
         tensors, state = load_checkpoint(path)
-        cfg = TrainConfig(**state["config"]).replace(**overrides)
+        cfg = saved_config(state, path).replace(**overrides)
         run = cls(cfg, run_dir, log)
         _restore(run.model, run.optimizer, tensors, state)
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
@@ -343,6 +357,7 @@ class Run:
             summary["test_acc"] = read_metrics(self.run_dir)[-1]["test_acc"]
             summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
             summary["machine"] = machine(self.device, self.procs.world)
+            summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
             atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
         return summary
 
