@@ -66,15 +66,12 @@ class LIFParams:
     surrogate_fn: surrogates.Surrogate = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        if not self.v_th > 0:
-            raise ValueError(f"v_th must be > 0, got v_th={self.v_th}")
         if not self.tau_m >= 1:
             raise ValueError(f"tau_m must be >= 1 (time steps), got tau_m={self.tau_m}")
-        if isinstance(self.s_max, bool) or int(self.s_max) != self.s_max or self.s_max < 1:
-            raise ValueError(f"s_max must be an integer >= 1, got s_max={self.s_max}")
         if self.grad_mode not in GRAD_MODES:
             raise ValueError(f"unknown grad_mode {self.grad_mode!r}; choose one of {', '.join(GRAD_MODES)}")
-        curve = surrogates.Surrogate(self.surrogate, self.alpha_h, self.alpha_w, self.v_th, int(self.s_max))
+        # the curve checks v_th, s_max, alpha_h and alpha_w, which it shares
+        curve = surrogates.Surrogate(self.surrogate, self.alpha_h, self.alpha_w, self.v_th, self.s_max)
         object.__setattr__(self, "surrogate_fn", curve)
 
     @property
@@ -121,11 +118,6 @@ def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = Non
     ``num_steps`` steps (direct input: computed once, not ``T`` times).
     """
     return torch.stack(_unroll(current, p, num_steps)[0])
-
-
-def membrane_potentials(current: torch.Tensor, p: LIFParams, num_steps: int | None = None) -> torch.Tensor:
-    """The pre-reset potentials ``v`` ``[T, ...]`` of :func:`lif_forward`'s run."""
-    return torch.stack(_unroll(current, p, num_steps)[1])
 
 
 def bptt_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams,

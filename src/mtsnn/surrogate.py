@@ -202,14 +202,12 @@ class Surrogate:
     def __post_init__(self):
         if self.name not in NAMES:
             raise ValueError(f"unknown surrogate {self.name!r}; choose one of {', '.join(NAMES)}")
-        if not self.alpha_h > 0:
-            raise ValueError(f"alpha_h must be > 0, got {self.alpha_h}")
-        if not self.alpha_w > 0:
-            raise ValueError(f"alpha_w must be > 0, got {self.alpha_w}")
-        if not self.v_th > 0:
-            raise ValueError(f"v_th must be > 0, got {self.v_th}")
-        if int(self.s_max) != self.s_max or self.s_max < 1:
-            raise ValueError(f"s_max must be an integer >= 1, got {self.s_max}")
+        for setting in ("alpha_h", "alpha_w", "v_th"):
+            if not getattr(self, setting) > 0:
+                raise ValueError(f"{setting} must be > 0, got {setting}={getattr(self, setting)}")
+        if isinstance(self.s_max, bool) or int(self.s_max) != self.s_max or self.s_max < 1:
+            raise ValueError(f"s_max must be an integer >= 1, got s_max={self.s_max}")
+        object.__setattr__(self, "s_max", int(self.s_max))  # 15.0 from a config file counts as 15
         window = gaussian_window(self.name, self.alpha_w, self.v_th, self.s_max) if self.name in ("f1", "f2") else None
         object.__setattr__(self, "window", window)
 
@@ -225,19 +223,5 @@ class Surrogate:
 def get(name: str, *, alpha_h: float = 1.0, alpha_w: float = 20.0, v_th: float = 10.0,
         s_max: int = 15) -> Callable[[torch.Tensor], torch.Tensor]:
     """The surrogate curve ``name`` (one of :data:`NAMES`) with the given parameters."""
-    return Surrogate(name, alpha_h, alpha_w, v_th, int(s_max))
+    return Surrogate(name, alpha_h, alpha_w, v_th, s_max)
 
-
-def f1(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
-    """Eq. (14); see the module docstring."""
-    return get("f1", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
-
-
-def f2(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
-    """Eq. (15); see the module docstring."""
-    return get("f2", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
-
-
-def f3(v, *, alpha_h=1.0, alpha_w=20.0, v_th=10.0, s_max=15):
-    """Eq. (16); ``alpha_w`` is unused by the trapezoid."""
-    return get("f3", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
