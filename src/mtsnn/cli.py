@@ -1,4 +1,4 @@
-"""The ``mtsnn`` command: ``train``, ``eval`` and ``presets``."""
+"""The ``mtsnn`` command: ``train``, ``eval``, ``presets``, ``report``, ``sweep`` and ``figures``."""
 
 from __future__ import annotations
 

@@ -203,6 +203,9 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     the README) or ``"kaiming"``. ``**neuron``: neuron settings, as for
     :class:`mtsnn.MultiThresholdLIF`; ``grad_mode`` defaults to ``"paper"``.
 
+    Every weight layer has a bias, starting at 0: a learned constant input current that
+    eq. (3), ``I = sum_j w_ij s_j``, leaves out; the paper does not say whether its code had one.
+
     ``output_surrogate`` (SNN only) replaces the surrogate of the output layer alone. With
     f2, an output neuron whose potential fell a few widths below threshold for every input
     gets no gradient: its class is never predicted again. A curve with a heavy tail
