@@ -418,9 +418,10 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_blocks():
                              capture_output=True, text=True)
         return int(out.stdout)
     # By default glibc gives the freed 100 MiB back to the OS (it exceeds the trim threshold),
-    # so every cycle faults its 25,600 pages of 4 KiB in again. Kept, the heap is reused.
+    # so every cycle faults its 25,600 pages of 4 KiB in again. Kept, the heap is reused
+    # (measured 0 or 256 faults: at most one 1 MiB block placed anew).
     assert faults_after_first_cycle("default") >= 20000
-    assert faults_after_first_cycle("keep") < 100
+    assert faults_after_first_cycle("keep") < 2560
 
 
 @pytest.mark.parametrize("state, problem", [
