@@ -34,8 +34,7 @@ def measure(name: str, ann: bool, keep: bool, steps: int) -> dict:
     if keep and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() found no glibc mallopt")
     cfg = preset(name, ann=ann)
-    images = torch.randn(128, *cfg.input_shape).contiguous(
-        memory_format=torch.channels_last if len(cfg.input_shape) == 3 else torch.contiguous_format)
+    images = torch.randn(128, *cfg.input_shape).contiguous(memory_format=torch.channels_last)
     step, _, _ = train_step(cfg, images, torch.randint(0, 10, (128,)))
     for _ in range(3):
         step()

@@ -37,10 +37,10 @@ def _dataset_label(name: str, rows: list[dict]) -> str:
     official release; CIFAR-10 is marked unless every run is known to have had verified files
     (the copy on our machines is a JPEG proxy, which no checksum can vouch for)."""
     unverified = [row["data_unverified"] for row in rows]
-    if any(unverified) or (name == "cifar10" and not all(u is False for u in unverified)):
-        return f"{DATASET_NAMES[name]}, unverified copy (our CIFAR-10 is a JPEG proxy, not the original)" \
-            if name == "cifar10" else f"{DATASET_NAMES[name]}, unverified copy"
-    return DATASET_NAMES[name]
+    if not (any(unverified) or (name == "cifar10" and not all(u is False for u in unverified))):
+        return DATASET_NAMES[name]
+    proxy = " (our CIFAR-10 is a JPEG proxy, not the original)" if name == "cifar10" else ""
+    return f"{DATASET_NAMES[name]}, unverified copy{proxy}"
 
 
 def read_run(run_dir: Path) -> dict | None:
