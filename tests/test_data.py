@@ -136,6 +136,12 @@ def test_checksum_is_computed_once_then_cached_until_the_file_changes(tmp_path, 
     assert len(hashed) == 3
 
 
+def test_checksum_is_checked_before_the_structure(tmp_path):
+    write_mnist(tmp_path, b"\x00\x00\x08\x01" + idx(DIGITS)[4:], DIGIT_LABELS, trusted=False)
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: checksum mismatch"):
+        data.load("mnist", "train", root=tmp_path)   # not "magic number": never parsed
+
+
 def test_checksum_cache_survives_an_unwritable_cache_folder(tmp_path, monkeypatch):
     images, labels = three_digits()
     write_mnist(tmp_path, images, labels, monkeypatch=monkeypatch)
@@ -285,6 +291,20 @@ def test_cifar_python_layout(tmp_path, monkeypatch, two_record_batches, numpy_mo
     ds = data.load("cifar10", "test", root=tmp_path)
     assert ds.verified and ds.labels.tolist() == [3, 5]
     assert torch.equal(ds.images, torch.from_numpy(images))
+
+
+def test_a_python_batch_is_hashed_at_every_load(tmp_path, monkeypatch, two_record_batches):
+    images, _ = cifar_records([3, 5])
+    content = python_batch(images, [3, 5])
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
+    monkeypatch.setitem(data.CHECKSUMS, "cifar-10-batches-py/test_batch", md5(content))
+    hashed = []
+    real_md5_of = data.md5_of
+    monkeypatch.setattr(data, "md5_of", lambda content: hashed.append(1) or real_md5_of(content))
+    for _ in range(2):
+        assert data.load("cifar10", "test", root=tmp_path).verified
+    assert len(hashed) == 2   # the cache, trusted for IDX files, is not for pickles
 
 
 class RunsACommand:

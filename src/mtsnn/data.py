@@ -13,8 +13,9 @@ folder works as is::
 
 Integrity. Every file's structure is checked (magic numbers, sizes, counts, label ranges).
 A file whose checksum is known (CHECKSUMS: the md5 of its uncompressed content, so any gzip
-wrapper of the right bytes passes) is also checked against it the first time it is read,
-and the success is remembered in the user cache, keyed by path, size and modification time.
+wrapper of the right bytes passes) is also checked against it before it is parsed, and the
+success is remembered in the user cache, keyed by path, size and modification time (except
+for pickles, hashed at every load).
 CIFAR-10's binary batches have no published checksum (only their archive has): they count
 as verified only when this module unpacked them from an archive it checked; any other copy
 (such as a JPEG proxy converted to this layout) loads with an UnverifiedDataWarning and is
@@ -167,14 +168,17 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, *,
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     root = data_root(root)
-    read = _read_cifar if name == "cifar10" else _read_idx
-    images, labels, files = read(name, split, root, download)
+    find, parse = (_cifar_files, _parse_cifar) if name == "cifar10" else (_idx_files, _parse_idx)
+    files = find(name, split, root, download)
+    # Every checksum is checked before any file is parsed, so a file with a known checksum
+    # is read further (for CIFAR's python batches: unpickled) only if it is the official one
     checked = _CheckedFiles()
     unverified = tuple(f.path for f in files if not checked.verify(f))
     if unverified:
         warnings.warn(f"{name} {split}: no known checksum to check "
                       f"{', '.join(map(str, unverified))} against; loaded unverified",
                       UnverifiedDataWarning, stacklevel=2)
+    images, labels = parse(name, files)
     return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
                    list(CLASSES[name]), tuple(f.path for f in files), unverified)
 
@@ -211,7 +215,8 @@ def _missing(name: str, split: str, folder: Path, files: list[str],
 
 # ---- MNIST and Fashion-MNIST: IDX files ----
 
-def _read_idx(name: str, split: str, root: Path, download: bool):
+def _idx_files(name: str, split: str, root: Path, download: bool) -> list[_File]:
+    """The split's images file, then its labels file."""
     folder = root / IDX_FOLDERS[name]
     stems = IDX_FILES[split]
     if download:
@@ -222,8 +227,11 @@ def _read_idx(name: str, split: str, root: Path, download: bool):
     if None in paths:
         raise _missing(name, split, folder,
                        [stem + "[.gz]" for stem, path in zip(stems, paths) if path is None])
-    images_file, labels_file = (_read_file(path, f"{IDX_FOLDERS[name]}/{stem}")
-                                for path, stem in zip(paths, stems))
+    return [_read_file(path, f"{IDX_FOLDERS[name]}/{stem}") for path, stem in zip(paths, stems)]
+
+
+def _parse_idx(name: str, files: list[_File]) -> tuple[np.ndarray, np.ndarray]:
+    images_file, labels_file = files
     images = _idx_array(images_file, ndim=3)
     labels = _idx_array(labels_file, ndim=1)
     if images.shape[1:] != IDX_IMAGE_SIZE:
@@ -234,7 +242,7 @@ def _read_idx(name: str, split: str, root: Path, download: bool):
                            f"{images_file.path} holds {len(images)} images")
     _check_labels(labels_file.path, labels, len(CLASSES[name]))
     # a copy, because frombuffer's view of the file's bytes is read-only
-    return images[:, None].copy(), labels, [images_file, labels_file]
+    return images[:, None].copy(), labels
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
@@ -265,28 +273,31 @@ def _idx_array(file: _File, ndim: int) -> np.ndarray:
 
 # ---- CIFAR-10: binary or python batches ----
 
-def _read_cifar(name: str, split: str, root: Path, download: bool):
+def _cifar_files(name: str, split: str, root: Path, download: bool) -> list[_File]:
+    """The split's batches, in order, in the python layout if only it is complete, else in
+    the binary one (downloaded if asked)."""
     batches = CIFAR_BATCHES[split]
     binary = [root / CIFAR_BIN / f"{batch}.bin" for batch in batches]
     python = [root / CIFAR_PY / batch for batch in batches]
     if all(p.is_file() for p in python) and not all(p.is_file() for p in binary):
-        files = [_read_file(p, f"{CIFAR_PY}/{p.name}") for p in python]
-        checked = _CheckedFiles()
-        for file in files:  # unpickle only the official release's bytes (checksum mismatch: DatasetError)
-            checked.verify(file)
-        parsed = [_cifar_python_batch(f) for f in files]
-    else:
-        if download and not all(p.is_file() for p in binary):
-            _download_cifar(root)
-        missing = [p.name for p in binary if not p.is_file()]
-        if missing:
-            raise _missing(name, split, root / CIFAR_BIN, missing,
-                           f" (nor is the python layout complete in {root / CIFAR_PY})")
-        files = [_read_file(p, f"{CIFAR_BIN}/{p.name}") for p in binary]
-        parsed = [_cifar_binary_batch(f) for f in files]
-    images = np.concatenate([images for images, _ in parsed])
-    labels = np.concatenate([labels for _, labels in parsed])
-    return images, labels, files
+        return [_read_file(p, f"{CIFAR_PY}/{p.name}") for p in python]
+    if download and not all(p.is_file() for p in binary):
+        _download_cifar(root)
+    missing = [p.name for p in binary if not p.is_file()]
+    if missing:
+        raise _missing(name, split, root / CIFAR_BIN, missing,
+                       f" (nor is the python layout complete in {root / CIFAR_PY})")
+    return [_read_file(p, f"{CIFAR_BIN}/{p.name}") for p in binary]
+
+
+def _parse_cifar(name: str, files: list[_File]) -> tuple[np.ndarray, np.ndarray]:
+    parsed = [_cifar_python_batch(f) if _is_pickle(f) else _cifar_binary_batch(f) for f in files]
+    return (np.concatenate([images for images, _ in parsed]),
+            np.concatenate([labels for _, labels in parsed]))
+
+
+def _is_pickle(file: _File) -> bool:
+    return file.key.startswith(CIFAR_PY + "/")
 
 
 def _cifar_binary_batch(file: _File) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +406,9 @@ class _CheckedFiles:
         entry = self._entry(file.path, file.stat)
         if expected is None:
             return "unpacked_from" in entry
-        if entry.get("md5") == expected:
+        # A pickle is hashed every time: a cached verdict would pass a crafted file given
+        # the size and modification time of the one checked
+        if entry.get("md5") == expected and not _is_pickle(file):
             return True
         actual = md5_of(file.content)
         if actual != expected:
