@@ -1,5 +1,6 @@
 """Training: the loss of eq. (6), decoding, the CLI, run directories, and resuming after kills."""
 
+import dataclasses
 import json
 import math
 import os
@@ -88,7 +89,10 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
                                                ({"s_max": 0}, "s_max=0"), ({"lr": float("nan")}, "lr=nan"),
                                                ({"grad_mode": "x"}, "grad_mode 'x'"), ({"tau_m": 0.5}, "tau_m=0.5"),
                                                ({"output_surrogate": "gauss"}, "output_surrogate='gauss'"),
-                                               ({"output_surrogate": "arctan", "ann": True}, "with ann=True")])
+                                               ({"output_surrogate": "arctan", "ann": True}, "with ann=True"),
+                                               ({"alpha_w": math.inf}, "alpha_w=inf"), ({"v_th": math.inf}, "v_th=inf"),
+                                               ({"target_true": math.nan}, "target_true=nan"),
+                                               ({"device": "gpu"}, "device='gpu'")])
 def test_invalid_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **override)
@@ -271,7 +275,6 @@ def torchrun(*args):
                            "-m", "mtsnn.cli", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
-
 @needs_fmnist
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_0_downloads_and_the_others_load_after_it(monkeypatch, tmp_path, rank):
@@ -437,3 +440,85 @@ def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, sta
         with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved config is not a valid") as info:
             load(tmp_path)
         assert problem in str(info.value)
+
+
+@pytest.mark.parametrize("files, message", [
+    (["checkpoint.safetensors"], "holds a stopped run .*--resume"),
+    (["metrics.jsonl"], r"already holds a run \(metrics.jsonl\)"),
+    (["checkpoint.safetensors", "metrics.jsonl", "summary.json"], "already holds a run .*summary.json"),
+])
+def test_a_fresh_run_never_overwrites_another_runs_files(tmp_path, files, message):
+    for name in files:
+        (tmp_path / name).write_text("kept")
+    with pytest.raises(ValueError, match=message):
+        Run.start(preset("fmnist-mlp"), tmp_path)
+    assert all((tmp_path / name).read_text() == "kept" for name in files)
+
+
+def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
+    with pytest.raises(ValueError, match="batch_size, seed cannot change .*only epochs, device"):
+        Run.resume(tmp_path, batch_size=64, seed=3, epochs=10)
+
+
+def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, capsys):
+    assert cli.main(["train", "fmnist-mlp", "--resume", str(tmp_path), "--seeds", "0,1"]) == 2
+    assert "takes no a preset, --seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("progress", [
+    {},
+    {"epoch": 2, "batch": -1, "wall_seconds": 1.0, "acc": {}, "param_groups": []},
+])
+def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, progress):
+    from mtsnn.checkpoint import CheckpointError
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)},
+                    {"config": dataclasses.asdict(TrainConfig()), **progress})
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved progress is incomplete or malformed"):
+        Run.resume(tmp_path)
+
+
+@needs_fmnist
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_file(tmp_path):
+    from mtsnn.checkpoint import CheckpointError
+    cfg = preset("fmnist-mlp", train_limit=256, data_root=str(SHARED))
+    state = {"config": dataclasses.asdict(cfg), "epoch": 1, "batch": 0, "wall_seconds": 1.0,
+             "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}, "param_groups": []}
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"model/blocks.0.weight": torch.ones(3, 3)}, state)
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors: its weights or optimizer state do not fit"):
+        Run.resume(tmp_path)
+
+
+def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "test_a\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a metrics row"):
+        read_metrics(tmp_path)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('spec = "784-10"', "spec cannot be set there"),
+    ("lr = -1.0", "lr=-1.0"),
+])
+def test_config_file_errors_name_the_file(tmp_path, settings, message):
+    path = tmp_path / "settings.toml"
+    path.write_text(settings + "\n")
+    with pytest.raises(ValueError, match=f"config file {path}: .*{message}"):
+        cli._config(cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(path)]))
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_each_cuda_process_selects_its_own_gpu_before_joining(monkeypatch, local_rank):
+    from mtsnn import distributed
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: local_rank)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    procs = distributed.Processes.from_environment(torch.device("cuda"))
+    assert calls == [("set_device", local_rank), ("init", "nccl")]
+    assert procs.device == f"cuda:{local_rank}" and procs.local_rank == local_rank

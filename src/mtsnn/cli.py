@@ -72,9 +72,19 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    overrides = load_toml(args.config) if args.config else {}
-    overrides.update(_settings(args))
-    return PRESETS[args.preset].replace(**overrides).validate()
+    """The preset, then the TOML file's settings, then the command line's."""
+    cfg = PRESETS[args.preset]
+    if args.config:
+        settings = load_toml(args.config)
+        fixed = sorted(set(settings) & _INTERNAL)
+        if fixed:
+            raise ValueError(f"config file {args.config}: {', '.join(fixed)} cannot be set there (the preset "
+                             f"chooses the data set and network)")
+        try:
+            cfg = cfg.replace(**settings).validate()
+        except ValueError as e:
+            raise ValueError(f"config file {args.config}: {e}") from None
+    return cfg.replace(**_settings(args)).validate()
 
 
 def _is_main_process() -> bool:
@@ -98,6 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import Run
 
     if args.resume:
+        extra = [name for name, given in (("a preset", args.preset), ("--config", args.config),
+                                          ("--run-dir", args.run_dir), ("--seeds", args.seeds)) if given]
+        if extra:
+            raise ValueError(f"--resume continues {args.resume} in place with its saved settings; it takes no "
+                             f"{', '.join(extra)}")
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
         _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs")

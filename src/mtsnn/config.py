@@ -8,6 +8,8 @@ import math
 import sys
 from dataclasses import dataclass
 
+import torch
+
 from .neuron import LIFParams
 from .surrogate import NAMES as SURROGATES
 
@@ -74,6 +76,10 @@ class TrainConfig:
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
+            (math.isfinite(self.target_true) and math.isfinite(self.target_false),
+             f"target_true={self.target_true}, target_false={self.target_false} (need finite counts)"),
+            (_is_device(self.device), f"device={self.device!r} (need a torch device such as 'cpu', 'cuda' "
+             f"or 'cuda:1')"),
             (not (self.ann and self.output_surrogate),
              f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"),
             (self.output_surrogate in ("", *SURROGATES), f"output_surrogate={self.output_surrogate!r} "
@@ -100,6 +106,14 @@ class TrainConfig:
             raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
+
+
+def _is_device(name: str) -> bool:
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
 
 
 # Random-crop padding is not in the paper. MLPs: 1 pixel, measured best of 0/1/2/4 over 40

@@ -33,10 +33,13 @@ class Processes:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":  # one GPU per process: NCCL works on the current device
+            torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                   "cuda" if device.type == "cuda" else "cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank,
+                   f"cuda:{local_rank}" if device.type == "cuda" else "cpu")
 
     def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """This process's contiguous share of the global batch."""
@@ -63,7 +66,6 @@ class Processes:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
-
 
 
 def shutdown() -> None:

@@ -20,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from .config import load_toml
+from .train import read_metrics
 
 # "Proposed Method" rows of the paper: (table, preset, network, T, mean accuracy over 5 runs)
 PAPER = {
@@ -44,10 +45,9 @@ def _dataset_label(name: str, rows: list[dict]) -> str:
 
 
 def read_run(run_dir: Path) -> dict | None:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists() or not (run_dir / "config.toml").exists():
+    if not (run_dir / "config.toml").exists():
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    rows = read_metrics(run_dir)
     if not rows:
         return None
     cfg = load_toml(run_dir / "config.toml")

@@ -203,8 +203,8 @@ class Surrogate:
         if self.name not in NAMES:
             raise ValueError(f"unknown surrogate {self.name!r}; choose one of {', '.join(NAMES)}")
         for setting in ("alpha_h", "alpha_w", "v_th"):
-            if not getattr(self, setting) > 0:
-                raise ValueError(f"{setting} must be > 0, got {setting}={getattr(self, setting)}")
+            if not 0 < getattr(self, setting) < math.inf:
+                raise ValueError(f"{setting} must be finite and > 0, got {setting}={getattr(self, setting)}")
         if isinstance(self.s_max, bool) or int(self.s_max) != self.s_max or self.s_max < 1:
             raise ValueError(f"s_max must be an integer >= 1, got s_max={self.s_max}")
         object.__setattr__(self, "s_max", int(self.s_max))  # 15.0 from a config file counts as 15

@@ -2,8 +2,9 @@
 
 Decoding: the predicted class is the argmax of the output spikes summed over
 time. Ties go to the lowest class index (``torch.argmax`` returns the first
-maximum), so a silent output layer always predicts class 0: deterministic, and
-never counted as correct by luck of the draw.
+maximum): deterministic, so a silent output layer always predicts class 0 and
+scores exactly that class's share of the test set (10% here), never more by a
+lucky draw.
 
 A run directory holds ``config.toml``, ``metrics.jsonl`` (one JSON object per
 epoch), ``checkpoint.safetensors`` (written atomically after every epoch and on
@@ -241,8 +242,28 @@ def saved_config(state: dict, path: Path) -> TrainConfig:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl`` (none if it is missing); ValueError naming the
+    file and line if one is not a JSON object with an ``epoch``."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+        if not isinstance(row, dict) or type(row.get("epoch")) is not int:
+            raise ValueError(f"{path}, line {number}: not a metrics row (a JSON object with an integer epoch)")
+        rows.append(row)
+    return rows
+
+
+# What a resumed run may change: where and how fast it runs, and how long. The rest would
+# break the promise that it sees the batches and takes the steps of an uninterrupted run.
+RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
+# Files that mark a folder as some run's: a fresh run there would overwrite its results.
+RUN_FILES = (CHECKPOINT, "metrics.jsonl", "summary.json")
 
 
 class Run:
@@ -260,6 +281,8 @@ class Run:
             self.device = torch.device("cuda", self.procs.local_rank)
         self.log = log if self.procs.is_main else (lambda *args: None)
         if cfg.deterministic:
+            if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         root = cfg.data_root or None
         if not self.procs.is_main:
@@ -288,20 +311,34 @@ class Run:
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> "Run":
-        """A fresh run; refuses a directory that already holds a checkpoint (resume it instead)."""
-        if (Path(run_dir) / CHECKPOINT).exists():
-            raise ValueError(f"{run_dir} already holds a run's checkpoint; continue it with --resume {run_dir} "
+        """A fresh run; refuses a directory that already holds a run's files, whose results it
+        would overwrite (resume a stopped run instead; a finished one is kept)."""
+        found = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+        if CHECKPOINT in found and "summary.json" not in found:
+            raise ValueError(f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
                              "or choose another --run-dir")
+        if found:
+            raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
         return cls(cfg, run_dir, log)
 
     @classmethod
     def resume(cls, run_dir: str | Path, log=print, **overrides) -> "Run":
-        """Reopen ``run_dir``: its config (``overrides`` may change e.g. ``epochs`` or ``device``)."""
+        """Reopen ``run_dir`` with its saved config; ``overrides`` may change the
+        :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``)."""
+        fixed = sorted(set(overrides) - set(RESUMABLE_SETTINGS))
+        if fixed:
+            raise ValueError(f"a resumed run keeps its settings; {', '.join(fixed)} cannot change (only "
+                             f"{', '.join(RESUMABLE_SETTINGS)} can). Start a new run to change them")
         path = Path(run_dir) / CHECKPOINT
         tensors, state = load_checkpoint(path)
         cfg = saved_config(state, path).replace(**overrides)
+        _check_progress(state, path)
         run = cls(cfg, run_dir, log)
-        _restore(run.model, run.optimizer, tensors, state)
+        try:
+            _restore(run.model, run.optimizer, tensors, state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its weights or optimizer state do not fit its config "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from None
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
         if run.procs.is_main:  # the saved sums are global: one process carries them on
             run.acc = state["acc"]
@@ -322,8 +359,11 @@ class Run:
 
     def _keep_metrics_up_to(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written before a kill, redone after the resume)."""
-        rows = [json.dumps(row) + "\n" for row in read_metrics(self.run_dir) if row["epoch"] <= epoch]
-        atomic_write(self.run_dir / "metrics.jsonl", ["".join(rows).encode()])
+        self._write_metrics([row for row in read_metrics(self.run_dir) if row["epoch"] <= epoch])
+
+    def _write_metrics(self, rows: list[dict]) -> None:
+        """The whole file, atomically: a kill leaves the old rows or the new, never a torn line."""
+        atomic_write(self.run_dir / "metrics.jsonl", ["".join(json.dumps(row) + "\n" for row in rows).encode()])
 
     def fit(self) -> dict:
         """Train to ``cfg.epochs``; return the summary (also written to ``summary.json``)."""
@@ -343,8 +383,7 @@ class Run:
                     self._train_epoch(stop)
                     row = self._finish_epoch()
                     if main:
-                        with open(self.run_dir / "metrics.jsonl", "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                        self._write_metrics(read_metrics(self.run_dir) + [row])
                         if board is not None:
                             for key in ("train_loss", "train_acc", "test_acc", "images_per_second"):
                                 board.add_scalar(key, row[key], row["epoch"])
@@ -434,6 +473,20 @@ class Run:
         self.epoch += 1
         self.batch, self.acc = 0, _fresh_accumulators()
         return row
+
+
+def _check_progress(state: dict, path: Path) -> None:
+    """CheckpointError naming ``path`` unless ``state`` says where the run stopped."""
+    numbers = {"epoch": int, "batch": int, "wall_seconds": (int, float)}
+    sums = {"loss_sum": (int, float), "correct": (int, float), "total": (int, float), "seconds": (int, float)}
+    acc = state.get("acc")
+    ok = (all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) and state[k] >= 0
+              for k, t in numbers.items())
+          and isinstance(acc, dict) and all(isinstance(acc.get(k), t) for k, t in sums.items())
+          and isinstance(state.get("param_groups"), list))
+    if not ok:
+        raise CheckpointError(f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
+                              f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)")
 
 
 def _sha256(path: Path) -> str:
