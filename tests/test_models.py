@@ -146,3 +146,14 @@ def test_flatten_features_gradient_equals_a_plain_flatten(make_input, channels_l
     assert torch.autograd.gradcheck(mtsnn.models.FlattenFeatures(), (x,))
     assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last_grad
     assert grad.is_contiguous() != channels_last_grad
+
+
+@pytest.mark.parametrize("block, shape, num_steps, expected", [
+    (SpikingLinear(784, 10), (128, 784), None, r"\[T, B, in_features\] with in_features=784, got \(128, 784\)"),
+    (SpikingLinear(784, 10), (2, 128, 100), None, r"in_features=784, got \(2, 128, 100\)"),
+    (SpikingConv2d(1, 4, 3), (2, 8, 3, 28, 28), None, r"\[T, B, in_channels, H, W\] with in_channels=1"),
+    (SpikingConv2d(1, 4, 3), (2, 8, 1, 28, 28), 2, r"\[B, in_channels, H, W\] with in_channels=1"),
+])
+def test_blocks_name_the_input_shape_they_need(block, shape, num_steps, expected):
+    with pytest.raises(ValueError, match=expected):
+        block(torch.zeros(shape), num_steps=num_steps)

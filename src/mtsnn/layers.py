@@ -82,6 +82,7 @@ class _SpikingBlock(nn.Module):
         """``x``: spikes ``[T, B, ...]``, or one input ``[B, ...]`` held for ``num_steps`` steps."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self._check_input(x, num_steps)
         if self.params.grad_mode == "paper":
             return _PaperBlockFunction.apply(x, self.weight, self.bias, self, self.params, num_steps)
         if num_steps is not None:
@@ -91,8 +92,22 @@ class _SpikingBlock(nn.Module):
         return _LIFFunction.apply(current, self.params, num_steps)
 
 
+    def _check_input(self, x: torch.Tensor, num_steps: int | None) -> None:
+        """ValueError naming the shape unless ``x`` is ``[T, B, SAMPLE]``, or ``[B, SAMPLE]``
+        with ``num_steps``."""
+        names = self.SAMPLE.split(", ")
+        lead = "B" if num_steps is not None else "T, B"
+        first = x.dim() - len(names)   # where the sample's dimensions begin
+        size = getattr(self, names[0])
+        if first != lead.count(",") + 1 or x.shape[first] != size:
+            raise ValueError(f"{type(self).__name__}: input must be shaped [{lead}, {self.SAMPLE}] with "
+                             f"{names[0]}={size}, got {tuple(x.shape)}")
+
+
 class SpikingLinear(_SpikingBlock):
     """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF."""
+
+    SAMPLE = "in_features"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **neuron):
         self.in_features, self.out_features = in_features, out_features
@@ -114,6 +129,8 @@ class SpikingLinear(_SpikingBlock):
 
 class SpikingConv2d(_SpikingBlock):
     """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron."""
+
+    SAMPLE = "in_channels, H, W"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, **neuron):
         if kernel_size < 1 or kernel_size % 2 == 0:
