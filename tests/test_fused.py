@@ -74,3 +74,22 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch):
     with pytest.warns(UserWarning, match="running it eagerly"):
         spikes = run(torch.full((2, 3), 25.0), LIFParams(), None)
     assert spikes.tolist() == [[2.0] * 3] * 2 and neuron.neuron_backend() == "eager"
+
+
+def test_out_of_memory_is_raised_and_keeps_the_compiled_backend(monkeypatch):
+    monkeypatch.setattr(neuron, "_backend", "inductor")
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        neuron._with_eager_fallback(out_of_memory, lif_forward)(torch.ones(2, 3), LIFParams(), None)
+    assert neuron.neuron_backend() == "inductor"
+
+
+def test_an_error_of_the_call_itself_is_raised_and_keeps_the_compiled_backend(monkeypatch):
+    monkeypatch.setattr(neuron, "_backend", "inductor")
+    run = neuron._with_eager_fallback(lif_forward, lif_forward)   # the "compiled" one fails alike
+    with pytest.raises(AttributeError, match="decay"):
+        run(torch.ones(2, 3), None, None)   # no neuron settings: eager fails too
+    assert neuron.neuron_backend() == "inductor"

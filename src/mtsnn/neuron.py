@@ -66,7 +66,7 @@ class LIFParams:
     surrogate_fn: surrogates.Surrogate = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        if not self.tau_m >= 1:
+        if not self.tau_m >= 1:  # math.inf is allowed: no leak, an integrate-and-fire neuron
             raise ValueError(f"tau_m must be >= 1 (time steps), got tau_m={self.tau_m}")
         if self.grad_mode not in GRAD_MODES:
             raise ValueError(f"unknown grad_mode {self.grad_mode!r}; choose one of {', '.join(GRAD_MODES)}")
@@ -208,11 +208,16 @@ def _with_eager_fallback(compiled, eager):
             return eager(*args)
         try:
             return compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as e:  # compile failures come as many exception types
+            # An error of the call itself (bad shapes, say) raises again here, leaving the
+            # backend as it was; only if the eager call works was the compiler at fault
+            result = eager(*args)
             warnings.warn(f"compiling the neuron failed ({type(e).__name__}: {str(e)[:200]}); "
                           "running it eagerly from now on")
             _backend = "eager"
-            return eager(*args)
+            return result
     return call
 
 
