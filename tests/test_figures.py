@@ -1,13 +1,17 @@
 """mtsnn figures and mtsnn sweep: the files appear, sweeps skip finished points and resume."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtsnn import cli
-from mtsnn.sweep import SWEEPS
+from mtsnn.checkpoint import save_checkpoint
+from mtsnn.config import preset
+from mtsnn.sweep import SWEEPS, point_dir
 
 pytest.importorskip("matplotlib")
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -47,3 +51,17 @@ def test_a_tiny_sweep_then_its_figure(tmp_path, capsys, monkeypatch):
     assert cli.main(["figures", "fig9", "--out", str(tmp_path), "--sweeps", str(tmp_path / "sweeps")]) == 0
     assert (tmp_path / "fig9.png").exists()
     assert json.loads((points[0] / "summary.json").read_text())["epochs"] == 1
+
+
+def test_a_sweep_refuses_settings_it_sets_itself(tmp_path, capsys):
+    assert cli.main(["sweep", "fig9", "--s-max", "3", "--T", "2", "--out", str(tmp_path)]) == 2
+    assert "fig9 sets T, s_max itself" in capsys.readouterr().err
+
+
+def test_a_stopped_sweep_point_resumes_only_with_its_own_settings(tmp_path, capsys):
+    point = point_dir(tmp_path, "fig9", 1)
+    point.mkdir(parents=True)
+    saved = preset("fmnist-mlp", T=1, s_max=1, lr=0.005)
+    save_checkpoint(point / "checkpoint.safetensors", {"a": torch.ones(1)}, {"config": dataclasses.asdict(saved)})
+    assert cli.main(["sweep", "fig9", "--lr", "0.001", "--out", str(tmp_path)]) == 2
+    assert "lr=0.005 to 0.001 was asked" in capsys.readouterr().err

@@ -456,8 +456,10 @@ def test_a_fresh_run_never_overwrites_another_runs_files(tmp_path, files, messag
 
 
 def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
-    with pytest.raises(ValueError, match="batch_size, seed cannot change .*only epochs, device"):
-        Run.resume(tmp_path, batch_size=64, seed=3, epochs=10)
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)},
+                    {"config": dataclasses.asdict(preset("fmnist-mlp"))})   # batch_size 128, seed 0, lr 0.005
+    with pytest.raises(ValueError, match=r"batch_size=128 to 64, seed=0 to 3 was asked \(only epochs, device"):
+        Run.resume(tmp_path, batch_size=64, seed=3, epochs=10, lr=0.005)   # the same lr is no change
 
 
 def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, capsys):

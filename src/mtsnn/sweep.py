@@ -32,6 +32,9 @@ def run_sweep(figure: str, preset_name: str, out: Path, log=print, **overrides) 
     if figure not in SWEEPS:
         raise ValueError(f"unknown sweep {figure!r}; choose one of {', '.join(SWEEPS)}")
     name, values, held = SWEEPS[figure]
+    clash = sorted(set(overrides) & {name, *held})
+    if clash:
+        raise ValueError(f"{figure} sets {', '.join(clash)} itself ({name} varies over {values}, held: {held})")
     dirs = []
     for value in values:
         run_dir = point_dir(out, figure, value)
@@ -40,9 +43,9 @@ def run_sweep(figure: str, preset_name: str, out: Path, log=print, **overrides) 
             log(f"{figure}: {name}={value} done, skipped")
             continue
         log(f"{figure}: {name}={value}")
-        if (run_dir / CHECKPOINT).exists():
-            Run.resume(run_dir, log=log).fit()
+        settings = {**overrides, **held, name: value}
+        if (run_dir / CHECKPOINT).exists():  # the same settings again, or a clear error
+            Run.resume(run_dir, log=log, **settings).fit()
         else:
-            cfg = preset(preset_name, **{**overrides, **held, name: value})
-            Run.start(cfg, run_dir, log=log).fit()
+            Run.start(preset(preset_name, **settings), run_dir, log=log).fit()
     return dirs

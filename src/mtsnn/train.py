@@ -324,14 +324,16 @@ class Run:
     @classmethod
     def resume(cls, run_dir: str | Path, log=print, **overrides) -> "Run":
         """Reopen ``run_dir`` with its saved config; ``overrides`` may change the
-        :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``)."""
-        fixed = sorted(set(overrides) - set(RESUMABLE_SETTINGS))
-        if fixed:
-            raise ValueError(f"a resumed run keeps its settings; {', '.join(fixed)} cannot change (only "
-                             f"{', '.join(RESUMABLE_SETTINGS)} can). Start a new run to change them")
+        :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``) and repeat others."""
         path = Path(run_dir) / CHECKPOINT
         tensors, state = load_checkpoint(path)
-        cfg = saved_config(state, path).replace(**overrides)
+        saved = saved_config(state, path)
+        cfg = saved.replace(**overrides)
+        changed = [f"{name}={getattr(saved, name)!r} to {value!r}" for name, value in overrides.items()
+                   if name not in RESUMABLE_SETTINGS and getattr(saved, name) != value]
+        if changed:
+            raise ValueError(f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
+                             f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them")
         _check_progress(state, path)
         run = cls(cfg, run_dir, log)
         try:
