@@ -92,7 +92,8 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
                                                ({"output_surrogate": "arctan", "ann": True}, "with ann=True"),
                                                ({"alpha_w": math.inf}, "alpha_w=inf"), ({"v_th": math.inf}, "v_th=inf"),
                                                ({"target_true": math.nan}, "target_true=nan"),
-                                               ({"device": "gpu"}, "device='gpu'")])
+                                               ({"device": "gpu"}, "device='gpu'"), ({"init": "xavier"}, "init='xavier'"),
+                                               ({"pooling": "sum"}, "pooling='sum'")])
 def test_invalid_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **override)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .layers import INITS
+from .models import POOLINGS
 from .neuron import LIFParams
 from .surrogate import NAMES as SURROGATES
 
@@ -70,6 +72,8 @@ class TrainConfig:
             (self.dataset in DATASETS, f"dataset={self.dataset!r} (choose one of {', '.join(DATASETS)})"),
             (self.T >= 1, f"T={self.T} (need >= 1)"),
             (self.loss in LOSSES, f"loss={self.loss!r} (choose one of {', '.join(LOSSES)})"),
+            (self.init in INITS, f"init={self.init!r} (choose one of {', '.join(INITS)})"),
+            (self.pooling in POOLINGS, f"pooling={self.pooling!r} (choose one of {', '.join(POOLINGS)})"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
             (self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),

@@ -23,6 +23,8 @@ from torch import nn
 
 from .neuron import LIFParams, _LIFFunction, fused, lif_forward, paper_backward
 
+INITS = ("kaiming", "paper")
+
 
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
@@ -67,14 +69,14 @@ class _SpikingBlock(nn.Module):
         """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
         standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
         threshold. Biases start at 0."""
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         v_th = self.params.v_th
         with torch.no_grad():
             if init == "kaiming":
                 self.weight.normal_(0.0, v_th * math.sqrt(2.0 / self.fan_in))
-            elif init == "paper":
-                self.weight.normal_(v_th / self.fan_in, 0.5)
             else:
-                raise ValueError(f"unknown init {init!r}; choose 'kaiming' or 'paper'")
+                self.weight.normal_(v_th / self.fan_in, 0.5)
             if self.bias is not None:
                 self.bias.zero_()
 

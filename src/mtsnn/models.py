@@ -28,8 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import SpikingConv2d, SpikingLinear
-
-INITS = ("kaiming", "paper")
 POOLINGS = ("avg", "max")
 
 
@@ -212,8 +210,6 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     (``"arctan"``) keeps a gradient there, while hidden neurons keep the paper's curve.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if ann:
