@@ -11,7 +11,8 @@ import torch
 from mtsnn import cli
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
-from mtsnn.sweep import SWEEPS, point_dir
+from mtsnn.sweep import SWEEPS, point_dir, run_sweep
+from mtsnn.train import Run
 
 pytest.importorskip("matplotlib")
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -58,10 +59,28 @@ def test_a_sweep_refuses_settings_it_sets_itself(tmp_path, capsys):
     assert "fig9 sets T, s_max itself" in capsys.readouterr().err
 
 
-def test_a_stopped_sweep_point_resumes_only_with_its_own_settings(tmp_path, capsys):
+def test_a_sweep_accepts_a_held_setting_repeated(tmp_path, monkeypatch):
+    started = []
+
+    class Recorded:
+        def fit(self):
+            pass
+
+    monkeypatch.setattr(Run, "start", classmethod(lambda cls, cfg, run_dir, log: started.append(cfg) or Recorded()))
+    run_sweep("fig8", "fmnist-mlp", tmp_path, log=lambda *a: None, T=1, epochs=3)
+    assert [cfg.s_max for cfg in started] == SWEEPS["fig8"][1]
+    assert all(cfg.T == 1 and cfg.epochs == 3 for cfg in started)
+
+
+@pytest.mark.parametrize("arguments, change", [
+    (["--lr", "0.001"], "lr=0.005 to 0.001"),        # a setting given anew
+    (["--preset", "mnist-mlp"], "preset='fmnist-mlp' to 'mnist-mlp'"),   # a preset's own setting, not given
+])
+def test_a_stopped_sweep_point_resumes_only_with_its_own_settings(tmp_path, capsys, arguments, change):
     point = point_dir(tmp_path, "fig9", 1)
     point.mkdir(parents=True)
     saved = preset("fmnist-mlp", T=1, s_max=1, lr=0.005)
     save_checkpoint(point / "checkpoint.safetensors", {"a": torch.ones(1)}, {"config": dataclasses.asdict(saved)})
-    assert cli.main(["sweep", "fig9", "--lr", "0.001", "--out", str(tmp_path)]) == 2
-    assert "lr=0.005 to 0.001 was asked" in capsys.readouterr().err
+    assert cli.main(["sweep", "fig9", *arguments, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "a resumed run keeps its settings" in error and change in error

@@ -80,9 +80,9 @@ def test_out_of_memory_is_raised_and_keeps_the_compiled_backend(monkeypatch):
     monkeypatch.setattr(neuron, "_backend", "inductor")
 
     def out_of_memory(*args):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         neuron._with_eager_fallback(out_of_memory, lif_forward)(torch.ones(2, 3), LIFParams(), None)
     assert neuron.neuron_backend() == "inductor"
 

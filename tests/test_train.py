@@ -443,17 +443,31 @@ def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, sta
         assert problem in str(info.value)
 
 
+ROW = {"epoch": 1, "test_acc": 50.0}
+
+
 @pytest.mark.parametrize("files, message", [
-    (["checkpoint.safetensors"], "holds a stopped run .*--resume"),
-    (["metrics.jsonl"], r"already holds a run \(metrics.jsonl\)"),
-    (["checkpoint.safetensors", "metrics.jsonl", "summary.json"], "already holds a run .*summary.json"),
+    ({"checkpoint.safetensors": "x"}, "holds a stopped run .*--resume"),
+    ({"metrics.jsonl": [ROW, {**ROW, "epoch": 2}]}, r"already holds a run \(metrics.jsonl\)"),
+    ({"checkpoint.safetensors": "x", "summary.json": "{}", "metrics.jsonl": [ROW]},
+     r"already holds a run \(checkpoint.safetensors, summary.json\)"),
 ])
 def test_a_fresh_run_never_overwrites_another_runs_files(tmp_path, files, message):
-    for name in files:
-        (tmp_path / name).write_text("kept")
+    for name, content in files.items():
+        (tmp_path / name).write_text(content if isinstance(content, str)
+                                     else "".join(json.dumps(row) + "\n" for row in content))
+    before = {name: (tmp_path / name).read_text() for name in files}
     with pytest.raises(ValueError, match=message):
         Run.start(preset("fmnist-mlp"), tmp_path)
-    assert all((tmp_path / name).read_text() == "kept" for name in files)
+    assert {name: (tmp_path / name).read_text() for name in files} == before
+
+
+@needs_fmnist
+def test_a_fresh_run_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(ROW) + "\n")   # the epoch-1 row, written before the save
+    run = Run.start(preset("fmnist-mlp", train_limit=256, epochs=1, data_root=str(SHARED)), tmp_path, log=lambda *a: None)
+    run.fit()
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1] and read_metrics(tmp_path)[0]["test_acc"] != 50.0
 
 
 def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
@@ -465,15 +479,20 @@ def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
 
 def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, capsys):
     assert cli.main(["train", "fmnist-mlp", "--resume", str(tmp_path), "--seeds", "0,1"]) == 2
-    assert "takes no a preset, --seeds" in capsys.readouterr().err
+    assert "takes no PRESET or --seeds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("progress", [
-    {},
-    {"epoch": 2, "batch": -1, "wall_seconds": 1.0, "acc": {}, "param_groups": []},
+PROGRESS = {"epoch": 2, "batch": 0, "wall_seconds": 1.0, "param_groups": [{"lr": 0.005}],
+            "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}}
+
+
+@pytest.mark.parametrize("fault", [
+    {"epoch": None}, {"batch": -1}, {"wall_seconds": "1"}, {"acc": {"loss_sum": 0.0}},
+    {"param_groups": {"lr": 0.005}}, {"param_groups": [0.005]},
 ])
-def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, progress):
+def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, fault):
     from mtsnn.checkpoint import CheckpointError
+    progress = {key: value for key, value in {**PROGRESS, **fault}.items() if value is not None}
     save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)},
                     {"config": dataclasses.asdict(TrainConfig()), **progress})
     with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved progress is incomplete or malformed"):
@@ -492,6 +511,8 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_
 
 
 def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n\n{"epoch": 2}\n \n')   # blank lines are no rows
+    assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "test_a\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
         read_metrics(tmp_path)
@@ -501,7 +522,7 @@ def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ('spec = "784-10"', "spec cannot be set there"),
+    ('spec = "784-10"', "spec='784-10' differs from preset fmnist-mlp"),
     ("lr = -1.0", "lr=-1.0"),
 ])
 def test_config_file_errors_name_the_file(tmp_path, settings, message):
@@ -509,6 +530,14 @@ def test_config_file_errors_name_the_file(tmp_path, settings, message):
     path.write_text(settings + "\n")
     with pytest.raises(ValueError, match=f"config file {path}: .*{message}"):
         cli._config(cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(path)]))
+
+
+def test_a_runs_own_config_file_repeats_its_settings(tmp_path):
+    from mtsnn.config import dump_toml
+    saved = preset("fmnist-mlp", lr=0.001, seed=4)   # names its preset, data set and network too
+    (tmp_path / "config.toml").write_text(dump_toml(dataclasses.asdict(saved)))
+    args = cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(tmp_path / "config.toml")])
+    assert cli._config(args) == saved
 
 
 @pytest.mark.parametrize("local_rank", [0, 1])

@@ -76,10 +76,11 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     cfg = PRESETS[args.preset]
     if args.config:
         settings = load_toml(args.config)
-        fixed = sorted(set(settings) & _INTERNAL)
+        # A run's own config.toml names its preset, data set and network: fine if they are the preset's
+        fixed = sorted(name for name in set(settings) & _INTERNAL if settings[name] != getattr(cfg, name))
         if fixed:
-            raise ValueError(f"config file {args.config}: {', '.join(fixed)} cannot be set there (the preset "
-                             f"chooses the data set and network)")
+            raise ValueError(f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
+                             f"differs from preset {args.preset} (the preset chooses the data set and network)")
         try:
             cfg = cfg.replace(**settings).validate()
         except ValueError as e:
@@ -108,11 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import Run
 
     if args.resume:
-        extra = [name for name, given in (("a preset", args.preset), ("--config", args.config),
+        extra = [name for name, given in (("PRESET", args.preset), ("--config", args.config),
                                           ("--run-dir", args.run_dir), ("--seeds", args.seeds)) if given]
         if extra:
             raise ValueError(f"--resume continues {args.resume} in place with its saved settings; it takes no "
-                             f"{', '.join(extra)}")
+                             f"{' or '.join(extra)}")
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
         _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs")

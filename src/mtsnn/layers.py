@@ -26,6 +26,11 @@ from .neuron import LIFParams, _LIFFunction, fused, lif_forward, paper_backward
 INITS = ("kaiming", "paper")
 
 
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+
+
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer: "_SpikingBlock", p: LIFParams, num_steps):
@@ -69,8 +74,7 @@ class _SpikingBlock(nn.Module):
         """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
         standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
         threshold. Biases start at 0."""
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        check_init(init)
         v_th = self.params.v_th
         with torch.no_grad():
             if init == "kaiming":

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpikingConv2d, SpikingLinear
+from .layers import SpikingConv2d, SpikingLinear, check_init
 POOLINGS = ("avg", "max")
 
 
@@ -210,6 +210,7 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     (``"arctan"``) keeps a gradient there, while hidden neurons keep the paper's curve.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
+    check_init(init)
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if ann:

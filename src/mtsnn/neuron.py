@@ -208,7 +208,7 @@ def _with_eager_fallback(compiled, eager):
             return eager(*args)
         try:
             return compiled(*args)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from torch 2.5)
             raise
         except Exception as e:  # compile failures come as many exception types
             # An error of the call itself (bad shapes, say) raises again here, leaving the

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
+
 from .config import preset
-from .train import CHECKPOINT, Run
+from .train import CHECKPOINT, RESUMABLE_SETTINGS, Run
 
 # figure -> (what varies, its values, settings held for the whole sweep)
 SWEEPS = {
@@ -32,7 +34,7 @@ def run_sweep(figure: str, preset_name: str, out: Path, log=print, **overrides) 
     if figure not in SWEEPS:
         raise ValueError(f"unknown sweep {figure!r}; choose one of {', '.join(SWEEPS)}")
     name, values, held = SWEEPS[figure]
-    clash = sorted(set(overrides) & {name, *held})
+    clash = sorted(key for key in overrides if key == name or key in held and overrides[key] != held[key])
     if clash:
         raise ValueError(f"{figure} sets {', '.join(clash)} itself ({name} varies over {values}, held: {held})")
     dirs = []
@@ -43,9 +45,11 @@ def run_sweep(figure: str, preset_name: str, out: Path, log=print, **overrides) 
             log(f"{figure}: {name}={value} done, skipped")
             continue
         log(f"{figure}: {name}={value}")
-        settings = {**overrides, **held, name: value}
-        if (run_dir / CHECKPOINT).exists():  # the same settings again, or a clear error
-            Run.resume(run_dir, log=log, **settings).fit()
+        cfg = preset(preset_name, **{**overrides, **held, name: value})
+        if (run_dir / CHECKPOINT).exists():  # the point's settings again, or a clear error
+            same = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_SETTINGS}
+            changed = {key: given for key, given in overrides.items() if key in RESUMABLE_SETTINGS}
+            Run.resume(run_dir, log=log, **same, **changed).fit()
         else:
-            Run.start(preset(preset_name, **settings), run_dir, log=log).fit()
+            Run.start(cfg, run_dir, log=log).fit()
     return dirs

@@ -249,6 +249,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         return []
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -262,8 +264,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
 # break the promise that it sees the batches and takes the steps of an uninterrupted run.
 RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
-# Files that mark a folder as some run's: a fresh run there would overwrite its results.
-RUN_FILES = (CHECKPOINT, "metrics.jsonl", "summary.json")
 
 
 class Run:
@@ -313,8 +313,13 @@ class Run:
     def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> "Run":
         """A fresh run; refuses a directory that already holds a run's files, whose results it
         would overwrite (resume a stopped run instead; a finished one is kept)."""
-        found = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
-        if CHECKPOINT in found and "summary.json" not in found:
+        run_dir = Path(run_dir)
+        found = [name for name in (CHECKPOINT, "summary.json") if (run_dir / name).exists()]
+        # Metrics of epoch 1 alone, without a checkpoint, are those of a run killed before its
+        # first save: nothing to keep. More are results of their own.
+        if any(row["epoch"] > 1 for row in read_metrics(run_dir)):
+            found.append("metrics.jsonl")
+        if found == [CHECKPOINT]:
             raise ValueError(f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
                              "or choose another --run-dir")
         if found:
@@ -338,7 +343,7 @@ class Run:
         run = cls(cfg, run_dir, log)
         try:
             _restore(run.model, run.optimizer, tensors, state)
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its weights or optimizer state do not fit its config "
                                   f"({type(e).__name__}: {str(e)[:300]})") from None
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
@@ -485,7 +490,8 @@ def _check_progress(state: dict, path: Path) -> None:
     ok = (all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) and state[k] >= 0
               for k, t in numbers.items())
           and isinstance(acc, dict) and all(isinstance(acc.get(k), t) for k, t in sums.items())
-          and isinstance(state.get("param_groups"), list))
+          and isinstance(state.get("param_groups"), list)
+          and all(isinstance(group, dict) for group in state["param_groups"]))
     if not ok:
         raise CheckpointError(f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
                               f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)")
