@@ -48,7 +48,7 @@ def test_a_tiny_sweep_then_its_figure(tmp_path, capsys, monkeypatch):
     assert all("s_max = 1\n" in c for c in configs) and "T = 3\n" in configs[2]
     capsys.readouterr()
     assert cli.main(args) == 0  # everything done: nothing retrained
-    assert capsys.readouterr().out.count("done, skipped") == 5
+    assert capsys.readouterr().out.count("finished before, kept") == 5
     assert cli.main(["figures", "fig9", "--out", str(tmp_path), "--sweeps", str(tmp_path / "sweeps")]) == 0
     assert (tmp_path / "fig9.png").exists()
     assert json.loads((points[0] / "summary.json").read_text())["epochs"] == 1

@@ -199,6 +199,15 @@ def test_seeds_run_one_directory_each_and_report_mean_and_std(tmp_path):
     accs = [json.loads((tmp_path / f"seed{s}" / "summary.json").read_text())["test_acc"] for s in (0, 1)]
     mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5  # sample std of two values
     assert f"test accuracy {mean:.2f} ± {std:.2f}% over seeds [0, 1]" in out
+    again = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1",
+                  "--run-dir", str(tmp_path))
+    out, _ = again.communicate(timeout=300)   # the same command again: nothing to train
+    assert again.returncode == 0 and out.count("finished before, kept") == 2 and "epoch   1/1" not in out
+    assert f"test accuracy {mean:.2f} ± {std:.2f}% over seeds [0, 1]" in out
+    other = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1", "--lr", "0.001",
+                  "--run-dir", str(tmp_path))
+    out, _ = other.communicate(timeout=300)
+    assert other.returncode == 2 and "seed0 holds a finished run with lr=0.005, not 0.001" in out
 
 
 @needs_fmnist

@@ -98,15 +98,15 @@ def _say(text: str) -> None:
         print(text)
 
 
-def _train_one(cfg: TrainConfig, run_dir: Path) -> dict:
-    from .train import Run
+def _train_one(cfg: TrainConfig, run_dir: Path, resumable: dict) -> dict:
+    from .train import finish
 
     _say(f"run directory: {run_dir}\n--- effective configuration ---\n{dump_toml(dataclasses.asdict(cfg))}---")
-    return Run.start(cfg, run_dir).fit()
+    return finish(cfg, run_dir, _say, **resumable)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import Run
+    from .train import RESUMABLE_SETTINGS, Run
 
     if args.resume:
         extra = [name for name, given in (("PRESET", args.preset), ("--config", args.config),
@@ -121,10 +121,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset is None:
         raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
     cfg = _config(args)
+    # Run again, the same command finishes the job: finished runs are kept, stopped ones resume
+    resumable = {name: value for name, value in _settings(args).items() if name in RESUMABLE_SETTINGS}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
-        summary = _train_one(cfg, base)
+        summary = _train_one(cfg, base, resumable)
         _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs "
              f"({summary['wall_seconds']:.0f} s)")
         return 0
@@ -132,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}").get("test_acc", 0) for seed in seeds]
+    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get("test_acc", 0) for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
     _say(f"test accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
           + ", ".join(f"{a:.2f}" for a in accs))

@@ -1,7 +1,7 @@
 """``mtsnn sweep NAME``: the training sweeps behind Figures 6-9, one run directory per point.
 
-A point whose run has a ``summary.json`` is skipped, one with a checkpoint resumes, the
-others start; so an interrupted sweep continues where it stopped. The paper ran these on
+A point whose run finished is kept, one with a checkpoint resumes, the others start
+(:func:`mtsnn.train.finish`); so an interrupted sweep continues where it stopped. The paper ran these on
 CIFAR-10 with the 7-layer network for 100-200 epochs (a GPU's work); on a CPU use a
 smaller preset and budget, which the figures state.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dataclasses
-
 from .config import preset
-from .train import CHECKPOINT, RESUMABLE_SETTINGS, Run
+from .train import RESUMABLE_SETTINGS, finish
 
 # figure -> (what varies, its values, settings held for the whole sweep)
 SWEEPS = {
@@ -41,15 +39,7 @@ def run_sweep(figure: str, preset_name: str, out: Path, log=print, **overrides) 
     for value in values:
         run_dir = point_dir(out, figure, value)
         dirs.append(run_dir)
-        if (run_dir / "summary.json").exists():
-            log(f"{figure}: {name}={value} done, skipped")
-            continue
         log(f"{figure}: {name}={value}")
         cfg = preset(preset_name, **{**overrides, **held, name: value})
-        if (run_dir / CHECKPOINT).exists():  # the point's settings again, or a clear error
-            same = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_SETTINGS}
-            changed = {key: given for key, given in overrides.items() if key in RESUMABLE_SETTINGS}
-            Run.resume(run_dir, log=log, **same, **changed).fit()
-        else:
-            Run.start(cfg, run_dir, log=log).fit()
+        finish(cfg, run_dir, log, **{key: given for key, given in overrides.items() if key in RESUMABLE_SETTINGS})
     return dirs

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import data as datasets
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_toml
+from .config import TrainConfig, dump_toml, load_toml
 from .distributed import Processes
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
@@ -480,6 +480,25 @@ class Run:
         self.epoch += 1
         self.batch, self.acc = 0, _fresh_accumulators()
         return row
+
+
+def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dict:
+    """The summary of ``cfg``'s run in ``run_dir``, training only what is missing: a finished
+    run is kept, a stopped one resumed (``resumable``: changes to the RESUMABLE_SETTINGS),
+    others started. A run there with other settings is refused, naming them."""
+    run_dir = Path(run_dir)
+    fixed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_SETTINGS}
+    if (run_dir / "summary.json").exists():
+        saved = load_toml(run_dir / "config.toml")
+        changed = [f"{name}={saved.get(name)!r}, not {value!r}" for name, value in fixed.items()
+                   if saved.get(name) != value]
+        if changed:
+            raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
+        log(f"{run_dir}: finished before, kept")
+        return json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / CHECKPOINT).exists():
+        return Run.resume(run_dir, log=log, **fixed, **resumable).fit()
+    return Run.start(cfg, run_dir, log=log).fit()
 
 
 def _check_progress(state: dict, path: Path) -> None:
