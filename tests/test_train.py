@@ -512,8 +512,7 @@ def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, 
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_file(tmp_path):
     from mtsnn.checkpoint import CheckpointError
     cfg = preset("fmnist-mlp", train_limit=256, data_root=str(SHARED))
-    state = {"config": dataclasses.asdict(cfg), "epoch": 1, "batch": 0, "wall_seconds": 1.0,
-             "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}, "param_groups": []}
+    state = {"config": dataclasses.asdict(cfg), **PROGRESS}
     save_checkpoint(tmp_path / "checkpoint.safetensors", {"model/blocks.0.weight": torch.ones(3, 3)}, state)
     with pytest.raises(CheckpointError, match="checkpoint.safetensors: its weights or optimizer state do not fit"):
         Run.resume(tmp_path)

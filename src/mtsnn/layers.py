@@ -97,15 +97,14 @@ class _SpikingBlock(nn.Module):
             current = self.synapse(x.flatten(0, 1), self.weight, self.bias).unflatten(0, x.shape[:2])
         return _LIFFunction.apply(current, self.params, num_steps)
 
-
     def _check_input(self, x: torch.Tensor, num_steps: int | None) -> None:
         """ValueError naming the shape unless ``x`` is ``[T, B, SAMPLE]``, or ``[B, SAMPLE]``
         with ``num_steps``."""
         names = self.SAMPLE.split(", ")
         lead = "B" if num_steps is not None else "T, B"
-        first = x.dim() - len(names)   # where the sample's dimensions begin
+        leading = 1 if num_steps is not None else 2
         size = getattr(self, names[0])
-        if first != lead.count(",") + 1 or x.shape[first] != size:
+        if x.dim() != leading + len(names) or x.shape[leading] != size:
             raise ValueError(f"{type(self).__name__}: input must be shaped [{lead}, {self.SAMPLE}] with "
                              f"{names[0]}={size}, got {tuple(x.shape)}")
 

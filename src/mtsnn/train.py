@@ -334,8 +334,8 @@ class Run:
         tensors, state = load_checkpoint(path)
         saved = saved_config(state, path)
         cfg = saved.replace(**overrides)
-        changed = [f"{name}={getattr(saved, name)!r} to {value!r}" for name, value in overrides.items()
-                   if name not in RESUMABLE_SETTINGS and getattr(saved, name) != value]
+        changed = [f"{name}={old!r} to {new!r}"
+                   for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)]
         if changed:
             raise ValueError(f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
                              f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them")
@@ -490,8 +490,7 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
     fixed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_SETTINGS}
     if (run_dir / "summary.json").exists():
         saved = load_toml(run_dir / "config.toml")
-        changed = [f"{name}={saved.get(name)!r}, not {value!r}" for name, value in fixed.items()
-                   if saved.get(name) != value]
+        changed = [f"{name}={old!r}, not {new!r}" for name, old, new in _fixed_changes(saved, fixed)]
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
         log(f"{run_dir}: finished before, kept")
@@ -499,6 +498,12 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
     if (run_dir / CHECKPOINT).exists():
         return Run.resume(run_dir, log=log, **fixed, **resumable).fit()
     return Run.start(cfg, run_dir, log=log).fit()
+
+
+def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
+    """(name, saved value, asked value) of each setting outside RESUMABLE_SETTINGS that ``asked`` changes."""
+    return [(name, saved.get(name), value) for name, value in asked.items()
+            if name not in RESUMABLE_SETTINGS and saved.get(name) != value]
 
 
 def _check_progress(state: dict, path: Path) -> None:
