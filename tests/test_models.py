@@ -6,6 +6,7 @@ from torch import nn
 
 import mtsnn
 from mtsnn.layers import SpikingConv2d, SpikingLinear
+from mtsnn.models import TimePool2d
 
 # (spec, input shape, weight shapes in order, total parameters) -- totals summed by hand:
 # 784-800-10: 784*800+800 + 800*10+10 = 636010
@@ -79,11 +80,13 @@ def test_malformed_specs_name_the_bad_token(spec, bad):
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="'median'"):
-        mtsnn.from_spec("4C3-P2-10", (1, 8, 8), 10, pooling="median")
     for ann in (False, True):
+        with pytest.raises(ValueError, match="'median'"):
+            mtsnn.from_spec("4C3-P2-10", (1, 8, 8), 10, pooling="median", ann=ann)
         with pytest.raises(ValueError, match="'xavier'"):
             mtsnn.from_spec("784-10", (1, 28, 28), 10, init="xavier", ann=ann)
+    with pytest.raises(ValueError, match="'median'"):
+        TimePool2d(2, "median")
     with pytest.raises(ValueError, match="num_steps"):
         mtsnn.from_spec("784-10", (1, 28, 28), 10)(torch.zeros(1, 1, 28, 28), num_steps=0)
 

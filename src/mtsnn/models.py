@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import SpikingConv2d, SpikingLinear, check_init
+
 POOLINGS = ("avg", "max")
+
+
+def check_pooling(mode: str) -> None:
+    if mode not in POOLINGS:
+        raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,7 @@ class TimePool2d(nn.Module):
 
     def __init__(self, size: int, mode: str = "avg"):
         super().__init__()
-        if mode not in POOLINGS:
-            raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
+        check_pooling(mode)
         self.size, self.mode = size, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,8 +216,7 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
     check_init(init)
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    check_pooling(pooling)
     if ann:
         if neuron or output_surrogate is not None:
             given = sorted(neuron) + ["output_surrogate"] * (output_surrogate is not None)
