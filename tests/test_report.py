@@ -10,10 +10,10 @@ from mtsnn import cli
 
 
 def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate="",
-             preset_name="fmnist-mlp", unverified=None):
+             preset_name="fmnist-mlp", unverified=None, recipe="paper"):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
-    cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate)
+    cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": t} for i, (a, t) in enumerate(zip(accs, seconds))]
@@ -97,3 +97,23 @@ def test_cifar_is_marked_unless_its_files_were_verified(tmp_path, unverified, la
     report = (tmp_path / "REPORT.md").read_text()
     assert f"## Table 6: cifar10-cnn on {label}" in report
     assert "## Table 4: fmnist-mlp on Fashion-MNIST\n" in report
+
+
+def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
+    make_run(tmp_path, "mnist-mlp", 0, [98.0, 99.0], 2, preset_name="mnist-mlp")
+    make_run(tmp_path, "mnist-mlp-fast", 0, [98.5, 99.2], 2, preset_name="mnist-mlp", recipe="fast")
+    make_run(tmp_path, "mnist-mlp-fast", 1, [98.7, 99.3], 2, preset_name="mnist-mlp", recipe="fast")
+    make_run(tmp_path, "mnist-mlp-ann", 0, [97.0, 97.5], 2, preset_name="mnist-mlp", ann=True)
+    make_run(tmp_path, "mnist-mlp-fast-ann", 0, [98.9, 99.1], 2, preset_name="mnist-mlp", ann=True, recipe="fast")
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(rows) == {"SNN", "SNN, fast recipe", "ANN twin", "ANN twin, tuned (fast recipe)"}
+    assert rows["SNN, fast recipe"]["accs"] == [99.2, 99.3] and rows["SNN"]["accs"] == [99.0]
+    assert rows["ANN twin, tuned (fast recipe)"]["accs"] == [99.1] and rows["ANN twin"]["accs"] == [97.5]
+    assert rows["SNN, fast recipe"]["reached_paper"] == [{"epoch": 2, "minutes": 0.1}] * 2
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| mtsnn SNN, fast recipe | 784-800-10 | 2 | 2 | 99.25 ± 0.07% over 2 seed(s)" in report
+    for name in ("curves-mnist-mlp-snn.png", "curves-mnist-mlp-snn-fast.png", "curves-mnist-mlp-ann.png",
+                 "curves-mnist-mlp-ann-fast.png"):
+        if importlib.util.find_spec("matplotlib"):
+            assert f"({name})" in report and (tmp_path / name).exists()

@@ -154,7 +154,9 @@ def mtsnn(*args, **kwargs):
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-TINY = ["train", "fmnist-mlp", "--epochs", "3", "--train-limit", "3000", "--deterministic", "--seed", "7"]
+# A warm-up and a cosine schedule, so that a resumed run must also take the uninterrupted one's rates
+TINY = ["train", "fmnist-mlp", "--epochs", "3", "--train-limit", "3000", "--deterministic", "--seed", "7",
+        "--schedule", "cosine", "--warmup-epochs", "0.5"]
 
 
 def final_state(run_dir):
@@ -267,9 +269,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     run = Run(cfg, tmp_path / "run", log=lambda *a: None)
     calls = {"n": 0}
 
-    def poisoned(output, labels, cfg):
+    def poisoned(output, labels, cfg, current=None):
         calls["n"] += 1
-        losses = sample_losses(output, labels, cfg)
+        losses = sample_losses(output, labels, cfg, current)
         return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
     monkeypatch.setattr("mtsnn.train.sample_losses", poisoned)

@@ -16,7 +16,7 @@ import torch
 
 from mtsnn import data as datasets
 from mtsnn.config import preset
-from mtsnn.train import build_model, loss_fn, make_optimizer
+from mtsnn.train import OutputCurrent, build_model, learning_rate, loss_fn, make_optimizer
 
 CHECKED_STEPS = (5, 10, 20, 50, 100, 200, 300)
 
@@ -37,9 +37,12 @@ def probe(name: str, seed: int, overrides: dict) -> list[tuple[int, list[int]]]:
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     history = [(0, silent_classes(model, images))]
     for step, (x, y) in enumerate(loader.epoch(0), start=1):
-        loss = loss_fn(model(x), y, cfg)
+        with OutputCurrent(model) as output_current:  # for the output_floor term, as mtsnn.train.Run does
+            loss = loss_fn(model(x), y, cfg, output_current.current())
         optimizer.zero_grad()
         loss.backward()
+        for group in optimizer.param_groups:  # as mtsnn.train.Run does (a no-op for a constant rate)
+            group["lr"] = learning_rate(cfg, step - 1, len(loader))
         optimizer.step()
         if step in CHECKED_STEPS or step == len(loader):
             history.append((step, silent_classes(model, images)))

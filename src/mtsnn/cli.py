@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRESETS, TrainConfig, dump_toml, load_toml
+from .config import PRESETS, TrainConfig, dump_toml, load_toml, preset
 
 # Settings that are not command-line options of `train`.
 _INTERNAL = {"preset", "dataset", "spec"}
@@ -50,6 +50,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                           help="also count spikes, synaptic operations and energy per inference")
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--keep-weights", metavar="OUT",
+                          help="also write the weights alone (OUT.safetensors) with the config and this accuracy")
     presets = sub.add_parser("presets", help="list the presets and their settings")
     sweep = sub.add_parser("sweep", help="train the points of a figure's sweep (fig6, fig7, fig8, fig9)")
     sweep.add_argument("figure", choices=["fig6", "fig7", "fig8", "fig9"])
@@ -72,20 +74,18 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    """The preset, then the TOML file's settings, then the command line's."""
-    cfg = PRESETS[args.preset]
-    if args.config:
-        settings = load_toml(args.config)
-        # A run's own config.toml names its preset, data set and network: fine if they are the preset's
-        fixed = sorted(name for name in set(settings) & _INTERNAL if settings[name] != getattr(cfg, name))
-        if fixed:
-            raise ValueError(f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
-                             f"differs from preset {args.preset} (the preset chooses the data set and network)")
-        try:
-            cfg = cfg.replace(**settings).validate()
-        except ValueError as e:
-            raise ValueError(f"config file {args.config}: {e}") from None
-    return cfg.replace(**_settings(args)).validate()
+    """The preset, then its recipe's settings, then the TOML file's, then the command line's."""
+    settings, given = load_toml(args.config) if args.config else {}, _settings(args)
+    # A run's own config.toml names its preset, data set and network: fine if they are the preset's
+    fixed = sorted(name for name in set(settings) & _INTERNAL if settings[name] != getattr(PRESETS[args.preset], name))
+    if fixed:
+        raise ValueError(f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
+                         f"differs from preset {args.preset} (the preset chooses the data set and network)")
+    try:
+        cfg = preset(args.preset, **{**settings, **{k: v for k, v in given.items() if k in ("recipe", "ann")}})
+    except ValueError as e:
+        raise ValueError(f"config file {args.config}: {e}" if args.config else str(e)) from None
+    return cfg.replace(**given).validate()
 
 
 def _is_main_process() -> bool:
@@ -105,8 +105,15 @@ def _train_one(cfg: TrainConfig, run_dir: Path, resumable: dict) -> dict:
     return finish(cfg, run_dir, _say, **resumable)
 
 
+def _accuracy(summary: dict) -> str:
+    """'test accuracy 99.10%', or 'validation accuracy ...' for a run on a held-out split."""
+    if "val_acc" in summary:
+        return f"validation accuracy {summary['val_acc']:.2f}%"
+    return f"test accuracy {summary.get('test_acc', 0):.2f}%"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import RESUMABLE_SETTINGS, Run
+    from .train import RESUMABLE_SETTINGS, Run, score_name
 
     if args.resume:
         extra = [name for name, given in (("PRESET", args.preset), ("--config", args.config),
@@ -116,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{' or '.join(extra)}")
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
-        _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs")
+        _say(f"{_accuracy(summary)} after {summary['epochs']} epochs")
         return 0
     if args.preset is None:
         raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
@@ -127,24 +134,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
         summary = _train_one(cfg, base, resumable)
-        _say(f"test accuracy {summary.get('test_acc', 0):.2f}% after {summary['epochs']} epochs "
+        _say(f"{_accuracy(summary)} after {summary['epochs']} epochs "
              f"({summary['wall_seconds']:.0f} s)")
         return 0
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get("test_acc", 0) for seed in seeds]
+    score = score_name(cfg)
+    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get(score, 0) for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    _say(f"test accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
+    _say(f"{score[:-4]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
           + ", ".join(f"{a:.2f}" for a in accs))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint, keep_weights
 
     report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy)
+    if args.keep_weights:
+        kept = keep_weights(args.run, args.keep_weights, report)
+        print(f"kept the weights in {Path(args.keep_weights).parent / kept['weights']} (sha256 {kept['sha256']})",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -183,6 +195,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name, cfg in PRESETS.items():
         print(f"{name:12s} {cfg.dataset:14s} {cfg.spec:46s} lr={cfg.lr} T={cfg.T} epochs={cfg.epochs} "
               f"batch={cfg.batch_size} s_max={cfg.s_max} surrogate={cfg.surrogate} grad_mode={cfg.grad_mode}")
+        for ann in (False, True):
+            fast = preset(name, recipe="fast", ann=ann)
+            changed = [f"{f.name}={getattr(fast, f.name)}" for f in dataclasses.fields(cfg)
+                       if f.name not in ("recipe", "ann") and getattr(fast, f.name) != getattr(cfg, f.name)]
+            print(f"{'':12s}   --recipe fast{' --ann' if ann else '':6s} {' '.join(changed)}")
     return 0
 
 

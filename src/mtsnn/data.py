@@ -144,6 +144,19 @@ class Dataset:
             raise ValueError(f"subset needs at least one example, got {n}")
         return replace(self, images=self.images[:n], labels=self.labels[:n])
 
+    def hold_out(self, n: int) -> tuple["Dataset", "Dataset"]:
+        """(the rest, ``n`` held-out examples): a validation split. The held-out examples are a
+        random choice that depends on nothing but the data set's size, so every run, whatever
+        its seed, holds out the same ones."""
+        if not 1 <= n < len(self):
+            raise ValueError(f"cannot hold out {n} of the {len(self)} {self.name} {self.split} examples "
+                             f"(need 1 <= n < {len(self)})")
+        order = torch.randperm(len(self), generator=_generator(_HOLD_OUT_KEY, len(self)))
+        rest, held = order[:-n].sort().values, order[-n:].sort().values
+        split = f"{self.split}-held-out"
+        return (replace(self, images=self.images[rest], labels=self.labels[rest]),
+                replace(self, split=split, images=self.images[held], labels=self.labels[held]))
+
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.images.shape[1:]))
         trust = "verified" if self.verified else f"UNVERIFIED: {len(self.unverified)} file(s)"
@@ -443,6 +456,9 @@ class _CheckedFiles:
 
 
 # ---- batches on the device ----
+
+_HOLD_OUT_KEY = 0x5EED_0F_5A  # a key of its own, so no training seed's stream coincides with it
+
 
 def _generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from a hash of ``key``, so that neighbouring keys give

@@ -1,14 +1,18 @@
-"""Evaluate a trained run: accuracy, spikes per neuron per layer, parameter count."""
+"""Evaluate a trained run: accuracy, spikes per neuron per layer, parameter count; and keep
+its weights, alone, for use without the run."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
 from . import data as datasets
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
+from .config import TrainConfig, dump_toml
 from .energy import ann_operations, count_over_loader
 from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
 
@@ -44,3 +48,22 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
             "test_acc": result["acc"], "silent_outputs": result["silent_outputs"],
             "parameters": sum(p.numel() for p in model.parameters()),
             "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}
+
+
+def keep_weights(path: str | Path, out: str | Path, report: dict) -> dict:
+    """Write the trained weights of run ``path`` as ``OUT.safetensors`` (the model's tensors
+    only: no optimizer state, a few MB; the config in its metadata), with ``OUT.toml`` (the
+    config) and ``OUT.json`` (``report``'s test accuracy, the weights' sha256 and the run they
+    came from) beside it. Returns what ``OUT.json`` holds."""
+    model, cfg = load_trained(path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = {**dataclasses.asdict(cfg), "device": "cpu", "data_root": ""}
+    weights = out.with_name(out.name + ".safetensors")
+    save_tensors(weights, model.state_dict(), {"mtsnn_config": json.dumps(config)})
+    atomic_write(out.with_name(out.name + ".toml"), [dump_toml(config).encode()])
+    record = {"weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+              "preset": cfg.preset, "recipe": cfg.recipe, "ann": cfg.ann, "spec": cfg.spec, "T": cfg.T,
+              "test_acc": report["test_acc"], "silent_outputs": report["silent_outputs"], "source": str(path)}
+    atomic_write(out.with_name(out.name + ".json"), [json.dumps(record, indent=2).encode()])
+    return record

@@ -22,6 +22,7 @@ import ctypes.util
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -39,7 +40,7 @@ from .config import TrainConfig, dump_toml, load_toml
 from .distributed import Processes
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
-from .neuron import neuron_backend
+from .neuron import LIFParams, lif_step, neuron_backend
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -56,12 +57,33 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with Table 1's settings. The fused kernel (CPU and CUDA) does the whole update in
-    one pass. The default one was 5.7x slower for mnist-cnn on our CPU: an SNN's weights
-    that see no input spikes keep zeros in Adam's second moment, and torch.sqrt of zeros
-    measured 20x slower there than of other values."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                            fused=device.type in ("cpu", "cuda"))
+    """Adam with Table 1's settings; AdamW (decoupled weight decay) when ``cfg.weight_decay``
+    > 0. The fused kernel (CPU and CUDA) does the whole update in one pass. The default one
+    was 5.7x slower for mnist-cnn on our CPU: an SNN's weights that see no input spikes keep
+    zeros in Adam's second moment, and torch.sqrt of zeros measured 20x slower there than of
+    other values."""
+    kind = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
+    return kind(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
+                fused=device.type in ("cpu", "cuda"))
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The rate of optimizer step ``step`` (0-based, counted over the whole run).
+
+    A linear warm-up over the first ``warmup_epochs`` (step ``k`` of ``W`` gets ``lr (k+1)/W``),
+    then ``lr`` for ``schedule="constant"`` (the paper), or for ``"cosine"``
+    ``lr (1 + cos(pi p)) / 2`` with ``p`` the fraction of the post-warm-up steps done, which
+    reaches 0 at the last step of the last epoch. A pure function of the step, so a resumed run
+    takes the rates of an uninterrupted one (unless it is given more ``epochs``: the cosine
+    then stretches to the new end)."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    total = cfg.epochs * steps_per_epoch
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
@@ -102,29 +124,112 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                  current: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of each sample, ``[B]``.
 
     SNN, ``loss="mse"``: eq. (6) summed over the steps, ``1/2 sum_t sum_i (y_i - s_i[t])^2``,
     with the desired count ``y`` = ``target_true`` for the label and ``target_false``
     for the others at every step. ``loss="ce"``: cross-entropy on the summed counts.
     The ANN twin always uses cross-entropy on its logits.
+
+    ``cfg.output_floor`` > 0 adds, given the output layer's input ``current`` ``[T, B, classes]``
+    (:class:`OutputCurrent`), ``output_floor * sum_t relu(V_th - I_y[t])`` for the true class
+    ``y``. It is zero while the true class's neuron gets at least a threshold of current each
+    step, and otherwise pulls that current up along a path that bypasses the surrogate. Without
+    it an output neuron pushed a few f2 widths below threshold on every image gets no gradient
+    from eq. (6), and its class is never predicted again (results/probes/recipe/README.md).
     """
     output = output.float()
     if cfg.ann or cfg.loss == "ce":
-        return F.cross_entropy(output if cfg.ann else output.sum(0), labels, reduction="none")
-    target = torch.full_like(output[0], cfg.target_false)
-    target.scatter_(1, labels[:, None], cfg.target_true)
-    return 0.5 * ((output - target) ** 2).sum((0, 2))
+        losses = F.cross_entropy(output if cfg.ann else output.sum(0), labels, reduction="none")
+    else:
+        target = torch.full_like(output[0], cfg.target_false)
+        target.scatter_(1, labels[:, None], cfg.target_true)
+        losses = 0.5 * ((output - target) ** 2).sum((0, 2))
+    if cfg.output_floor and not cfg.ann:
+        if current is None:
+            raise ValueError(f"output_floor={cfg.output_floor} needs the output layer's current (see OutputCurrent)")
+        true_current = current.float().gather(2, labels[None, :, None].expand(current.shape[0], -1, 1))[..., 0]
+        losses = losses + cfg.output_floor * F.relu(cfg.v_th - true_current).sum(0)
+    return losses
 
 
-def loss_fn(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def loss_fn(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+            current: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of :func:`sample_losses`."""
-    return sample_losses(output, labels, cfg).mean()
+    return sample_losses(output, labels, cfg, current).mean()
 
 
-def predict(output: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    return (output if cfg.ann else output.sum(0)).argmax(1)
+class OutputCurrent:
+    """Keeps what enters a spiking network's output layer during each forward pass, so that
+    the loss can read that layer's input current ``I[t] = W s[t] + b`` with autograd.
+
+    Example::
+
+        with OutputCurrent(model) as output_current:
+            spikes = model(images)
+            loss = loss_fn(spikes, labels, cfg, output_current.current())
+    """
+
+    def __init__(self, model: nn.Module):
+        self.block = model.blocks()[-1]
+        self.input, self.num_steps = None, None
+        self.handle = self.block.register_forward_pre_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, module, args, kwargs):
+        self.input = args[0]
+        self.num_steps = args[1] if len(args) > 1 else kwargs.get("num_steps")
+
+    def current(self) -> torch.Tensor:
+        """``[T, B, classes]``: the current of the last forward pass."""
+        if self.input is None:
+            raise RuntimeError("OutputCurrent: no forward pass has run since it was set up")
+        block, x = self.block, self.input
+        if self.num_steps is not None:  # direct input: the same current at every step
+            return block.synapse(x, block.weight, block.bias).expand(self.num_steps, -1, -1)
+        return block.synapse(x.flatten(0, 1), block.weight, block.bias).unflatten(0, x.shape[:2])
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def __enter__(self) -> "OutputCurrent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def needs_output_current(cfg: TrainConfig) -> bool:
+    """Whether the loss (``output_floor``) or the readout of ``cfg`` reads the output layer's current."""
+    return not cfg.ann and (cfg.output_floor > 0 or cfg.readout != "counts")
+
+
+def score_name(cfg: TrainConfig) -> str:
+    """The metrics key of the accuracy a run measures each epoch: ``val_acc`` on the held-out
+    training images when ``cfg.val_holdout`` > 0, otherwise ``test_acc``."""
+    return "val_acc" if cfg.val_holdout else "test_acc"
+
+
+def predict(output: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None) -> torch.Tensor:
+    """The predicted class of each sample, ``[B]``: the ANN twin's largest logit; the SNN's
+    largest spike count summed over time, ties going to the lowest class index. With
+    ``cfg.readout="residual"`` the SNN's ties go instead to the output neuron with the most
+    membrane potential left after the last step, ``u[T]``, recomputed from the output
+    layer's ``current`` ``[T, B, classes]`` (:class:`OutputCurrent`): the count plus
+    ``sigmoid(u[T] / V_th)``, which lies in (0, 1), so it never overturns a difference in counts."""
+    if cfg.ann:
+        return output.argmax(1)
+    counts = output.sum(0).float()
+    if cfg.readout == "counts":
+        return counts.argmax(1)
+    if current is None:
+        raise ValueError(f"readout={cfg.readout!r} needs the output layer's current (see OutputCurrent)")
+    params = LIFParams(**cfg.neuron_kwargs())
+    u = torch.zeros_like(current[0], dtype=torch.float32)
+    for step in current.float():
+        _, u = lif_step(step, u, params)
+    return (counts + torch.sigmoid(u / cfg.v_th)).argmax(1)
 
 
 class SpikeCounter:
@@ -157,17 +262,21 @@ def evaluate(model: nn.Module, loader, cfg: TrainConfig) -> dict:
     predicted, and the surrogate gives a neuron far below threshold no gradient to recover."""
     model.eval()
     counter = SpikeCounter(model)
+    output_current = OutputCurrent(model) if needs_output_current(cfg) else None
     correct = total = 0
     output_spikes = 0
     try:
         for images, labels in loader.epoch(0):
             output = model(images)
-            correct += (predict(output, cfg) == labels).sum().item()
+            current = output_current.current() if output_current else None
+            correct += (predict(output, cfg, current) == labels).sum().item()
             total += labels.numel()
             if not cfg.ann:
                 output_spikes = output_spikes + output.sum((0, 1))
     finally:
         counter.remove()
+        if output_current:
+            output_current.remove()
     silent = [] if cfg.ann else (output_spikes == 0).nonzero().flatten().tolist()
     return {"acc": 100.0 * correct / total, "firing_rate": counter.firing_rates(), "silent_outputs": silent}
 
@@ -288,19 +397,25 @@ class Run:
         if not self.procs.is_main:
             self.procs.barrier()  # wait until rank 0 has downloaded what was missing
         train_set = datasets.load(cfg.dataset, "train", root=root, download=self.procs.is_main)
+        if cfg.val_holdout:  # settings are chosen on these; the test set is not even read
+            train_set, test_set = train_set.hold_out(cfg.val_holdout)
+        else:
+            test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
         if cfg.train_limit:
             train_set = train_set.subset(cfg.train_limit)
         self.train_size = len(train_set.labels)
         self.train_loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, device=self.device,
                                                   seed=cfg.seed, crop_padding=cfg.crop_padding, flip=cfg.flip)
-        test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
-        self.unverified_data = [str(path) for path in train_set.unverified + test_set.unverified]
+        self.unverified_data = [str(path) for path in dict.fromkeys(train_set.unverified + test_set.unverified)]
         if self.procs.is_main:
             self.procs.barrier()
         self.test_loader = datasets.DeviceLoader(test_set, 1000, train=False, device=self.device)
+        self.score = score_name(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
+        # the output layer's current, for the loss's output_floor term and the residual readout
+        self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
         self.trained = self.model  # what the training step calls: wrapped for DDP and compiled on request
         if self.procs.world > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -392,7 +507,7 @@ class Run:
                     if main:
                         self._write_metrics(read_metrics(self.run_dir) + [row])
                         if board is not None:
-                            for key in ("train_loss", "train_acc", "test_acc", "images_per_second"):
+                            for key in ("train_loss", "train_acc", self.score, "images_per_second"):
                                 board.add_scalar(key, row[key], row["epoch"])
                     self.save()
         finally:
@@ -400,7 +515,7 @@ class Run:
                 board.close()
         summary = {"preset": self.cfg.preset, "epochs": self.epoch, "wall_seconds": self.wall_seconds}
         if main:
-            summary["test_acc"] = read_metrics(self.run_dir)[-1]["test_acc"]
+            summary[self.score] = read_metrics(self.run_dir)[-1][self.score]
             summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
             summary["machine"] = machine(self.device, self.procs.world)
             summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
@@ -420,7 +535,8 @@ class Run:
                 images, labels = procs.shard(images, labels)
                 with autocast:
                     output = self.trained(images)
-                losses = sample_losses(output, labels, cfg)
+                    current = self.output_current.current() if self.output_current else None
+                losses = sample_losses(output, labels, cfg, current)
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 loss = losses.sum() * (procs.world / global_batch)
                 if not torch.isfinite(loss):
@@ -428,11 +544,15 @@ class Run:
                                              f"{self.batch}; the last good checkpoint is {self.run_dir / CHECKPOINT}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                rate = learning_rate(cfg, self.epoch * len(self.train_loader) + self.batch, len(self.train_loader))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = rate
                 self.optimizer.step()
                 if self.batch % FLUSH_EVERY == 0:
                     flush_subnormal_state(self.optimizer)
                 acc["loss_sum"] += losses.sum().item()
-                acc["correct"] += (predict(output.detach(), cfg) == labels).sum().item()
+                with torch.no_grad():
+                    acc["correct"] += (predict(output, cfg, current) == labels).sum().item()
                 acc["total"] += labels.numel()
                 self.batch += 1
                 bar.update(1)
@@ -466,12 +586,12 @@ class Run:
         if self.procs.is_main:
             test = evaluate(self.model, self.test_loader, self.cfg)
             row = {"epoch": self.epoch + 1, "train_loss": acc["loss_sum"] / acc["total"],
-                   "train_acc": 100.0 * acc["correct"] / acc["total"], "test_acc": test["acc"],
+                   "train_acc": 100.0 * acc["correct"] / acc["total"], self.score: test["acc"],
                    "firing_rate": test["firing_rate"], "silent_outputs": test["silent_outputs"],
                    "epoch_seconds": acc["seconds"],
                    "images_per_second": self.train_size / acc["seconds"]}
             self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                     f"train {row['train_acc']:.2f}%  test {row['test_acc']:.2f}%  "
+                     f"train {row['train_acc']:.2f}%  {self.score[:-4]} {row[self.score]:.2f}%  "
                      f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
             if test["silent_outputs"]:
                 self.log(f"  silent output neurons (classes never predicted): {test['silent_outputs']}")
@@ -502,8 +622,9 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
 
 def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
     """(name, saved value, asked value) of each setting outside RESUMABLE_SETTINGS that ``asked`` changes."""
-    return [(name, saved.get(name), value) for name, value in asked.items()
-            if name not in RESUMABLE_SETTINGS and saved.get(name) != value]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since it was saved
+    return [(name, saved.get(name, defaults.get(name)), value) for name, value in asked.items()
+            if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value]
 
 
 def _check_progress(state: dict, path: Path) -> None:

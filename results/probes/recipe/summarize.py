@@ -1,0 +1,43 @@
+"""Print a Markdown table of the fast-recipe probes: validation accuracy of every run under
+results/probes/recipe/PRESET/NAME/, with the settings each changed from the screen's base
+(the preset, 30 epochs, one epoch of warm-up, cosine decay: what ``screen.sh`` started from).
+
+    python results/probes/recipe/summarize.py [PRESET ...]
+"""
+
+import sys
+from pathlib import Path
+
+from mtsnn.config import PRESETS, load_toml
+from mtsnn.train import read_metrics
+
+HERE = Path(__file__).parent
+SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile", "amp", "recipe", "ann"}
+BASE = dict(epochs=30, schedule="cosine", warmup_epochs=1.0)
+
+
+def changes(cfg: dict) -> str:
+    """The settings of ``cfg`` that differ from the screen's base for its preset."""
+    base = PRESETS[cfg["preset"]].replace(**BASE).__dict__
+    diff = [f"{k}={v}" for k, v in cfg.items() if k not in SAME and base.get(k) != v]
+    return ("ANN twin" + (", " if diff else "") if cfg["ann"] else "") + (", ".join(diff) or "-")
+
+
+def main(presets):
+    print("| preset | run | settings changed from the base | epochs | final val % | best val % (epoch) "
+          "| final train % | silent outputs at the end | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in sorted(p.parent for name in presets for p in (HERE / name).glob("*/config.toml")):
+        rows = read_metrics(run)
+        if not rows:
+            continue
+        cfg = load_toml(run / "config.toml")
+        best = max(rows, key=lambda r: r["val_acc"])
+        status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
+        print(f"| {cfg['preset']} | {run.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1]['val_acc']:.2f} | "
+              f"{best['val_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | "
+              f"{rows[-1].get('silent_outputs') or '-'} | {sum(r['epoch_seconds'] for r in rows) / 60:.1f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or sorted(p.name for p in HERE.iterdir() if p.is_dir()))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The fast recipe's runs (issue 16): `--recipe fast`, trained on all 60,000 training images
+# and tested once, 3 seeds per preset, and the ANN twin with its own tuned settings
+# (FAST_ANN), each resumable: a run with a summary.json is done, one with a checkpoint
+# continues from it, others start. Run from the repository root, in the background:
+#   nohup bash results/runs/plan-fast.sh PRESET... > results/runs/plan-fast.log 2>&1 &
+set -u
+export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
+run() {  # run PRESET SEED [ann]
+    local preset=$1 seed=$2 variant=${3:-}
+    local dir="results/runs/$preset-fast${variant:+-$variant}/seed$seed" options=()
+    [ -f "$dir/summary.json" ] && return
+    mkdir -p "$dir"
+    [ "$variant" = ann ] && options=(--ann)
+    echo "$(date +%H:%M) $dir"
+    if [ -f "$dir/checkpoint.safetensors" ]; then
+        ./run mtsnn train --resume "$dir" >> "$dir/console.log" 2>&1
+    else
+        ./run mtsnn train "$preset" --recipe fast --seed "$seed" --run-dir "$dir" "${options[@]}" >> "$dir/console.log" 2>&1
+    fi
+    tail -1 "$dir/console.log"
+}
+for preset in "$@"; do
+    for seed in 0 1 2; do run "$preset" $seed; done
+    for seed in 0 1 2; do run "$preset" $seed ann; done
+done

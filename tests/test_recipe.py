@@ -1,0 +1,252 @@
+"""The fast recipe's parts: the learning-rate schedule, decoupled weight decay, the held-out
+validation split, and the recipe switch itself."""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsnn import cli
+from mtsnn import data
+from mtsnn.checkpoint import save_checkpoint
+from mtsnn.config import FAST, PRESETS, TrainConfig, dump_toml, load_toml, preset
+from mtsnn.evaluate import keep_weights
+from mtsnn.models import from_spec
+from mtsnn.train import (OutputCurrent, Run, _state_tensors, build_model, finish, learning_rate, loss_fn, predict,
+                         make_optimizer, read_metrics)
+
+SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def test_the_paper_recipe_keeps_one_constant_rate():
+    cfg = TrainConfig(lr=0.005, epochs=3)
+    assert [learning_rate(cfg, step, 10) for step in (0, 1, 15, 29)] == [0.005] * 4
+
+
+def test_warm_up_is_linear_from_the_first_step_then_the_cosine_ends_at_zero():
+    cfg = TrainConfig(lr=0.01, epochs=3, schedule="cosine", warmup_epochs=1.0)  # 10 steps per epoch
+    # warm-up: step k of 10 gets lr (k+1)/10
+    assert learning_rate(cfg, 0, 10) == pytest.approx(0.001)
+    assert learning_rate(cfg, 4, 10) == pytest.approx(0.005)
+    assert learning_rate(cfg, 9, 10) == pytest.approx(0.01)
+    # then 20 steps of cosine: p = (step - 10) / 20
+    assert learning_rate(cfg, 10, 10) == pytest.approx(0.01)
+    assert learning_rate(cfg, 20, 10) == pytest.approx(0.005)              # p = 1/2: half the rate
+    assert learning_rate(cfg, 15, 10) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(cfg, 29, 10) == pytest.approx(0.01 * (1 + math.cos(math.pi * 19 / 20)) / 2)
+    assert learning_rate(cfg, 30, 10) == pytest.approx(0.0, abs=1e-12)   # one past the end stays at 0
+
+
+def test_warm_up_also_works_before_a_constant_rate():
+    cfg = TrainConfig(lr=0.004, epochs=5, warmup_epochs=0.5)  # 8 steps per epoch: 4 steps of warm-up
+    assert [learning_rate(cfg, step, 8) for step in range(6)] == pytest.approx([0.001, 0.002, 0.003, 0.004,
+                                                                                0.004, 0.004])
+
+
+def test_weight_decay_is_decoupled_from_the_gradient():
+    # AdamW: w <- w (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps). With a zero gradient the Adam
+    # part is 0 / (0 + eps) = 0, so one step only shrinks every weight by (1 - lr wd).
+    cfg = TrainConfig(spec="4-3", lr=0.01, weight_decay=0.5)
+    weight = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+    model = torch.nn.Module()
+    model.weight = weight
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    weight.grad = torch.zeros_like(weight)
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.tensor([[1.0, -2.0], [3.0, 0.5]]) * (1 - 0.01 * 0.5))
+    plain = make_optimizer(model, cfg.replace(weight_decay=0.0), torch.device("cpu"))
+    assert type(plain) is torch.optim.Adam  # the paper's optimizer when there is no decay
+
+
+def tiny_dataset(n=20):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    return data.Dataset("mnist", "train", images, torch.arange(n) % 10, [str(i) for i in range(10)], ())
+
+
+def test_hold_out_splits_the_examples_once_at_random_and_always_the_same_way():
+    rest, held = tiny_dataset().hold_out(5)
+    rest_ids, held_ids = rest.images[:, 0, 0, 0].tolist(), held.images[:, 0, 0, 0].tolist()
+    assert len(held_ids) == 5 and len(rest_ids) == 15 and sorted(rest_ids + held_ids) == list(range(20))
+    assert held.labels.tolist() == [i % 10 for i in held_ids]  # labels travel with their images
+    assert held_ids != list(range(15, 20)) and held.split == "train-held-out"
+    assert tiny_dataset().hold_out(5)[1].images.tolist() == held.images.tolist()
+
+
+@pytest.mark.parametrize("n", [0, 20, -1])
+def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
+    with pytest.raises(ValueError, match=f"cannot hold out {n} of the 20"):
+        tiny_dataset().hold_out(n)
+
+
+@pytest.mark.parametrize("override, message", [({"schedule": "linear"}, "schedule='linear'"),
+                                               ({"warmup_epochs": -1.0}, "warmup_epochs=-1.0"),
+                                               ({"warmup_epochs": 300.0}, "warmup_epochs=300.0"),
+                                               ({"weight_decay": math.nan}, "weight_decay=nan"),
+                                               ({"val_holdout": -5}, "val_holdout=-5"),
+                                               ({"recipe": "slow"}, "recipe 'slow'"),
+                                               ({"output_floor": -1.0}, "output_floor=-1.0"),
+                                               ({"output_floor": 1.0, "ann": True}, "output_floor=1.0 with ann=True"),
+                                               ({"readout": "potential"}, "readout=.potential."),
+                                               ({"readout": "residual", "ann": True}, "readout=.residual. with ann")])
+def test_bad_recipe_settings_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        preset("mnist-mlp", **override)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_fast_recipe_keeps_network_time_steps_neuron_and_f2(name):
+    paper, fast = preset(name), preset(name, recipe="fast")
+    assert paper == PRESETS[name] and paper.recipe == "paper"  # the default is the paper's, unchanged
+    assert fast.recipe == "fast" and fast.epochs <= 30
+    for field in ("dataset", "spec", "ann", "T", "v_th", "tau_m", "s_max", "alpha_h", "alpha_w", "grad_mode", "init"):
+        assert getattr(fast, field) == getattr(paper, field), field
+    assert fast.surrogate == "f2" and fast.output_surrogate == ""  # f2 on every layer
+    assert set(FAST[name]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_cli_applies_the_recipe_then_the_config_file_then_the_command_line(tmp_path):
+    parse = cli._parser()[0].parse_args
+    cfg = cli._config(parse(["train", "mnist-mlp", "--recipe", "fast", "--lr", "0.002"]))
+    assert (cfg.recipe, cfg.schedule, cfg.lr) == ("fast", FAST["mnist-mlp"]["schedule"], 0.002)
+    (tmp_path / "c.toml").write_text('recipe = "fast"\nepochs = 7\n')
+    cfg = cli._config(parse(["train", "mnist-mlp", "--config", str(tmp_path / "c.toml")]))
+    assert (cfg.recipe, cfg.schedule, cfg.epochs) == ("fast", FAST["mnist-mlp"]["schedule"], 7)
+    with pytest.raises(ValueError, match="recipe .slow."):
+        cli._config(parse(["train", "mnist-mlp", "--recipe", "slow"]))
+
+
+def test_a_finished_run_saved_before_the_recipe_settings_existed_is_kept(tmp_path):
+    cfg = preset("mnist-mlp", epochs=1)
+    old = {k: v for k, v in dataclasses.asdict(cfg).items()
+           if k not in ("schedule", "warmup_epochs", "weight_decay", "recipe", "val_holdout")}
+    (tmp_path / "config.toml").write_text(dump_toml(old))
+    (tmp_path / "summary.json").write_text(json.dumps({"test_acc": 98.0, "epochs": 1}))
+    assert finish(cfg, tmp_path, log=lambda *a: None)["test_acc"] == 98.0
+    with pytest.raises(ValueError, match="schedule='constant', not 'cosine'"):
+        finish(cfg.replace(schedule="cosine"), tmp_path, log=lambda *a: None)
+
+
+@pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"real MNIST not found under {SHARED}")
+def test_a_validation_run_scores_the_held_out_images_and_never_reads_the_test_set(tmp_path, monkeypatch):
+    load = data.load
+
+    def train_split_only(name, split, *args, **kwargs):
+        assert split == "train", "a run with val_holdout read the test set"
+        return load(name, split, *args, **kwargs)
+    monkeypatch.setattr(data, "load", train_split_only)
+    cfg = preset("mnist-mlp", recipe="fast", epochs=2, train_limit=2000, val_holdout=1000, data_root=str(SHARED))
+    run = Run.start(cfg, tmp_path / "run", log=lambda *a: None)
+    assert len(run.test_loader.labels) == 1000 and run.train_size == 2000
+    summary = run.fit()
+    rows = read_metrics(tmp_path / "run")
+    assert "test_acc" not in rows[0] and "test_acc" not in summary
+    assert summary["val_acc"] == rows[-1]["val_acc"] > 50  # well above chance (10%) after 32 steps
+
+
+def test_the_output_floor_adds_the_true_class_current_missing_below_threshold():
+    cfg = TrainConfig(v_th=10.0, output_floor=2.0)
+    out, labels = torch.zeros(2, 1, 3), torch.tensor([1])   # [T=2, B=1, 3], every output silent
+    current = torch.tensor([[[0.0, 4.0, 30.0]], [[0.0, 12.0, 30.0]]])  # true class 1: 6 below, then 2 above
+    # eq. (6): 1/2 (5^2 + 5^2) = 25; the floor: 2 * (relu(10 - 4) + relu(10 - 12)) = 12
+    assert loss_fn(out, labels, cfg, current).item() == pytest.approx(37.0)
+    assert loss_fn(out, labels, cfg.replace(output_floor=0.0)).item() == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="output_floor=2.0 needs the output layer's current"):
+        loss_fn(out, labels, cfg)
+
+
+def silent_class_network():
+    """A 4-6-3 SNN whose class-1 output neuron sits 110 below threshold on every input."""
+    torch.manual_seed(0)
+    model = from_spec("4-6-3", (1, 2, 2), 3, num_steps=2)
+    with torch.no_grad():
+        model.blocks()[0].weight.uniform_(0.0, 8.0)   # hidden neurons fire on these inputs
+        model.blocks()[-1].weight[1].zero_()
+        model.blocks()[-1].bias[1] = -100.0
+    return model, torch.rand(5, 1, 2, 2) * 3, torch.ones(5, dtype=torch.long)
+
+
+@pytest.mark.parametrize("grad_mode", ["paper", "bptt-detach"])
+def test_a_silent_true_class_gets_a_gradient_from_the_floor_and_none_from_eq6(grad_mode):
+    cfg = TrainConfig(spec="4-6-3", output_floor=1.0)
+    model, images, labels = silent_class_network()
+    for block in model.blocks():
+        block.params = dataclasses.replace(block.params, grad_mode=grad_mode)
+    output = model.blocks()[-1]
+    loss_fn(model(images), labels, cfg.replace(output_floor=0.0)).backward()
+    assert output.weight.grad[1].abs().sum() == 0 and output.bias.grad[1] == 0  # f2(-100) = 0: stuck
+    model.zero_grad()
+    with OutputCurrent(model) as output_current:
+        hidden = model.blocks()[0](images.flatten(1), num_steps=2).detach()   # [T, B, 6]
+        loss_fn(model(images), labels, cfg, output_current.current()).backward()
+    # d/dW_1 of mean_b sum_t relu(10 - W_1 s[t] - b_1) = -mean_b sum_t s[t], active at every step
+    assert output.bias.grad[1].item() == pytest.approx(-2.0)
+    assert torch.allclose(output.weight.grad[1], -hidden.sum(0).mean(0))
+
+
+def test_output_current_is_the_output_layers_synapse_on_what_enters_it():
+    model, images, _ = silent_class_network()
+    with OutputCurrent(model) as output_current:
+        model(images)
+        hidden = model.blocks()[0](images.flatten(1), num_steps=2)
+        expected = torch.nn.functional.linear(hidden, model.blocks()[-1].weight, model.blocks()[-1].bias)
+        assert torch.allclose(output_current.current(), expected)
+    single = from_spec("4-3", (1, 2, 2), 3, num_steps=3)   # direct input: one current, held for T=3 steps
+    with OutputCurrent(single) as output_current:
+        single(images)
+        once = torch.nn.functional.linear(images.flatten(1), single.blocks()[0].weight, single.blocks()[0].bias)
+        assert output_current.current().shape == (3, 5, 3)
+        assert all(torch.allclose(step, once) for step in output_current.current())
+
+
+def test_kept_weights_load_alone_with_the_safetensors_package_and_give_the_runs_outputs(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = preset("mnist-mlp", recipe="fast", spec="784-30-10")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    save_checkpoint(tmp_path / "checkpoint.safetensors", _state_tensors(model, optimizer),
+                    {"config": dataclasses.asdict(cfg)})
+    record = keep_weights(tmp_path, tmp_path / "models" / "tiny", {"test_acc": 12.5, "silent_outputs": [3]})
+    kept = tmp_path / "models" / "tiny.safetensors"
+    weights = load_file(kept)
+    assert weights.keys() == model.state_dict().keys()  # the model alone: no optimizer state
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert record["sha256"] == hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "models" / "tiny.json").read_text()) == record
+    assert (record["test_acc"], record["silent_outputs"], record["recipe"]) == (12.5, [3], "fast")
+    rebuilt = build_model(TrainConfig(**load_toml(tmp_path / "models" / "tiny.toml")).validate())
+    rebuilt.load_state_dict(weights)
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(rebuilt(images), model(images))
+
+
+def test_the_residual_readout_breaks_ties_by_the_potential_left_and_nothing_else():
+    cfg = TrainConfig(v_th=10.0, tau_m=10.0, s_max=15)
+    # currents [T=2, B=2, 3] and the spikes they give, by hand (v = 0.9 u + I, s = floor(v/10), u = v - 10 s):
+    # sample 0, class 0: v 15 -> s 1, u 5; v 19.5 -> s 1, u 9.5.  class 1: v 12 -> 1, u 2; v 19.8 -> 1, u 9.8
+    # sample 1, class 0: v 19 -> 1, u 9; v 8.1 -> 0, u 8.1.      class 2: v 20 -> 2, u 0; v 0 -> 0, u 0
+    current = torch.tensor([[[15.0, 12.0, 0.0], [19.0, 0.0, 20.0]],
+                            [[15.0, 18.0, 0.0], [0.0, 0.0, 0.0]]])
+    spikes = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 2.0]],
+                           [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    assert predict(spikes, cfg).tolist() == [0, 2]  # the tie of sample 0 goes to the lowest class
+    # residual: sample 0's tie goes to class 1 (9.8 > 9.5); sample 1 keeps class 2 (2 spikes > 1)
+    # although class 0 has far more potential left (8.1 against 0)
+    assert predict(spikes, cfg.replace(readout="residual"), current).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="readout='residual' needs the output layer's current"):
+        predict(spikes, cfg.replace(readout="residual"))
+
+
+@pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"real MNIST not found under {SHARED}")
+def test_the_output_floor_and_residual_readout_train_under_bfloat16_autocast(tmp_path):
+    cfg = preset("mnist-cnn", recipe="fast", epochs=1, train_limit=256, val_holdout=500, amp=True,
+                 output_floor=1.0, readout="residual", data_root=str(SHARED))
+    Run.start(cfg, tmp_path / "run", log=lambda *a: None).fit()
+    row = read_metrics(tmp_path / "run")[0]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100
