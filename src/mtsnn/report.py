@@ -218,7 +218,7 @@ def build(results: Path = Path("results")) -> Path:
              "means of 5 runs after 200 epochs on a V100. The ANN twin is the same network with ReLU "
              "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
              "the same cropping), not tuned for an ANN. Rows marked *fast recipe* use mtsnn's own recipe "
-             "(`--recipe fast`: at most 30 epochs, warm-up and cosine decay, the output floor; README); "
+             "(`--recipe fast`: warm-up and cosine decay, the output floor, 60 epochs for the MLPs; README); "
              "its settings, and the tuned ANN twin's own learning rate and schedule, were chosen on 5,000 "
              "training images held out for validation (`results/probes/recipe/`), and these runs, trained "
              "on all training images, are scored on the test set once per epoch like the others but were "
