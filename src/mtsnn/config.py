@@ -186,6 +186,8 @@ FAST_ANN["mnist-mlp"].update(lr=0.001, epochs=60)  # 0.001 beat 0.0005, 0.002 an
 # 100 without 90.94%. The ANN twin gets the same epochs and augmentation.
 FAST["fmnist-mlp"].update(lr=0.01, epochs=60, flip=True)
 FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=60, flip=True)  # 0.001 beat 0.0005, 0.002, 0.005 (30 epochs)
+# mnist-cnn (epochs and augmentation not chosen yet): lr 0.01 beat 0.005 over 10 epochs (99.08% against 98.62%)
+FAST["mnist-cnn"].update(lr=0.01)
 
 
 def preset(name: str, **overrides) -> TrainConfig:
