@@ -105,15 +105,16 @@ def _train_one(cfg: TrainConfig, run_dir: Path, resumable: dict) -> dict:
     return finish(cfg, run_dir, _say, **resumable)
 
 
-def _accuracy(summary: dict) -> str:
+def _accuracy(summary: dict, cfg: TrainConfig) -> str:
     """'test accuracy 99.10%', or 'validation accuracy ...' for a run on a held-out split."""
-    if "val_acc" in summary:
-        return f"validation accuracy {summary['val_acc']:.2f}%"
-    return f"test accuracy {summary.get('test_acc', 0):.2f}%"
+    from .train import SCORE_LABELS, score_name
+
+    score = score_name(cfg)
+    return f"{SCORE_LABELS[score]} accuracy {summary.get(score, 0):.2f}%"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import RESUMABLE_SETTINGS, Run, score_name
+    from .train import RESUMABLE_SETTINGS, SCORE_LABELS, Run, score_name
 
     if args.resume:
         extra = [name for name, given in (("PRESET", args.preset), ("--config", args.config),
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{' or '.join(extra)}")
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
-        _say(f"{_accuracy(summary)} after {summary['epochs']} epochs")
+        _say(f"{_accuracy(summary, run.cfg)} after {summary['epochs']} epochs")
         return 0
     if args.preset is None:
         raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
@@ -134,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
         summary = _train_one(cfg, base, resumable)
-        _say(f"{_accuracy(summary)} after {summary['epochs']} epochs "
+        _say(f"{_accuracy(summary, cfg)} after {summary['epochs']} epochs "
              f"({summary['wall_seconds']:.0f} s)")
         return 0
     try:
@@ -144,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     score = score_name(cfg)
     accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get(score, 0) for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    _say(f"{score[:-4]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
+    _say(f"{SCORE_LABELS[score]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
           + ", ".join(f"{a:.2f}" for a in accs))
     return 0
 

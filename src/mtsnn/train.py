@@ -205,6 +205,9 @@ def needs_output_current(cfg: TrainConfig) -> bool:
     return not cfg.ann and (cfg.output_floor > 0 or cfg.readout != "counts")
 
 
+SCORE_LABELS = {"test_acc": "test", "val_acc": "validation"}  # metrics key -> what the logs call it
+
+
 def score_name(cfg: TrainConfig) -> str:
     """The metrics key of the accuracy a run measures each epoch: ``val_acc`` on the held-out
     training images when ``cfg.val_holdout`` > 0, otherwise ``test_acc``."""
@@ -591,7 +594,7 @@ class Run:
                    "epoch_seconds": acc["seconds"],
                    "images_per_second": self.train_size / acc["seconds"]}
             self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                     f"train {row['train_acc']:.2f}%  {self.score[:-4]} {row[self.score]:.2f}%  "
+                     f"train {row['train_acc']:.2f}%  {SCORE_LABELS[self.score]} {row[self.score]:.2f}%  "
                      f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
             if test["silent_outputs"]:
                 self.log(f"  silent output neurons (classes never predicted): {test['silent_outputs']}")
