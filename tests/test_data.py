@@ -16,9 +16,8 @@ import torch
 
 from mtsnn import data
 from mtsnn.data import DatasetError, DeviceLoader, UnverifiedDataWarning
+from runs import SHARED
 
-SHARED = Path(os.environ.get("MTSNN_SHARED_DATA",
-                            Path(__file__).parents[2] / "shared" / "datasets"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,9 @@ from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
 from mtsnn.sweep import SWEEPS, point_dir, run_sweep
 from mtsnn.train import Run
+from runs import SHARED
 
 pytest.importorskip("matplotlib")
-SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 
 def test_figures_from_the_equations(tmp_path, capsys):
@@ -23,6 +21,51 @@ def test_figures_from_the_equations(tmp_path, capsys):
     for name in ("fig1", "fig4", "fig5"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def data_boxes(fig):
+    """Display-space boxes of what each axes draws: every point along its lines (sampled between
+    vertices too), its bars and its arrows."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from matplotlib.transforms import Bbox
+    boxes = []
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = line.get_transform().transform(line.get_xydata())
+            t = np.linspace(0, 1, 40)[:, None]
+            for a, b in zip(xy[:-1], xy[1:]):
+                boxes += [Bbox([p, p]) for p in a + t * (b - a)]
+        for collection in ax.collections:
+            if isinstance(collection, LineCollection):
+                for segment in collection.get_segments():
+                    xy = collection.get_transform().transform(segment)
+                    boxes.append(Bbox([xy.min(0), xy.max(0)]))
+        boxes += [patch.get_window_extent() for patch in ax.patches]
+        boxes += [text.arrow_patch.get_window_extent() for text in ax.texts if getattr(text, "arrow_patch", None)]
+    return boxes
+
+
+@pytest.mark.parametrize("name", ["fig1", "fig4", "fig5"])
+def test_no_legend_covers_what_the_figure_draws(tmp_path, monkeypatch, name):
+    from mtsnn import figures
+    seen = []
+    save = figures._save
+
+    def check_then_save(fig, path, **kwargs):
+        fig.tight_layout(rect=kwargs.get("rect", (0, 0, 1, 1)))
+        fig.canvas.draw()
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        assert legends
+        for legend in legends:
+            box = legend.get_window_extent()
+            covered = [b for b in data_boxes(fig) if box.overlaps(b)]
+            assert not covered, f"{name}: the legend covers {len(covered)} drawn points, e.g. {covered[0]}"
+        seen.append(name)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(figures, "_save", check_then_save)
+    assert cli.main(["figures", name, "--out", str(tmp_path)]) == 0 and seen == [name]
 
 
 def test_figures_need_their_sweep(tmp_path, capsys):

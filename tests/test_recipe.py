@@ -5,8 +5,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +17,7 @@ from mtsnn.evaluate import keep_weights
 from mtsnn.models import from_spec
 from mtsnn.train import (OutputCurrent, Run, _state_tensors, build_model, finish, learning_rate, loss_fn, predict,
                          make_optimizer, read_metrics)
-
-SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-
+from runs import SHARED
 
 def test_the_paper_recipe_keeps_one_constant_rate():
     cfg = TrainConfig(lr=0.005, epochs=3)
@@ -116,8 +112,11 @@ def test_cli_applies_the_recipe_then_the_config_file_then_the_command_line(tmp_p
     (tmp_path / "c.toml").write_text('recipe = "fast"\nepochs = 7\n')
     cfg = cli._config(parse(["train", "mnist-mlp", "--config", str(tmp_path / "c.toml")]))
     assert (cfg.recipe, cfg.schedule, cfg.epochs) == ("fast", FAST["mnist-mlp"]["schedule"], 7)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parse(["train", "mnist-mlp", "--recipe", "slow"])
+    (tmp_path / "c.toml").write_text('recipe = "slow"\n')
     with pytest.raises(ValueError, match="recipe .slow."):
-        cli._config(parse(["train", "mnist-mlp", "--recipe", "slow"]))
+        cli._config(parse(["train", "mnist-mlp", "--config", str(tmp_path / "c.toml")]))
 
 
 def test_a_finished_run_saved_before_the_recipe_settings_existed_is_kept(tmp_path):

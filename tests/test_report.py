@@ -78,11 +78,15 @@ def test_report_rows_by_hand(tmp_path, capsys):
         assert "![fmnist-mlp SNN learning curves](curves-fmnist-mlp-snn.png)" in report
 
 
-def test_report_without_runs_has_no_tables(tmp_path):
-    (tmp_path / "runs").mkdir()
-    assert cli.main(["report", "--results", str(tmp_path)]) == 0
-    assert "|" not in (tmp_path / "REPORT.md").read_text()
-    assert json.loads((tmp_path / "summary.json").read_text()) == []
+@pytest.mark.parametrize("make_runs, message", [(False, "no such folder"), (True, "holds no runs")])
+def test_report_on_a_missing_or_empty_results_folder_says_so_and_writes_nothing(tmp_path, capsys, make_runs,
+                                                                                message):
+    if make_runs:
+        (tmp_path / "runs").mkdir()
+    assert cli.main(["report", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path / "runs") in err and "Traceback" not in err
+    assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "summary.json").exists()
 
 
 @pytest.mark.parametrize("unverified, label", [

@@ -9,10 +9,18 @@ core needs nothing beyond torch and numpy; files it writes load with the
 ``safetensors`` package too. A checkpoint is one such file, whose metadata
 ``"mtsnn"`` holds the JSON state, written to a temporary file, flushed to disk
 and renamed into place, so a crash leaves either the old or the new checkpoint.
+
+Every file written here carries a digest in its metadata, ``"mtsnn_sha256"``: the sha256
+of the canonical JSON (sorted keys, no spaces) of ``{"metadata": <the other metadata>,
+"tensors": <the tensors' header entries>}`` followed by the whole byte buffer. Reading
+verifies it, so a flipped byte anywhere in the weights, the optimizer state or the
+header is refused, naming the file, instead of loading as wrong numbers. Files without
+the key (written by other tools, or before it existed) load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -28,6 +36,7 @@ _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", tor
            torch.uint8: "U8", torch.bool: "BOOL"}
 _BY_NAME = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
+DIGEST = "mtsnn_sha256"  # the metadata key of the digest
 if sys.byteorder != "little":  # safetensors stores little-endian bytes; we copy raw memory
     raise ImportError("mtsnn.checkpoint needs a little-endian machine")
 
@@ -50,8 +59,10 @@ def atomic_write(path: str | Path, chunks) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write (a full disk) names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -60,17 +71,28 @@ def atomic_write(path: str | Path, chunks) -> None:
         os.close(dir_fd)
 
 
+def _digest(entries: dict, metadata: dict[str, str], buffer) -> str:
+    """The module docstring's digest of a file's tensor entries, metadata and byte buffer."""
+    canonical = json.dumps({"metadata": metadata, "tensors": entries}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode())
+    digest.update(buffer)
+    return digest.hexdigest()
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    header: dict = {"__metadata__": dict(metadata or {})}
-    buffers, offset = [], 0
+    if DIGEST in (metadata or {}):
+        raise ValueError(f"metadata key {DIGEST!r} is reserved for the file's digest")
+    entries, buffers, offset = {}, [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         if t.dtype not in _DTYPES:
             raise TypeError(f"tensor {name!r} has unsupported dtype {t.dtype}")
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        entries[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
         buffers.append(raw)
         offset += len(raw)
+    digest = _digest(entries, dict(metadata or {}), b"".join(buffers))
+    header = {"__metadata__": {**(metadata or {}), DIGEST: digest}, **entries}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the buffer to 8 bytes
     atomic_write(path, [struct.pack("<Q", len(blob)), blob, *buffers])
@@ -116,6 +138,10 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
                                   f"its shape {shape} or the file size; truncated?")
         raw = torch.tensor(np.frombuffer(buffer[begin:end], dtype=np.uint8))  # a copy, writable
         tensors[name] = raw.view(dtype).reshape(shape)
+    expected = metadata.pop(DIGEST, None)
+    if expected is not None and _digest(header, metadata, buffer) != expected:
+        raise CheckpointError(f"{path}: its contents do not match the digest written with them (sha256 "
+                              f"{expected[:12]}...): the file was damaged after it was saved")
     return tensors, metadata
 
 

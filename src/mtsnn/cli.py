@@ -6,12 +6,15 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .config import PRESETS, TrainConfig, dump_toml, load_toml, preset
+from .distributed import is_main_process
 
 # Settings that are not command-line options of `train`.
 _INTERNAL = {"preset", "dataset", "spec"}
@@ -25,18 +28,25 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         if field.name in _INTERNAL:
             continue
-        kind = type(field.default)
+        kind, help, choices = type(field.default), field.metadata["help"], field.metadata["choices"]
         if kind is bool:
             parser.add_argument(_option(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=None)
+                                default=None, help=help)
+        elif choices:
+            parser.add_argument(_option(field.name), dest=field.name, default=None, choices=choices, help=help,
+                                metavar="{" + ",".join(c or "''" for c in choices) + "}")
         else:
-            parser.add_argument(_option(field.name), dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+            parser.add_argument(_option(field.name), dest=field.name, type=kind, default=None, help=help,
+                                metavar=kind.__name__.upper())
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="mtsnn", description="Multi-threshold spiking neural networks.")
+    parser.add_argument("--version", action="version", version=f"mtsnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a preset (one per 'Proposed Method' row of the paper)")
+    train = sub.add_parser("train", help="train a preset (one per 'Proposed Method' row of the paper)",
+                           description="Train a preset. Each setting not given keeps the preset's value, in the "
+                           "recipe chosen (`mtsnn presets` lists them): Table 1's where the paper gives one.")
     train.add_argument("preset", nargs="?", choices=sorted(PRESETS), help="preset to train")
     train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (the command line wins)")
     train.add_argument("--run-dir", help="run directory (default: runs/PRESET[-ann]-TIMESTAMP)")
@@ -48,8 +58,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--energy", action="store_true",
                           help="also count spikes, synaptic operations and energy per inference")
-    evaluate.add_argument("--data-root", default=None)
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--data-root", default=None, help="where the data sets are (default: where the run "
+                          "found them, else $MTSNN_DATA, else the user cache)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("--test-limit", type=int, default=0, metavar="N",
+                          help="score only the first N test images (default: all)")
     evaluate.add_argument("--keep-weights", metavar="OUT",
                           help="also write the weights alone (OUT.safetensors) with the config and this accuracy")
     presets = sub.add_parser("presets", help="list the presets and their settings")
@@ -88,13 +101,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return cfg.replace(**given).validate()
 
 
-def _is_main_process() -> bool:
-    """False in the processes of rank > 0 that torchrun starts: only rank 0 reports."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _say(text: str) -> None:
-    if _is_main_process():
+    if is_main_process():  # only rank 0 reports
         print(text)
 
 
@@ -153,7 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, keep_weights
 
-    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy)
+    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy,
+                                 test_limit=args.test_limit)
     if args.keep_weights:
         kept = keep_weights(args.run, args.keep_weights, report)
         print(f"kept the weights in {Path(args.keep_weights).parent / kept['weights']} (sha256 {kept['sha256']})",
@@ -161,7 +170,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%, "
+    scored = f" on the first {report['test_images']:,} test images" if args.test_limit else ""
+    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}, "
           f"{report['parameters']:,} parameters")
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
@@ -237,18 +247,27 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
     from .distributed import shutdown
     from .figures import FigureError
-    from .train import Interrupted
+    from .train import Interrupted, StorageError
 
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "report": cmd_report,
                     "sweep": cmd_sweep, "figures": cmd_figures}
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except Interrupted as e:
         print(f"mtsnn: {e}; continue with --resume", file=sys.stderr)
         return 128 + e.signum
-    except (ValueError, DatasetError, CheckpointError, FloatingPointError, FigureError) as e:
+    except (ValueError, DatasetError, CheckpointError, FloatingPointError, FigureError, StorageError) as e:
         print(f"mtsnn: error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, FloatingPointError) else 1
+        return 1 if isinstance(e, (FloatingPointError, StorageError)) else 2
+    except BrokenPipeError:  # the reader went away (`mtsnn eval RUN | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 128 + signal.SIGPIPE
+    except OSError as e:  # outside a training loop: creating a run directory, writing a report, ...
+        print(f"mtsnn: error: cannot use {e.filename}: {e.strerror}" if e.filename else f"mtsnn: error: {e}",
+              file=sys.stderr)
+        return 1
     finally:
         shutdown()
 

@@ -6,13 +6,13 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .layers import INITS
 from .models import POOLINGS
-from .neuron import LIFParams
+from .neuron import GRAD_MODES, LIFParams
 from .surrogate import NAMES as SURROGATES
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -23,106 +23,107 @@ LOSSES = ("mse", "ce")
 READOUTS = ("counts", "residual")
 
 
+def setting(default, help: str, choices: tuple = ()):
+    """A field of :class:`TrainConfig` with its command-line help and, if given, its choices
+    (which ``validate`` enforces and ``mtsnn train --help`` lists)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Defaults are Table 1's where the paper gives one."""
 
-    preset: str = "fmnist-mlp"
-    dataset: str = "fashion-mnist"
-    spec: str = "784-400-400-10"
-    ann: bool = False
+    preset: str = setting("fmnist-mlp", "the preset this config started from")
+    dataset: str = setting("fashion-mnist", "the data set", DATASETS)
+    spec: str = setting("784-400-400-10", "the network in the paper's notation (mtsnn.models.from_spec)")
+    ann: bool = setting(False, "train the ANN twin: the same network with ReLU, read by its logits")
     # neuron and surrogate (Table 1)
-    T: int = 2
-    v_th: float = 10.0
-    tau_m: float = 10.0
-    s_max: int = 15
-    surrogate: str = "f2"
-    # The output layer's surrogate; "" means ``surrogate``. A heavy-tailed one (arctan) lets
-    # an output neuron that fell far below threshold recover (see mtsnn.models.from_spec).
-    output_surrogate: str = ""
-    alpha_h: float = 1.0
-    alpha_w: float = 20.0
-    grad_mode: str = "paper"
-    init: str = "paper"
-    pooling: str = "avg"
-    # loss: eq. (6) squared error against desired counts per step, or cross-entropy on summed counts
-    loss: str = "mse"
-    target_true: float = 5.0
-    target_false: float = 0.0
-    # Not in the paper: > 0 adds a term that pulls the true class's output current up to the
-    # threshold where it is below (mtsnn.train.sample_losses), so no output neuron goes silent
-    output_floor: float = 0.0
-    # how the SNN's class is read: "counts", the most output spikes summed over time (ties to
-    # the lowest class), or "residual": the same, ties broken by the membrane potential left in
-    # the output neurons after the last step (mtsnn.train.predict)
-    readout: str = "counts"
+    T: int = setting(2, "time steps per image")
+    v_th: float = setting(10.0, "firing threshold V_th")
+    tau_m: float = setting(10.0, "membrane time constant tau_m (inf: no leak)")
+    s_max: int = setting(15, "most spikes per neuron per step, S_max")
+    surrogate: str = setting("f2", "the surrogate curve of eq. (6)'s gradient", SURROGATES)
+    output_surrogate: str = setting(
+        "", "the output layer's surrogate ('' means --surrogate's); a heavy-tailed one (arctan) lets an "
+        "output neuron far below threshold recover", ("", *SURROGATES))
+    alpha_h: float = setting(1.0, "surrogate height alpha_h")
+    alpha_w: float = setting(20.0, "surrogate width alpha_w")
+    grad_mode: str = setting("paper", "how the gradient flows through time (mtsnn.neuron)", GRAD_MODES)
+    init: str = setting("paper", "weight initialisation", INITS)
+    pooling: str = setting("avg", "pooling of the P layers", POOLINGS)
+    loss: str = setting("mse", "eq. (6)'s squared error against desired counts per step, or cross-entropy on "
+                        "the summed counts", LOSSES)
+    target_true: float = setting(5.0, "desired spike count of the true class's output neuron per step")
+    target_false: float = setting(0.0, "desired spike count of the other output neurons per step")
+    output_floor: float = setting(
+        0.0, "not in the paper: > 0 adds a term pulling the true class's output current up to the threshold "
+        "where it is below, so that no output neuron goes silent (mtsnn.train.sample_losses)")
+    readout: str = setting("counts", "how the SNN's class is read: the most output spikes summed over time, ties "
+                           "to the lowest class, or 'residual': ties broken by the membrane potential left "
+                           "after the last step (mtsnn.train.predict)", READOUTS)
     # optimisation (Table 1: batch 128, Adam 0.9/0.999/1e-8, a constant rate)
-    lr: float = 0.005
-    batch_size: int = 128
-    epochs: int = 200
-    # Not in the paper: a linear warm-up of the rate from 0 over ``warmup_epochs`` (fractions
-    # allowed), then ``schedule``: "constant", or "cosine" decay to 0 at the last epoch; and
-    # decoupled weight decay (AdamW) when ``weight_decay`` > 0. See ``learning_rate``.
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.0
-    # The recipe this config started from: "paper" (the presets as they are) or "fast" (FAST)
-    recipe: str = "paper"
-    seed: int = 0
-    crop_padding: int = 4
-    flip: bool = False
-    train_limit: int = 0  # 0: the whole training set
-    # > 0: hold out this many training images (a fixed random choice, the same for every seed)
-    # and evaluate on them instead of the test set, which the run then never reads
-    val_holdout: int = 0
-    device: str = "cpu"
-    data_root: str = ""
-    deterministic: bool = False
-    compile: bool = False
-    amp: bool = False
+    lr: float = setting(0.005, "Adam's learning rate (the peak, under a schedule)")
+    batch_size: int = setting(128, "images per optimizer step")
+    epochs: int = setting(200, "passes over the training set")
+    schedule: str = setting("constant", "not in the paper: the rate after the warm-up, constant or cosine decay "
+                            "to 0 at the last step (mtsnn.train.learning_rate)", SCHEDULES)
+    warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")
+    weight_decay: float = setting(0.0, "not in the paper: > 0 uses AdamW with this decoupled weight decay")
+    recipe: str = setting("paper", "the settings the preset starts from: the paper's, or mtsnn's fast recipe "
+                          "(mtsnn presets shows them)", RECIPES)
+    seed: int = setting(0, "random seed of initialisation, data order and augmentation")
+    crop_padding: int = setting(4, "random-crop augmentation: pixels of padding (0: none)")
+    flip: bool = setting(False, "random horizontal flips")
+    train_limit: int = setting(0, "train on the first N training images (0: all)")
+    test_limit: int = setting(0, "score only the first N test (or held-out) images each epoch (0: all); for "
+                              "quick trials, not for reported results")
+    val_holdout: int = setting(0, "hold out N training images (a fixed random choice, the same for every seed) "
+                               "and score on them instead of the test set, which the run then never reads")
+    device: str = setting("cpu", "where to train: cpu, cuda, cuda:1, ...")
+    data_root: str = setting("", "where the data sets are ('': $MTSNN_DATA, else the user cache); a run "
+                             "records the folder it found them in")
+    deterministic: bool = setting(False, "use only deterministic algorithms (bitwise-repeatable runs)")
+    compile: bool = setting(False, "compile the model with torch.compile")
+    amp: bool = setting(False, "compute the synapses in bfloat16 (the neuron's state stays float32)")
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first bad setting; return self."""
-        for field in dataclasses.fields(self):  # TOML files and JSON state can hold any type
-            value = getattr(self, field.name)
-            kind = _TYPES[field.type]
+        for item in dataclasses.fields(self):  # TOML files and JSON state can hold any type
+            value = getattr(self, item.name)
+            kind = _TYPES[item.type]
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-                raise ValueError(f"invalid setting {field.name}={value!r} "
-                                 f"(need {field.type}, got {type(value).__name__})")
+                raise ValueError(f"invalid setting {item.name}={value!r} "
+                                 f"(need {item.type}, got {type(value).__name__})")
+            choices = item.metadata["choices"]
+            if choices and value not in choices:
+                raise ValueError(f"invalid setting {item.name}={value!r} (choose one of "
+                                 f"{', '.join(repr(c) if c == '' else c for c in choices)})")
         checks = [
-            (self.dataset in DATASETS, f"dataset={self.dataset!r} (choose one of {', '.join(DATASETS)})"),
             (self.T >= 1, f"T={self.T} (need >= 1)"),
-            (self.loss in LOSSES, f"loss={self.loss!r} (choose one of {', '.join(LOSSES)})"),
-            (self.init in INITS, f"init={self.init!r} (choose one of {', '.join(INITS)})"),
-            (self.pooling in POOLINGS, f"pooling={self.pooling!r} (choose one of {', '.join(POOLINGS)})"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
             (self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
-            (self.schedule in SCHEDULES, f"schedule={self.schedule!r} (choose one of {', '.join(SCHEDULES)})"),
             (math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
              f"warmup_epochs={self.warmup_epochs} (need 0 <= warmup_epochs <= epochs={self.epochs})"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              f"weight_decay={self.weight_decay} (need a finite value >= 0)"),
-            (self.recipe in RECIPES, f"recipe={self.recipe!r} (choose one of {', '.join(RECIPES)})"),
             (math.isfinite(self.output_floor) and self.output_floor >= 0,
              f"output_floor={self.output_floor} (need a finite value >= 0; 0 means off)"),
             (not (self.ann and self.output_floor), f"output_floor={self.output_floor} with ann=True "
              "(the ANN twin has no threshold)"),
-            (self.readout in READOUTS, f"readout={self.readout!r} (choose one of {', '.join(READOUTS)})"),
             (not (self.ann and self.readout != "counts"), f"readout={self.readout!r} with ann=True (the ANN "
              "twin is read by its logits)"),
             (self.val_holdout >= 0, f"val_holdout={self.val_holdout} (need >= 0; 0 means none)"),
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
+            (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),
             (math.isfinite(self.target_true) and math.isfinite(self.target_false),
              f"target_true={self.target_true}, target_false={self.target_false} (need finite counts)"),
             (_is_device(self.device), f"device={self.device!r} (need a torch device such as 'cpu', 'cuda' "
              f"or 'cuda:1')"),
             (not (self.ann and self.output_surrogate),
              f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"),
-            (self.output_surrogate in ("", *SURROGATES), f"output_surrogate={self.output_surrogate!r} "
-             f"(choose one of {', '.join(SURROGATES)}, or '' for surrogate's)"),
         ]
         for ok, what in checks:
             if not ok:
@@ -145,6 +146,20 @@ class TrainConfig:
             raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
+
+
+def usable_device(name: str) -> torch.device:
+    """The torch device ``name`` if this machine can compute on it; ValueError naming it and
+    why not otherwise (a torch built without CUDA, no such GPU, ...)."""
+    if not _is_device(name):
+        raise ValueError(f"invalid device {name!r} (need a torch device such as 'cpu', 'cuda' or 'cuda:1')")
+    device = torch.device(name)
+    try:
+        torch.empty(1, device=device)
+    except (AssertionError, RuntimeError) as e:  # torch raises AssertionError for a build without CUDA
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"device {name!r} is not usable on this machine ({reason}); try --device cpu") from None
+    return device
 
 
 def _is_device(name: str) -> bool:

@@ -16,6 +16,11 @@ import torch
 import torch.distributed as dist
 
 
+def is_main_process() -> bool:
+    """False in the processes of rank > 0 that torchrun starts (before or after they join)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @dataclass(frozen=True)
 class Processes:
     rank: int = 0

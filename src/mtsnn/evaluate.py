@@ -12,7 +12,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
-from .config import TrainConfig, dump_toml
+from .config import TrainConfig, dump_toml, usable_device
 from .energy import ann_operations, count_over_loader
 from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
 
@@ -25,18 +25,23 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint (give a run directory or a .safetensors file)")
     tensors, state = load_checkpoint(path)
-    cfg = saved_config(state, path).replace(device=device)
+    cfg = saved_config(state, path).replace(device=device).validate()
     model = build_model(cfg)
     model.load_state_dict(model_state(tensors))
-    return model.to(device), cfg
+    return model.to(usable_device(device)), cfg
 
 
 def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: str = "cpu",
-                        energy: bool = False) -> dict:
+                        energy: bool = False, test_limit: int = 0) -> dict:
     """Test accuracy, spikes per neuron per layer, parameters; with ``energy``, the
-    operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set."""
+    operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set
+    (its first ``test_limit`` images if > 0)."""
+    if test_limit < 0:
+        raise ValueError(f"test_limit={test_limit} (need >= 0; 0 means the whole test set)")
     model, cfg = load_trained(path, device)
     test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None, download=True)
+    if test_limit:
+        test_set = test_set.subset(test_limit)
     loader = datasets.DeviceLoader(test_set, 1000, train=False, device=torch.device(device))
     result = evaluate(model, loader, cfg)
     steps = 1 if cfg.ann else cfg.T
@@ -45,7 +50,7 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
         extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
                            else count_over_loader(model, loader))
     return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
-            "test_acc": result["acc"], "silent_outputs": result["silent_outputs"],
+            "test_acc": result["acc"], "test_images": len(test_set), "silent_outputs": result["silent_outputs"],
             "parameters": sum(p.numel() for p in model.parameters()),
             "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}
 

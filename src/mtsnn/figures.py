@@ -69,12 +69,12 @@ def fig1(out: Path) -> Path:
             ax.set_ylabel("mV")
             if row == 1:
                 ax.set_xlabel("time step (1 ms)")
-            if row == 0 and col == 0:
+            if row == 0 and col == 0:  # one legend for all four panels, below them, where it hides nothing
                 handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
                 labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
-                ax.legend(handles, labels, fontsize=7, loc="upper right")
+                fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
     fig.suptitle("Figure 1: LIF vs multi-threshold LIF on sparse and dense input (V_th = 10 mV, tau_m = 10 ms)")
-    return _save(fig, out / "fig1.png")
+    return _save(fig, out / "fig1.png", rect=(0, 0.05, 1, 1))
 
 
 def fig4(out: Path) -> Path:
@@ -92,11 +92,11 @@ def fig4(out: Path) -> Path:
         right.annotate("", xy=(i * v_th, 1.0), xytext=(i * v_th, 0.0),
                        arrowprops={"arrowstyle": "->", "color": "tab:red"})
     right.plot([-10, 50], [0, 0], color="tab:red", label="ds/dv: 0, with Dirac pulses at v = n V_th")
-    right.set_ylim(-0.05, 1.1)
+    right.set_ylim(-0.05, 1.3)  # room above the pulses for the legend
     right.set_xlim(-10, 50)
     right.set_xlabel("membrane potential v (mV)")
     right.set_ylabel("ds/dv (pulses drawn as arrows)")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper left")
     right.set_title("(b) its derivative")
     fig.suptitle(f"Figure 4: spike activity of the multi-threshold LIF and its derivative (V_th = 10 mV, S_max = {s_max})")
     return _save(fig, out / "fig4.png")
@@ -197,9 +197,10 @@ def draw(names: list[str], out: Path, sweeps: Path):
         yield from_equations[name](out) if name in from_equations else from_sweeps[name](out, sweeps)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
+    """Lay out the axes inside ``rect`` (figure fractions: left, bottom, right, top), write the PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     fig.clf()
     return path

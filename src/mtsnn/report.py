@@ -67,6 +67,9 @@ def collect(runs_root: Path) -> list[dict]:
         run = read_run(run_dir)
         if run is not None:
             cfg = run["cfg"]
+            if cfg.get("test_limit"):
+                raise ValueError(f"{run_dir} was scored on only {cfg['test_limit']} test images (test_limit); "
+                                 "a report needs the whole test set")
             key = (cfg["preset"], bool(cfg["ann"]), cfg.get("output_surrogate", ""), cfg.get("recipe", "paper"))
             groups.setdefault(key, []).append(run)
     table = []
@@ -207,8 +210,15 @@ def _overview(table: list[dict]) -> list[str]:
 
 
 def build(results: Path = Path("results")) -> Path:
-    """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs."""
+    """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs.
+    ValueError if ``results/runs`` is missing or holds no runs (nothing to report)."""
+    if not (results / "runs").is_dir():
+        raise ValueError(f"{results / 'runs'}: no such folder (give --results the folder whose runs/ holds "
+                         "run directories as runs/PRESET/seedN)")
     table = collect(results / "runs")
+    if not table:
+        raise ValueError(f"{results / 'runs'} holds no runs (run directories with config.toml and metrics.jsonl, "
+                         "as runs/PRESET/seedN); no report written")
     public = [{k: v for k, v in row.items() if k not in ("curves", "curve_seeds", "runs")} for row in table]
     (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
     lines = ["# mtsnn against the paper", "",

@@ -36,11 +36,12 @@ from torch import nn
 
 from . import data as datasets
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_toml, load_toml
-from .distributed import Processes
+from .config import TrainConfig, dump_toml, load_toml, usable_device
+from .distributed import Processes, is_main_process
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
 from .neuron import LIFParams, lif_step, neuron_backend
+from .rundir import lock
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -269,13 +270,15 @@ def evaluate(model: nn.Module, loader, cfg: TrainConfig) -> dict:
     correct = total = 0
     output_spikes = 0
     try:
-        for images, labels in loader.epoch(0):
-            output = model(images)
-            current = output_current.current() if output_current else None
-            correct += (predict(output, cfg, current) == labels).sum().item()
-            total += labels.numel()
-            if not cfg.ann:
-                output_spikes = output_spikes + output.sum((0, 1))
+        with _progress(len(loader), 0, "evaluating", is_main_process()) as bar:
+            for images, labels in loader.epoch(0):
+                output = model(images)
+                current = output_current.current() if output_current else None
+                correct += (predict(output, cfg, current) == labels).sum().item()
+                total += labels.numel()
+                if not cfg.ann:
+                    output_spikes = output_spikes + output.sum((0, 1))
+                bar.update(1)
     finally:
         counter.remove()
         if output_current:
@@ -301,6 +304,11 @@ class StopRequested:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+class StorageError(Exception):
+    """Writing the run directory failed (read-only, disk full, ...). The message names the
+    file and says which checkpoint, if any, is intact to resume from."""
 
 
 class Interrupted(Exception):
@@ -386,8 +394,11 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, log=print):
-        self.cfg, self.run_dir = cfg.validate(), Path(run_dir)
-        self.device = torch.device(cfg.device)
+        cfg.validate()
+        if not cfg.data_root:  # record where the data was found, so that `mtsnn eval` finds it again
+            cfg = cfg.replace(data_root=str(datasets.data_root().resolve()))
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = usable_device(cfg.device)
         self.procs = Processes.from_environment(self.device)
         if self.device.type == "cuda" and self.procs.world > 1:
             self.device = torch.device("cuda", self.procs.local_rank)
@@ -404,8 +415,13 @@ class Run:
             train_set, test_set = train_set.hold_out(cfg.val_holdout)
         else:
             test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
+        for name, limit, dataset in (("train_limit", cfg.train_limit, train_set), ("test_limit", cfg.test_limit, test_set)):
+            if limit > len(dataset):
+                self.log(f"{name}={limit} is more than the {len(dataset)} images there are: using all of them")
         if cfg.train_limit:
             train_set = train_set.subset(cfg.train_limit)
+        if cfg.test_limit:
+            test_set = test_set.subset(cfg.test_limit)
         self.train_size = len(train_set.labels)
         self.train_loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, device=self.device,
                                                   seed=cfg.seed, crop_padding=cfg.crop_padding, flip=cfg.flip)
@@ -426,12 +442,16 @@ class Run:
             self.trained = torch.compile(self.trained)
         self.epoch, self.batch, self.acc = 0, 0, _fresh_accumulators()
         self.wall_seconds = 0.0
+        self.saved = None  # (epoch, batch) that the checkpoint on disk holds, None before the first
+        self.lock = None  # the run directory's lock (rank 0), held until fit returns
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> "Run":
         """A fresh run; refuses a directory that already holds a run's files, whose results it
         would overwrite (resume a stopped run instead; a finished one is kept)."""
         run_dir = Path(run_dir)
+        usable_device(cfg.device)  # before anything is written
+        held = lock(run_dir) if is_main_process() else None
         found = [name for name in (CHECKPOINT, "summary.json") if (run_dir / name).exists()]
         # Metrics of epoch 1 alone, without a checkpoint, are those of a run killed before its
         # first save: nothing to keep. More are results of their own.
@@ -442,13 +462,18 @@ class Run:
                              "or choose another --run-dir")
         if found:
             raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
-        return cls(cfg, run_dir, log)
+        run = cls(cfg, run_dir, log)
+        run.lock = held
+        return run
 
     @classmethod
     def resume(cls, run_dir: str | Path, log=print, **overrides) -> "Run":
         """Reopen ``run_dir`` with its saved config; ``overrides`` may change the
         :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``) and repeat others."""
         path = Path(run_dir) / CHECKPOINT
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint (--resume takes the directory of a stopped run)")
+        held = lock(run_dir) if is_main_process() else None
         tensors, state = load_checkpoint(path)
         saved = saved_config(state, path)
         cfg = saved.replace(**overrides)
@@ -458,13 +483,22 @@ class Run:
             raise ValueError(f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
                              f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them")
         _check_progress(state, path)
+        if cfg.epochs < state["epoch"] + (state["batch"] > 0):
+            raise ValueError(f"{run_dir} has trained {state['epoch']} epochs and {state['batch']} batches; "
+                             f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)")
+        bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise CheckpointError(f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; "
+                                  "it cannot be resumed")
         run = cls(cfg, run_dir, log)
+        run.lock = held
         try:
             _restore(run.model, run.optimizer, tensors, state)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its weights or optimizer state do not fit its config "
                                   f"({type(e).__name__}: {str(e)[:300]})") from None
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
+        run.saved = (run.epoch, run.batch)
         if run.procs.is_main:  # the saved sums are global: one process carries them on
             run.acc = state["acc"]
         run.log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
@@ -478,9 +512,23 @@ class Run:
             state = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "batch": self.batch,
                      "acc": self.acc, "wall_seconds": self.wall_seconds,
                      "param_groups": self.optimizer.state_dict()["param_groups"]}
-            save_checkpoint(path, _state_tensors(self.model, self.optimizer), state)
+            tensors = _state_tensors(self.model, self.optimizer)
+            bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:  # never replace a good checkpoint with one that cannot be resumed
+                raise FloatingPointError(f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
+                                         f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}")
+            save_checkpoint(path, tensors, state)
         self.procs.barrier()
+        self.saved = (self.epoch, self.batch)
         return path
+
+    def last_checkpoint(self) -> str:
+        """Where the run can be resumed from, in words."""
+        if self.saved is None:
+            return f"There is no checkpoint of this run yet in {self.run_dir}"
+        epoch, batch = self.saved
+        where = f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
+        return f"The last checkpoint, {self.run_dir / CHECKPOINT}, holds the run at {where}"
 
     def _keep_metrics_up_to(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written before a kill, redone after the resume)."""
@@ -495,13 +543,25 @@ class Run:
         # Denormal floats (tiny surrogate x gradient products) make CPU matmuls several times slower.
         torch.set_flush_denormal(True)
         keep_freed_memory()
+        try:
+            return self._fit()
+        except OSError as e:
+            raise StorageError(f"cannot write {e.filename or self.run_dir}: {e.strerror or e}. "
+                               f"{self.last_checkpoint()}") from None
+        finally:
+            if self.lock is not None:
+                self.lock.close()
+                self.lock = None
+
+    def _fit(self) -> dict:
         main = self.procs.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._keep_metrics_up_to(self.epoch)
             atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
         board = _tensorboard(self.run_dir) if main else None
-        self.log(f"neuron backend: {neuron_backend()}")
+        if not self.cfg.ann:
+            self.log(f"neuron backend: {neuron_backend()}")
         try:
             with StopRequested() as stop:
                 while self.epoch < self.cfg.epochs:
@@ -520,7 +580,7 @@ class Run:
         if main:
             summary[self.score] = read_metrics(self.run_dir)[-1][self.score]
             summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
-            summary["machine"] = machine(self.device, self.procs.world)
+            summary["machine"] = machine(self.device, self.procs.world, spiking=not self.cfg.ann)
             summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
             atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
         return summary
@@ -544,7 +604,7 @@ class Run:
                 loss = losses.sum() * (procs.world / global_batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch "
-                                             f"{self.batch}; the last good checkpoint is {self.run_dir / CHECKPOINT}")
+                                             f"{self.batch}. {self.last_checkpoint()}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 rate = learning_rate(cfg, self.epoch * len(self.train_loader) + self.batch, len(self.train_loader))
@@ -616,8 +676,11 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
         changed = [f"{name}={old!r}, not {new!r}" for name, old, new in _fixed_changes(saved, fixed)]
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
-        log(f"{run_dir}: finished before, kept")
-        return json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        more = (f" (it has {summary['epochs']} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
+                f"{run_dir} --epochs {cfg.epochs})" if cfg.epochs > summary.get("epochs", cfg.epochs) else "")
+        log(f"{run_dir}: finished before, kept{more}")
+        return summary
     if (run_dir / CHECKPOINT).exists():
         return Run.resume(run_dir, log=log, **fixed, **resumable).fit()
     return Run.start(cfg, run_dir, log=log).fit()
@@ -653,15 +716,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def machine(device: torch.device, processes: int = 1) -> dict:
-    """What the run ran on, for reports."""
+def machine(device: torch.device, processes: int = 1, spiking: bool = True) -> dict:
+    """What the run ran on, for reports (``neuron_backend`` None for an ANN twin, which has no neuron)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
                     platform.processor() or platform.machine())
     return {"device": name, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "processes": processes, "torch": torch.__version__, "neuron_backend": neuron_backend()}
+            "processes": processes, "torch": torch.__version__,
+            "neuron_backend": neuron_backend() if spiking else None}
 
 
 def _cpuinfo() -> list[str]:

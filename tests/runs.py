@@ -1,0 +1,75 @@
+"""Helpers for tests that train: where the real data is, the CLI in a subprocess, and a run's final state."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtsnn.checkpoint import load_checkpoint
+
+SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
+                                  reason=f"real Fashion-MNIST not found under {SHARED}")
+TIMING = ("epoch_seconds", "images_per_second")  # metrics that differ between identical runs
+
+
+def cli_env(**extra) -> dict:
+    return {**os.environ, "MTSNN_DATA": str(SHARED), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def mtsnn(*args, **kwargs) -> subprocess.Popen:
+    """``mtsnn ARGS`` in a subprocess, stdout and stderr together in ``.stdout``."""
+    return subprocess.Popen([sys.executable, "-m", "mtsnn.cli", *map(str, args)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def mtsnn_done(*args, timeout=300) -> tuple[int, str]:
+    """(exit code, output) of ``mtsnn ARGS`` run to its end."""
+    p = mtsnn(*args)
+    out, _ = p.communicate(timeout=timeout)
+    return p.returncode, out
+
+
+def final_state(run_dir) -> tuple[dict, dict, list[dict]]:
+    """(checkpoint tensors, checkpoint state, metrics rows without timings) of a run."""
+    tensors, state = load_checkpoint(Path(run_dir) / "checkpoint.safetensors")
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return tensors, state, [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def assert_same_run(a, b) -> None:
+    """Runs ``a`` and ``b`` ended with bitwise-equal weights and optimizer state, at the same
+    point, with the same metrics."""
+    ta, sa, ra = final_state(a)
+    tb, sb, rb = final_state(b)
+    assert set(ta) == set(tb)
+    for name in ta:
+        if name != "rng/torch":
+            assert torch.equal(ta[name], tb[name]), f"{name} differs"
+    assert ra == rb and (sa["epoch"], sa["batch"]) == (sb["epoch"], sb["batch"])
+
+
+# fmnist-mlp on 512 images: 4 batches an epoch, a few seconds a run
+SMALL = ["--train-limit", "512", "--test-limit", "500", "--deterministic", "--seed", "3"]
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A copy of a run directory, without the lock file of whoever held it."""
+    from mtsnn.rundir import LOCK
+    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(LOCK))
+    return to
+
+
+def in_namespace(script: str) -> subprocess.CompletedProcess:
+    """Run a bash script as root of its own user and mount namespace, where it may mount a small
+    or read-only tmpfs: real kernel errors (ENOSPC, EROFS) without touching the machine. ``$PY``
+    is this Python. Skips where the kernel does not allow such namespaces."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        pytest.skip("user and mount namespaces (unshare -rm) are not available here")
+    return subprocess.run(["unshare", "-rm", "bash", "-euc", script], env=cli_env(PY=sys.executable),
+                          capture_output=True, text=True, timeout=300)
