@@ -1,4 +1,4 @@
-"""The ``mtsnn`` command: ``train``, ``eval``, ``presets``, ``report``, ``sweep`` and ``figures``."""
+"""The ``mtsnn`` command: ``train``, ``eval``, ``export``, ``presets``, ``report``, ``sweep`` and ``figures``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     train.add_argument("--seeds", help="comma-separated seeds: one run each, then mean and std")
     _add_setting_options(train)
     evaluate = sub.add_parser("eval", help="test accuracy, spikes per neuron and parameters of a run")
-    evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("run", metavar="RUN", help="a run directory, a checkpoint file, or pretrained:NAME "
+                          "(a model shipped in models/)")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--energy", action="store_true",
                           help="also count spikes, synaptic operations and energy per inference")
@@ -65,6 +66,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                           help="score only the first N test images (default: all)")
     evaluate.add_argument("--keep-weights", metavar="OUT",
                           help="also write the weights alone (OUT.safetensors) with the config and this accuracy")
+    exporter = sub.add_parser("export", help="write a trained SNN for another tool: NIR (any NIR consumer) or "
+                              "Sinabs", description="Write a trained SNN for another tool (mtsnn.export).")
+    exporter.add_argument("run", metavar="RUN", help="a run directory, a checkpoint file, or pretrained:NAME")
+    exporter.add_argument("--to", required=True, choices=["nir", "sinabs"],
+                          help="nir: a NIR graph file (nir.read reads it; S_max in the neuron nodes' metadata); "
+                          "sinabs: the Sinabs twin's parameters and layer list (mtsnn.export.load_sinabs)")
+    exporter.add_argument("out", metavar="OUT", help="the file to write")
     presets = sub.add_parser("presets", help="list the presets and their settings")
     sweep = sub.add_parser("sweep", help="train the points of a figure's sweep (fig6, fig7, fig8, fig9)")
     sweep.add_argument("figure", choices=["fig6", "fig7", "fig8", "fig9"])
@@ -77,7 +85,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     figures.add_argument("--sweeps", default="results/figures/sweeps", help="where `mtsnn sweep` put its runs")
     report = sub.add_parser("report", help="build REPORT.md and summary.json from RESULTS/runs/")
     report.add_argument("--results", default="results", help="the results folder (default: results)")
-    return parser, {"train": train, "eval": evaluate, "presets": presets, "report": report, "sweep": sweep,
+    return parser, {"train": train, "eval": evaluate, "export": exporter, "presets": presets, "report": report, "sweep": sweep,
                     "figures": figures}
 
 
@@ -171,14 +179,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     scored = f" on the first {report['test_images']:,} test images" if args.test_limit else ""
-    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}, "
-          f"{report['parameters']:,} parameters")
+    recorded = (f" (recorded when its weights were kept: {report['recorded_test_acc']:.2f}%)"
+                if "recorded_test_acc" in report else "")
+    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}"
+          f"{recorded}, {report['parameters']:,} parameters")
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
     if report["silent_outputs"]:
         print(f"  silent output neurons (classes never predicted): {report['silent_outputs']}")
     if "energy" in report:
         _print_energy(report["energy"])
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import warnings
+
+    from . import export
+    from .evaluate import load_trained
+
+    model, cfg = load_trained(args.run)
+    if cfg.ann:
+        raise ValueError(f"{args.run} is an ANN twin: it has no neuron to export")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        if args.to == "nir":
+            export.write_nir(model, args.out, cfg.input_shape)
+        else:
+            export.save_sinabs(model, args.out)
+    for warning in said:
+        print(f"mtsnn: warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {args.out} ({args.to}: {cfg.preset}, {cfg.spec}, T={cfg.T})")
     return 0
 
 
@@ -250,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted, StorageError
 
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "report": cmd_report,
+        commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "presets": cmd_presets, "report": cmd_report,
                     "sweep": cmd_sweep, "figures": cmd_figures}
         code = commands[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets
+from . import data as datasets, zoo
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
 from .config import TrainConfig, dump_toml, usable_device
 from .energy import ann_operations, count_over_loader
@@ -18,7 +18,10 @@ from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """The model and config of a run directory or a checkpoint file."""
+    """The model and config of a run directory, a checkpoint file, or a shipped model
+    (``pretrained:NAME``, :mod:`mtsnn.zoo`: its sha256 checked)."""
+    if str(path).startswith(zoo.PREFIX):
+        return zoo.load(str(path)[len(zoo.PREFIX):], device)
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -49,6 +52,8 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
     if energy:
         extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
                            else count_over_loader(model, loader))
+    if str(path).startswith(zoo.PREFIX):  # what was measured when the weights were kept
+        extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX):])["test_acc"]
     return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
             "test_acc": result["acc"], "test_images": len(test_set), "silent_outputs": result["silent_outputs"],
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,76 @@
+"""Trained networks that ship with mtsnn, in ``models/`` of the repository.
+
+Each ``NAME`` is three files, written by ``mtsnn eval RUN --keep-weights models/NAME``:
+``NAME.safetensors`` (the weights only, the config in its metadata), ``NAME.toml`` (the
+config) and ``NAME.json`` (the weights' sha256, the test accuracy ``mtsnn eval`` measured,
+the run they came from). Loading checks the weights against that sha256 and refuses a file
+that differs. ``MTSNN_MODELS`` names another folder.
+
+Example::
+
+    import mtsnn
+    net = mtsnn.pretrained("mnist-mlp")          # a SpikingNetwork in eval mode, on the CPU
+    counts = net(images)                          # [T, B, 10] spike counts for images [B, 1, 28, 28]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import CheckpointError, load_tensors
+from .config import TrainConfig
+
+PREFIX = "pretrained:"  # how the command line names a shipped model: mtsnn eval pretrained:mnist-mlp
+
+
+def folder() -> Path:
+    """Where the shipped models are: $MTSNN_MODELS, else ``models/`` of this checkout."""
+    return Path(os.environ.get("MTSNN_MODELS") or Path(__file__).resolve().parents[2] / "models")
+
+
+def available() -> list[str]:
+    """The names of the shipped models."""
+    return sorted(p.stem for p in folder().glob("*.json")) if folder().is_dir() else []
+
+
+def record(name: str) -> dict:
+    """What ``NAME.json`` records of the shipped model ``name``: sha256, test accuracy, source run."""
+    path = folder() / f"{name}.json"
+    if not path.exists():
+        raise CheckpointError(f"no pretrained model {name!r} in {folder()} (available: "
+                              f"{', '.join(available()) or 'none'})")
+    return json.loads(path.read_text())
+
+
+def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """(model in eval mode, its config) of the shipped model ``name``; CheckpointError naming
+    the file if it is missing, or differs from the sha256 its record holds."""
+    from .train import build_model  # the experiment side builds a config's network
+
+    kept = record(name)
+    path = folder() / kept["weights"]
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if digest != kept["sha256"]:
+        raise CheckpointError(f"{path}: sha256 {digest[:16]}... differs from {kept['sha256'][:16]}... that "
+                              f"{name}.json records; the weights were changed or damaged, refusing them")
+    tensors, metadata = load_tensors(path)
+    try:
+        cfg = TrainConfig(**json.loads(metadata["mtsnn_config"])).replace(device=device).validate()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: no valid mtsnn config in its metadata ({type(e).__name__}: {e})") from None
+    model = build_model(cfg)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), cfg
+
+
+def pretrained(name: str, device: str = "cpu") -> nn.Module:
+    """The shipped trained network ``name`` (see :func:`available`), in eval mode."""
+    return load(name, device)[0]
