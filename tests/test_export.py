@@ -115,6 +115,7 @@ def test_nir_round_trips_of_a_shipped_model_and_a_cnn_give_identical_spikes(trai
         theirs, _ = counts_and_accuracy(again, mnist_test(2000))
         assert torch.equal(ours, theirs)
         assert [b.params for b in again.blocks()] == [b.params for b in net.blocks()]
+        assert again.input_shape == shape  # so that it streams: again.initial_state(batch_size)
 
 
 def test_the_graph_uses_standard_nodes_and_keeps_s_max_in_metadata_with_one_warning(trained_cnn):

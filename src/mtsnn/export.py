@@ -84,7 +84,7 @@ def _walk(net: SpikingNetwork):
         yield kind, layer
 
 
-def _build(parts: list, num_steps: int) -> SpikingNetwork:
+def _build(parts: list, num_steps: int, input_shape: tuple[int, ...] | None = None) -> SpikingNetwork:
     """A SpikingNetwork from (kind, settings) parts, as from_spec builds them."""
     modules = []
     for kind, s in parts:
@@ -103,7 +103,7 @@ def _build(parts: list, num_steps: int) -> SpikingNetwork:
             if s["bias"] is not None:
                 block.bias.copy_(torch.as_tensor(np.asarray(s["bias"]), dtype=torch.float32))
         modules.append(block)
-    return SpikingNetwork(nn.ModuleList(modules), num_steps)
+    return SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
 
 
 def _neuron_settings(v_th: float, tau_m: float, s_max: int, neuron: dict) -> dict:
@@ -419,9 +419,11 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
     if not steps:
         raise ExportError("the graph does not say how many time steps it runs (no mtsnn_num_steps in its "
                           "metadata); give num_steps")
-    parts, pending = [], None
+    parts, pending, input_shape = [], None, None
     for name, node in _chain(graph):
         kind = type(node).__name__
+        if kind == "Input":
+            input_shape = tuple(int(n) for n in np.asarray(node.input_type["input"]).ravel())
         if kind in ("Input", "Output"):
             continue
         if kind in ("Affine", "Linear", "Conv2d"):
@@ -480,4 +482,4 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
                               + (" (it sums spikes; mtsnn pools by average or maximum)" if kind == "SumPool2d" else ""))
     if pending is not None:
         raise ExportError("the last weight layer has no neuron after it")
-    return _build(parts, int(steps))
+    return _build(parts, int(steps), input_shape)

@@ -22,12 +22,14 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import SpikingConv2d, SpikingLinear, check_init
+from .neuron import lif_step
 
 POOLINGS = ("avg", "max")
 
@@ -103,30 +105,110 @@ def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> lis
     return layers + [Dense(num_classes)]
 
 
-class SpikingNetwork(nn.Module):
-    """A feed-forward SNN. ``forward(images, num_steps)`` returns output spike counts ``[T, B, classes]``."""
+class NetworkState(NamedTuple):
+    """What a :class:`SpikingNetwork` carries from one step to the next: each weight block's
+    membrane potential after its reset, ``u[t]``, input to output."""
 
-    def __init__(self, layers: nn.ModuleList, num_steps: int = 2):
+    potentials: tuple[torch.Tensor, ...]
+
+    def detach(self) -> "NetworkState":
+        """The same state cut from the autograd graph (between chunks of a long sequence)."""
+        return NetworkState(tuple(u.detach() for u in self.potentials))
+
+
+def _is_block(layer: nn.Module) -> bool:
+    return isinstance(layer, (SpikingLinear, SpikingConv2d))
+
+
+class SpikingNetwork(nn.Module):
+    """A feed-forward SNN of weight blocks (weight layer + neuron), pooling and flattening.
+
+    Input, either:
+
+    - images ``[B, *sample]``: direct input, the same current at each of ``num_steps``
+      steps (the paper's setting); the first weight layer runs once, not T times;
+    - a sequence ``[T, B, *sample]``: event frames or any time-varying input, T steps.
+
+    ``sample`` is ``(C, H, W)`` unless the first layer is a ``SpikingLinear`` (then
+    ``(features,)``). Output: spike counts ``[T, B, classes]``.
+
+    Streaming, one step at a time, for inference (the floor has no surrogate gradient here;
+    train with ``forward``)::
+
+        state = net.initial_state(batch_size)           # all potentials at rest
+        for x_t in frames:                              # each [B, *sample]
+            out_t, state = net.step(x_t, state)         # out_t: [B, classes]
+
+    gives, step by step, the rows of ``net(frames)``. A new sequence starts from
+    ``initial_state`` again; ``state.detach()`` cuts the autograd graph.
+    """
+
+    def __init__(self, layers: nn.ModuleList, num_steps: int = 2, input_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.layers = layers
         self.num_steps = num_steps
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
 
-    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
-        steps = self.num_steps if num_steps is None else num_steps
+    def forward(self, x: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        sequence = x.dim() == self._sample_dims() + 2
+        if sequence and num_steps not in (None, x.shape[0]):
+            raise ValueError(f"num_steps={num_steps} but the input sequence has {x.shape[0]} steps")
+        steps = x.shape[0] if sequence else self.num_steps if num_steps is None else num_steps
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
-        x, direct = images, True
+        direct = not sequence
         for layer in self.layers:
-            if isinstance(layer, (SpikingLinear, SpikingConv2d)):
+            if _is_block(layer):
                 x = layer(x, num_steps=steps if direct else None)
                 direct = False
-            else:
+            else:  # pooling or flattening (of the images themselves, before the first block)
                 x = layer(x)
         return x
 
+    def _sample_dims(self) -> int:
+        return 1 if isinstance(self.layers[0], SpikingLinear) else 3
+
     def blocks(self) -> list[nn.Module]:
         """The weight+neuron blocks, input to output."""
-        return [layer for layer in self.layers if isinstance(layer, (SpikingLinear, SpikingConv2d))]
+        return [layer for layer in self.layers if _is_block(layer)]
+
+    def initial_state(self, batch_size: int, input_shape: tuple[int, ...] | None = None) -> NetworkState:
+        """Every block's potential at rest (zeros) for ``batch_size`` inputs of ``input_shape``
+        (default: the shape the network was built for)."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError("initial_state needs the input shape: this network was built without one; "
+                             "give input_shape=(C, H, W) or (features,)")
+        weight = self.blocks()[0].weight
+        potentials = []
+        for layer in self.layers:
+            if isinstance(layer, SpikingConv2d):
+                shape = (layer.out_channels, *shape[1:])
+            elif isinstance(layer, SpikingLinear):
+                shape = (layer.out_features,)
+            elif isinstance(layer, TimePool2d):
+                shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
+            else:
+                shape = (math.prod(shape),)
+            if _is_block(layer):
+                potentials.append(torch.zeros(batch_size, *shape, dtype=torch.float32, device=weight.device))
+        return NetworkState(tuple(potentials))
+
+    def step(self, x: torch.Tensor, state: NetworkState) -> tuple[torch.Tensor, NetworkState]:
+        """One time step from ``state``: the input ``x`` ``[B, *sample]`` gives the output spike
+        counts ``[B, classes]`` and the next state (eqs. 4-5 for each block, :func:`lif_step`)."""
+        if len(state.potentials) != len(self.blocks()):
+            raise ValueError(f"state holds {len(state.potentials)} potentials for {len(self.blocks())} blocks; "
+                             "make it with initial_state")
+        potentials, after = iter(state.potentials), []
+        for layer in self.layers:
+            if _is_block(layer):
+                current = layer.synapse(x, layer.weight, layer.bias)
+                x, u = lif_step(current, next(potentials), layer.params)
+                after.append(u)
+            else:
+                x = layer(x)
+        return x, NetworkState(tuple(after))
 
 
 class TimePool2d(nn.Module):
@@ -227,7 +309,7 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
         return nn.Sequential(*modules)
     modules = _build(layers, input_shape, lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
                      lambda i, o: SpikingLinear(i, o, **neuron), lambda size: TimePool2d(size, pooling))
-    network = SpikingNetwork(nn.ModuleList(modules), num_steps)
+    network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
         block.reset_parameters(init)
     if output_surrogate is not None:
