@@ -62,6 +62,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluate.add_argument("--data-root", default=None, help="where the data sets are (default: where the run "
                           "found them, else $MTSNN_DATA, else the user cache)")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("--int8", action="store_true",
+                          help="also the accuracy of the integer-only network: int8 weights, int32 accumulators, "
+                          "integer potentials and thresholds (mtsnn.integer)")
     evaluate.add_argument("--test-limit", type=int, default=0, metavar="N",
                           help="score only the first N test images (default: all)")
     evaluate.add_argument("--keep-weights", metavar="OUT",
@@ -170,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, keep_weights
 
     report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy,
-                                 test_limit=args.test_limit)
+                                 test_limit=args.test_limit, int8=args.int8)
     if args.keep_weights:
         kept = keep_weights(args.run, args.keep_weights, report)
         print(f"kept the weights in {Path(args.keep_weights).parent / kept['weights']} (sha256 {kept['sha256']})",
@@ -183,6 +186,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 if "recorded_test_acc" in report else "")
     print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}"
           f"{recorded}, {report['parameters']:,} parameters")
+    if "int8_test_acc" in report:
+        print(f"  integer-only (int8 weights): test accuracy {report['int8_test_acc']:.2f}% "
+              f"({report['int8_test_acc'] - report['test_acc']:+.2f} points)")
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
     if report["silent_outputs"]:

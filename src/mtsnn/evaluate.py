@@ -14,6 +14,7 @@ from . import data as datasets, zoo
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
 from .config import TrainConfig, dump_toml, usable_device
 from .energy import ann_operations, count_over_loader
+from .integer import IntegerNetwork
 from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
 
 
@@ -35,10 +36,11 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
 
 
 def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: str = "cpu",
-                        energy: bool = False, test_limit: int = 0) -> dict:
+                        energy: bool = False, test_limit: int = 0, int8: bool = False) -> dict:
     """Test accuracy, spikes per neuron per layer, parameters; with ``energy``, the
     operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set
-    (its first ``test_limit`` images if > 0)."""
+    (its first ``test_limit`` images if > 0); with ``int8``, also the accuracy of the
+    integer-only network (:mod:`mtsnn.integer`) on the same images."""
     if test_limit < 0:
         raise ValueError(f"test_limit={test_limit} (need >= 0; 0 means the whole test set)")
     model, cfg = load_trained(path, device)
@@ -52,12 +54,26 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
     if energy:
         extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
                            else count_over_loader(model, loader))
+    if int8:
+        if cfg.ann:
+            raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
+        extra["int8_test_acc"] = integer_accuracy(model, test_set)
     if str(path).startswith(zoo.PREFIX):  # what was measured when the weights were kept
         extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX):])["test_acc"]
     return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
             "test_acc": result["acc"], "test_images": len(test_set), "silent_outputs": result["silent_outputs"],
             "parameters": sum(p.numel() for p in model.parameters()),
             "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}
+
+
+def integer_accuracy(model: torch.nn.Module, test_set: datasets.Dataset) -> float:
+    """Accuracy (%) of ``model``'s :class:`~mtsnn.integer.IntegerNetwork` on ``test_set``'s raw pixels."""
+    integer = IntegerNetwork(model.cpu(), *datasets.NORMALISATION[test_set.name])
+    correct = 0
+    for begin in range(0, len(test_set), 1000):
+        counts = integer(test_set.images[begin:begin + 1000])
+        correct += (counts.sum(0).argmax(1) == test_set.labels[begin:begin + 1000]).sum().item()
+    return 100.0 * correct / len(test_set)
 
 
 def keep_weights(path: str | Path, out: str | Path, report: dict) -> dict:

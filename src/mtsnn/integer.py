@@ -1,0 +1,179 @@
+r"""Integer-only inference: int8 weights, integer accumulators, integer potentials and thresholds.
+
+A trained :class:`~mtsnn.models.SpikingNetwork` becomes an :class:`IntegerNetwork` that
+takes raw ``uint8`` pixels and computes every step with integers alone, as a
+multi-threshold neuron on integer hardware would.
+
+Per weight block, with output channel ``c`` and ``f`` what the block's input is multiplied
+by in the float network (``1/(255 std)`` per input channel for the first block, which reads
+pixels ``p`` instead of ``(p/255 - mean)/std``; ``1/k^2`` for each ``k x k`` average pooling
+before it, which becomes an integer *sum* pooling):
+
+.. math::
+
+    s_c = \max_j |W_{cj} f_j| / 127, \quad
+    \hat W_{cj} = \mathrm{round}(W_{cj} f_j / s_c) \in [-127, 127], \quad
+    \hat b_c = \mathrm{round}(b_c / s_c), \quad \Theta_c = \mathrm{round}(V_{th} / s_c)
+
+so the scale is folded into the threshold: the potential is kept in units of ``s_c``. Each step
+
+.. math::
+
+    a = \hat W x \ \text{(int32)}, \quad
+    P \leftarrow \lfloor (P\,m + 2^{15}) / 2^{16} \rfloor + a + \hat b, \quad
+    s = \mathrm{clip}(\lfloor P / \Theta_c \rfloor, 0, S_{max}), \quad P \leftarrow P - s\,\Theta_c
+
+with ``m = round((1 - 1/tau_m) 2^16)`` (the leak as a 16-bit fixed-point multiply, rounded
+half up; for ``tau_m = 10``, ``m = 58982``, 0.89999 instead of 0.9), and no multiply at all
+for ``tau_m = inf``. The first block's input mean is a constant input: with 'same' zero
+padding (zeros of the *normalised* image) it differs at the borders, so its bias is a map
+``\hat b_{c,h,w}`` over positions. Potentials are int64 tensors; accumulators are computed
+exactly in float64 (integer values below 2^53; torch has no integer convolution on CPUs)
+and checked to fit int32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layers import SpikingConv2d, SpikingLinear
+from .models import FlattenFeatures, SpikingNetwork, TimePool2d
+
+LEAK_BITS = 16  # fractional bits of the leak multiplier
+WEIGHT_MAX = 127  # int8, symmetric
+
+
+@dataclass
+class IntegerBlock:
+    """One weight block in integers (see the module docstring for each field)."""
+
+    weight: torch.Tensor  # int8 [out, in] or [out, in, k, k]
+    bias: torch.Tensor  # int64 [out], or [out, H, W] for a first conv block
+    theta: torch.Tensor  # int64 [out]: V_th in units of the channel's weight scale
+    leak: int | None  # m of the fixed-point leak, None for no leak (tau_m = inf)
+    s_max: int
+    padding: int | None  # conv: 'same' padding; linear: None
+    scale: torch.Tensor  # float64 [out]: s_c, for inspection (the integer path does not use it)
+
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """int64 ``W x`` of integer ``x``, computed exactly (see the module docstring)."""
+        w, x = self.weight.double(), x.double()
+        acc = F.linear(x, w) if self.padding is None else F.conv2d(x, w, padding=self.padding)
+        if acc.abs().max() >= 2 ** 31:
+            raise OverflowError("an accumulator left int32")
+        return acc.long()
+
+    def neuron(self, acc: torch.Tensor, potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(spike counts, potential after the reset) of one step, in integers."""
+        shape = (-1,) + (1,) * (acc.dim() - 2)
+        theta = self.theta.view(shape)
+        bias = self.bias if self.bias.dim() > 1 else self.bias.view(shape)
+        if self.leak is not None:
+            potential = (potential * self.leak + (1 << (LEAK_BITS - 1))) >> LEAK_BITS
+        potential = potential + acc + bias
+        spikes = torch.div(potential, theta, rounding_mode="floor").clamp_(0, self.s_max)
+        return spikes, potential - spikes * theta
+
+
+def _quantize(weight: torch.Tensor, v_th: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 weight, per-output-channel scale, int64 threshold) of a float64 ``weight``."""
+    dims = tuple(range(1, weight.dim()))
+    scale = weight.abs().amax(dims).clamp_min(1e-30) / WEIGHT_MAX
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    q = torch.round(weight / scale.view(view)).clamp_(-WEIGHT_MAX, WEIGHT_MAX).to(torch.int8)
+    return q, scale, torch.round(v_th / scale).long()
+
+
+class IntegerNetwork:
+    """The integer-only version of a trained SNN. ``net(pixels, num_steps)``: ``uint8`` images
+    ``[B, C, H, W]`` (raw pixels) to spike counts ``[T, B, classes]`` (int64).
+
+    Example::
+
+        integer = IntegerNetwork(mtsnn.pretrained("mnist-mlp"), mean=(0.1307,), std=(0.3081,))
+        counts = integer(test_images_uint8)          # predictions: counts.sum(0).argmax(1)
+    """
+
+    def __init__(self, net: SpikingNetwork, mean: tuple[float, ...], std: tuple[float, ...],
+                 input_shape: tuple[int, ...] | None = None):
+        shape = tuple(input_shape or net.input_shape)
+        self.num_steps = net.num_steps
+        self.layers: list[tuple[str, object]] = []
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        factor: torch.Tensor | float = 1.0 / (255.0 * std_t)  # per input channel, first block
+        first = True
+        for layer in net.layers:
+            if isinstance(layer, (SpikingConv2d, SpikingLinear)):
+                w = layer.weight.detach().double()
+                b = None if layer.bias is None else layer.bias.detach().double()
+                conv = isinstance(layer, SpikingConv2d)
+                if first:  # pixels in: fold (p/255 - mean)/std, the mean as a constant input
+                    per_input = (factor if conv else factor.repeat_interleave(w.shape[1] // len(mean)))
+                    constant = -mean_t / std_t
+                    if conv:
+                        image = constant.view(1, -1, 1, 1).expand(1, -1, *shape[1:])
+                        b = F.conv2d(image, w, b, padding=layer.padding)[0]
+                    else:
+                        b = (0 if b is None else b) + w @ constant.repeat_interleave(w.shape[1] // len(mean))
+                    w = w * (per_input.view(1, -1, 1, 1) if conv else per_input)
+                else:
+                    w = w * factor
+                p = layer.params
+                q, scale, theta = _quantize(w, p.v_th)
+                view = (-1,) + (1,) * (b.dim() - 1) if b is not None else (-1,)
+                bias = torch.zeros(q.shape[0], dtype=torch.long) if b is None else torch.round(b / scale.view(view)).long()
+                leak = None if math.isinf(p.tau_m) else round(p.decay * (1 << LEAK_BITS))
+                self.layers.append(("block", IntegerBlock(q, bias, theta, leak, p.s_max,
+                                                          layer.padding if conv else None, scale)))
+                factor, first = 1.0, False
+                shape = (q.shape[0], *shape[1:]) if conv else (q.shape[0],)
+            elif isinstance(layer, TimePool2d):
+                if layer.mode == "avg":
+                    factor = factor / layer.size ** 2  # sum pooling here, the 1/k^2 in the next weights
+                self.layers.append(("pool", (layer.size, layer.mode)))
+                shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
+            elif isinstance(layer, FlattenFeatures):
+                self.layers.append(("flatten", None))
+                shape = (math.prod(shape),)
+            else:
+                raise ValueError(f"no integer form for {type(layer).__name__}")
+
+    def __call__(self, pixels: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        state = self.initial_state()
+        outputs = []
+        for _ in range(num_steps or self.num_steps):
+            out, state = self.step(pixels, state)
+            outputs.append(out)
+        return torch.stack(outputs)
+
+    def initial_state(self) -> list[torch.Tensor | None]:
+        """Every block's potential at rest (made on the first step, in the input's batch size)."""
+        return [None] * len(self.layers)
+
+    def step(self, pixels: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """One step: ``uint8`` ``[B, C, H, W]`` to output spike counts ``[B, classes]`` and the next state."""
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"IntegerNetwork takes raw uint8 pixels, got {pixels.dtype}")
+        x, after = pixels.long(), list(state)
+        for index, (kind, layer) in enumerate(self.layers):
+            if kind != "block":
+                x = self._apply((kind, layer), x)
+                continue
+            acc = layer.accumulate(x)
+            x, after[index] = layer.neuron(acc, state[index] if state[index] is not None else torch.zeros_like(acc))
+        return x, after
+
+    @staticmethod
+    def _apply(layer: tuple[str, object], x: torch.Tensor) -> torch.Tensor:
+        """A pooling (integer sum or max) or a flatten."""
+        kind, settings = layer
+        if kind == "flatten":
+            return x.flatten(1)
+        size, mode = settings
+        pooled = (F.avg_pool2d(x.double(), size, divisor_override=1) if mode == "avg"
+                  else F.max_pool2d(x.double(), size))
+        return pooled.long()

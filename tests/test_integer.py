@@ -1,0 +1,104 @@
+"""Integer-only inference (issue 18): the fast path against a slow integer reference written here
+(numpy int64, loops over kernel offsets), hand-computed quantities, and its accuracy."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtsnn import cli, data, from_spec, zoo
+from mtsnn.integer import IntegerNetwork
+from runs import SHARED
+
+needs_data = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
+
+
+def reference(integer: IntegerNetwork, pixels: np.ndarray, steps: int) -> np.ndarray:
+    """The integer network step by step in numpy int64: no floats anywhere."""
+    potentials, outputs = {}, []
+    for _ in range(steps):
+        x = pixels.astype(np.int64)
+        for index, (kind, layer) in enumerate(integer.layers):
+            if kind == "flatten":
+                x = x.reshape(len(x), -1)
+            elif kind == "pool":
+                k, mode = layer
+                b, c, h, w = x.shape
+                windows = x[:, :, :h // k * k, :w // k * k].reshape(b, c, h // k, k, w // k, k)
+                x = windows.sum((3, 5)) if mode == "avg" else windows.max((3, 5))
+            else:
+                weight = layer.weight.numpy().astype(np.int64)
+                if weight.ndim == 2:
+                    acc = x @ weight.T
+                else:
+                    pad, k = layer.padding, weight.shape[-1]
+                    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+                    acc = np.zeros((len(x), weight.shape[0], x.shape[2], x.shape[3]), dtype=np.int64)
+                    for dy in range(k):
+                        for dx in range(k):
+                            patch = padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+                            acc += np.einsum("bchw,oc->bohw", patch, weight[:, :, dy, dx])
+                shape = (-1,) + (1,) * (acc.ndim - 2)
+                theta = layer.theta.numpy().reshape(shape)
+                bias = layer.bias.numpy() if layer.bias.dim() > 1 else layer.bias.numpy().reshape(shape)
+                u = potentials.get(index, np.zeros_like(acc))
+                if layer.leak is not None:
+                    u = (u * layer.leak + 2 ** 15) >> 16
+                v = u + acc + bias
+                x = np.clip(np.floor_divide(v, theta), 0, layer.s_max)
+                potentials[index] = v - x * theta
+        outputs.append(x)
+    return np.stack(outputs)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn", "fmnist-cnn"])
+def test_the_integer_path_equals_a_slow_integer_reference(name):
+    net, cfg = zoo.load(name)
+    test = data.load(cfg.dataset, "test", root=SHARED).subset(6)
+    integer = IntegerNetwork(net, *data.NORMALISATION[cfg.dataset])
+    got = integer(test.images, num_steps=3)
+    assert got.dtype == torch.int64 and got.sum() > 0
+    assert np.array_equal(got.numpy(), reference(integer, test.images.numpy(), 3))
+    for kind, layer in integer.layers:
+        if kind == "block":
+            assert layer.weight.dtype == torch.int8 and layer.weight.abs().max() == 127
+
+
+def test_quantities_of_a_one_layer_network_by_hand():
+    net = from_spec("2-3", (2,), 3, v_th=10.0, tau_m=10.0, s_max=15)
+    with torch.no_grad():
+        net.blocks()[0].weight.copy_(torch.tensor([[0.5, -0.25], [1.0, 2.0], [-0.5, 0.125]]))
+        net.blocks()[0].bias.copy_(torch.tensor([0.2, 0.0, -0.3]))
+    # one input channel of "pixels" with mean 0 and std 1/255: the pixel value is the input itself
+    block = IntegerNetwork(net, mean=(0.0,), std=(1 / 255,), input_shape=(2,)).layers[0][1]
+    # round(w / (max|w_c| / 127)), ties to even: -63.5 -> -64, 63.5 -> 64, 31.75 -> 32
+    assert block.weight.tolist() == [[127, -64], [64, 127], [-127, 32]]
+    assert block.scale.tolist() == pytest.approx([0.5 / 127, 2 / 127, 0.5 / 127])
+    assert block.theta.tolist() == [2540, 635, 2540]  # round(10 / scale)
+    assert block.bias.tolist() == [51, 0, -76]  # round(0.2 / (0.5/127)) = round(50.8), round(-76.2)
+    assert block.leak == 58982  # round(0.9 * 2^16)
+    # one step for input (20, 3): channel 1 gets 64*20 + 127*3 = 1661 -> 2 spikes of 635, 391 left
+    spikes, potential = block.neuron(torch.tensor([[64 * 20 + 127 * 3]]).expand(1, 3) * torch.tensor([0, 1, 0]),
+                                     torch.zeros(1, 3, dtype=torch.long))
+    assert spikes[0, 1] == 2 and potential[0, 1] == 1661 - 2 * 635
+    # the next step leaks it: (391 * 58982 + 2^15) >> 16 = 352
+    _, leaked = block.neuron(torch.zeros(1, 3, dtype=torch.long), potential)
+    assert leaked[0, 1] == (391 * 58982 + 2 ** 15) >> 16 == 352
+    assert math.isclose(352 / 391, 0.9, abs_tol=2e-3)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["mnist-mlp", "fmnist-mlp"])
+def test_int8_accuracy_is_within_a_tenth_of_a_point_of_float(name, capsys):
+    assert cli.main(["eval", f"pretrained:{name}", "--int8", "--json", "--data-root", str(SHARED)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["int8_test_acc"] - report["test_acc"]) <= 0.1, report
+
+
+def test_floats_are_refused_as_input():
+    integer = IntegerNetwork(from_spec("4-3", (4,), 3), mean=(0.5,), std=(0.2,), input_shape=(4,))
+    with pytest.raises(TypeError, match="raw uint8 pixels"):
+        integer(torch.rand(2, 4))
