@@ -201,8 +201,11 @@ FAST_ANN["mnist-mlp"].update(lr=0.001, epochs=60)  # 0.001 beat 0.0005, 0.002 an
 # 100 without 90.94%. The ANN twin gets the same epochs and augmentation.
 FAST["fmnist-mlp"].update(lr=0.01, epochs=60, flip=True)
 FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=60, flip=True)  # 0.001 beat 0.0005, 0.002, 0.005 (30 epochs)
-# mnist-cnn (epochs and augmentation not chosen yet): lr 0.01 beat 0.005 over 10 epochs (99.08% against 98.62%)
+# CNNs, screened over 10 epochs (the budget, 30, for the final runs; crop 2 as in the paper
+# recipe): lr 0.01 beat 0.005 (mnist-cnn 99.08% against 98.62%, fmnist-cnn 87.80% against 85.38%);
+# arctan on the output layer did not help (99.12% at 0.01; 84.94% at 0.005), so f2 stays everywhere.
 FAST["mnist-cnn"].update(lr=0.01)
+FAST["fmnist-cnn"].update(lr=0.01)
 
 
 def preset(name: str, **overrides) -> TrainConfig:
