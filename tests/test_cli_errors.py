@@ -92,7 +92,7 @@ def test_after_a_nan_loss_the_message_says_which_epoch_the_kept_checkpoint_holds
         return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
     monkeypatch.setattr("mtsnn.train.sample_losses", poisoned)
-    with pytest.raises(FloatingPointError, match=r"at epoch 2, batch 2\. The last checkpoint, .*checkpoint"
+    with pytest.raises(FloatingPointError, match=r"at epoch 2, by batch 2\. The last checkpoint, .*checkpoint"
                                                  r"\.safetensors, holds the run at the end of epoch 1"):
         run.fit()
     assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["epoch"] == 1

@@ -249,3 +249,56 @@ def test_the_output_floor_and_residual_readout_train_under_bfloat16_autocast(tmp
     Run.start(cfg, tmp_path / "run", log=lambda *a: None).fit()
     row = read_metrics(tmp_path / "run")[0]
     assert math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100
+
+
+@pytest.mark.parametrize("text, value", [("90", 90.0), ("90s", 90.0), ("8m", 480.0), ("1.5h", 5400.0), ("0s", 0.0),
+                                         ("8 min", 0.0), ("-1m", 0.0), ("", 0.0), ("inf", 0.0)])
+def test_durations_are_read_in_seconds_minutes_or_hours(text, value):
+    from mtsnn.config import seconds
+    assert seconds(text) == value
+
+
+def test_a_time_budget_holds_the_whole_epochs_that_fit_between_bounds():
+    from mtsnn.train import plan_epochs
+    # 100 s, 10 s spent on 50 steps, 5 steps/s: 50 + 450 = 500 steps, 100 an epoch -> 5 epochs
+    assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=30) == 5
+    assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=3) == 3   # --epochs caps it
+    assert plan_epochs(1, 10, 50, 5.0, 100, least=1, most=30) == 1    # overspent: the epoch under way ends it
+    assert plan_epochs(100, 10, 650, 5.0, 100, least=7, most=30) == 11
+
+
+@pytest.mark.parametrize("settings, message", [({"time_budget": "8 minutes"}, "need a duration"),
+                                               ({"time_budget": "8m", "schedule": "cosine", "warmup_epochs": 0.0},
+                                                "needs warmup_epochs > 0")])
+def test_bad_time_budgets_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        preset("fmnist-mlp", **settings)
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_a_time_budget_run_plans_its_epochs_records_them_and_keeps_them_when_resumed(tmp_path):
+    said = []
+    cfg = preset("fmnist-mlp", recipe="fast", time_budget="4s", train_limit=4096, test_limit=500,
+                 data_root=str(SHARED))  # 32 steps an epoch; at most 60 epochs
+    run = Run.start(cfg, tmp_path, log=said.append)
+    summary = run.fit()
+    plan = [line for line in said if line.startswith("time budget 4s: ")]
+    assert len(plan) == 1
+    planned = int(plan[0].split(": ")[-1].split()[0])
+    assert 1 <= planned < 60 and summary["epochs"] == planned
+    assert len(read_metrics(tmp_path)) == planned and f"epochs = {planned}\n" in (tmp_path / "config.toml").read_text()
+    resumed = Run.resume(tmp_path, log=said.append)
+    assert resumed.planned and resumed.cfg.epochs == planned  # the plan is part of the run, not measured again
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_reading_sums_back_every_few_steps_as_on_a_gpu_changes_no_number(tmp_path):
+    rows = []
+    for sync_every in (1, 7):
+        cfg = preset("fmnist-mlp", epochs=2, train_limit=1280, test_limit=200, deterministic=True,
+                     data_root=str(SHARED))  # 10 steps an epoch: windows of 7 cross the epoch's end
+        run = Run.start(cfg, tmp_path / str(sync_every), log=lambda *a: None)
+        run.sync_every = sync_every
+        run.fit()
+        rows.append([{k: r[k] for k in ("train_loss", "train_acc", "test_acc")} for r in read_metrics(run.run_dir)])
+    assert rows[0] == rows[1]

@@ -64,7 +64,10 @@ class TrainConfig:
     # optimisation (Table 1: batch 128, Adam 0.9/0.999/1e-8, a constant rate)
     lr: float = setting(0.005, "Adam's learning rate (the peak, under a schedule)")
     batch_size: int = setting(128, "images per optimizer step")
-    epochs: int = setting(200, "passes over the training set")
+    epochs: int = setting(200, "passes over the training set (with --time-budget: the most)")
+    time_budget: str = setting("", "not in the paper: train for this much training time, e.g. 8m, 90s, 1.5h "
+                               "(evaluation not counted): after 20 steps the run measures its speed and "
+                               "plans its epochs, and its schedule, to end with the budget (mtsnn.train)")
     schedule: str = setting("constant", "not in the paper: the rate after the warm-up, constant or cosine decay "
                             "to 0 at the last step (mtsnn.train.learning_rate)", SCHEDULES)
     warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")
@@ -103,6 +106,11 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
             (self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
+            (self.time_budget == "" or seconds(self.time_budget) > 0,
+             f"time_budget={self.time_budget!r} (need a duration such as 90s, 8m or 1.5h)"),
+            (not (self.time_budget and self.schedule == "cosine" and self.warmup_epochs == 0),
+             f"time_budget={self.time_budget!r} with a cosine schedule needs warmup_epochs > 0 (the speed is "
+             "measured during the warm-up, before the cosine's length is known)"),
             (math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
              f"warmup_epochs={self.warmup_epochs} (need 0 <= warmup_epochs <= epochs={self.epochs})"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
@@ -146,6 +154,17 @@ class TrainConfig:
             raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
+
+
+def seconds(duration: str) -> float:
+    """Seconds of a duration written as ``90``, ``90s``, ``8m`` or ``1.5h``; 0 if it is not one."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (duration[:-1], duration[-1]) if duration[-1:] in units else (duration, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def usable_device(name: str) -> torch.device:

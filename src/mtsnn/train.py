@@ -36,7 +36,7 @@ from torch import nn
 
 from . import data as datasets
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_toml, load_toml, usable_device
+from .config import TrainConfig, dump_toml, load_toml, seconds, usable_device
 from .distributed import Processes, is_main_process
 from .layers import SpikingConv2d, SpikingLinear
 from .models import from_spec
@@ -88,6 +88,17 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
+SYNC_EVERY = 25  # steps between host syncs on a GPU (read back sums, check the loss is finite)
+PROBE_STEPS = 20  # steps timed (after 2 left out for warming caches and compiling) to plan a time budget
+
+
+def plan_epochs(budget: float, spent: float, steps_done: int, steps_per_second: float, steps_per_epoch: int,
+                least: int, most: int) -> int:
+    """Epochs of a run with ``budget`` seconds of training, ``spent`` of them gone on
+    ``steps_done`` steps, at a measured ``steps_per_second``: the whole epochs that the budget
+    holds, between ``least`` (the epoch under way) and ``most``."""
+    total = steps_done + max(budget - spent, 0.0) * steps_per_second
+    return max(least, min(most, int(total // steps_per_epoch)))
 
 
 def flush_subnormal_state(optimizer: torch.optim.Optimizer) -> None:
@@ -443,6 +454,11 @@ class Run:
         self.epoch, self.batch, self.acc = 0, 0, _fresh_accumulators()
         self.wall_seconds = 0.0
         self.saved = None  # (epoch, batch) that the checkpoint on disk holds, None before the first
+        self.planned = not cfg.time_budget  # a time-budget run plans its epochs once it has measured its speed
+        self.step_times: list[float] = []  # seconds of each step of this process, while it measures
+        # A CPU reads the step's sums back every step (no cost); a GPU every SYNC_EVERY, so that the
+        # host queues steps ahead of the device instead of waiting on each one
+        self.sync_every = 1 if self.device.type == "cpu" else SYNC_EVERY
         self.lock = None  # the run directory's lock (rank 0), held until fit returns
 
     @classmethod
@@ -499,6 +515,7 @@ class Run:
                                   f"({type(e).__name__}: {str(e)[:300]})") from None
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
         run.saved = (run.epoch, run.batch)
+        run.planned = state.get("planned", not cfg.time_budget)
         if run.procs.is_main:  # the saved sums are global: one process carries them on
             run.acc = state["acc"]
         run.log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
@@ -510,7 +527,7 @@ class Run:
         path = self.run_dir / CHECKPOINT
         if self.procs.is_main:
             state = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "batch": self.batch,
-                     "acc": self.acc, "wall_seconds": self.wall_seconds,
+                     "acc": self.acc, "wall_seconds": self.wall_seconds, "planned": self.planned,
                      "param_groups": self.optimizer.state_dict()["param_groups"]}
             tensors = _state_tensors(self.model, self.optimizer)
             bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -529,6 +546,9 @@ class Run:
         epoch, batch = self.saved
         where = f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
         return f"The last checkpoint, {self.run_dir / CHECKPOINT}, holds the run at {where}"
+
+    def _write_config(self) -> None:
+        atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
 
     def _keep_metrics_up_to(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written before a kill, redone after the resume)."""
@@ -558,7 +578,7 @@ class Run:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._keep_metrics_up_to(self.epoch)
-            atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
+            self._write_config()
         board = _tensorboard(self.run_dir) if main else None
         if not self.cfg.ann:
             self.log(f"neuron backend: {neuron_backend()}")
@@ -582,6 +602,7 @@ class Run:
             summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
             summary["machine"] = machine(self.device, self.procs.world, spiking=not self.cfg.ann)
             summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
+            summary["peak_memory_mb"] = peak_memory_mb(self.device)
             atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
         return summary
 
@@ -590,7 +611,10 @@ class Run:
         cfg, acc, procs = self.cfg, self.acc, self.procs
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp
                     else contextlib.nullcontext())
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
+        self.first_batch = self.batch
+        sync_every = self.sync_every
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         batches = self.train_loader.epoch(self.epoch, start_batch=self.batch)
         with _progress(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
             for images, labels in batches:
@@ -602,9 +626,11 @@ class Run:
                 losses = sample_losses(output, labels, cfg, current)
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 loss = losses.sum() * (procs.world / global_batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch "
-                                             f"{self.batch}. {self.last_checkpoint()}")
+                with torch.no_grad():  # summed on the device; read back every sync_every steps
+                    sums += torch.stack([losses.sum().double(), (predict(output, cfg, current) == labels).sum().double(),
+                                         (~torch.isfinite(loss)).double()])
+                if (self.batch - self.first_batch) % sync_every == 0:
+                    self._read_back(sums)  # before the update: on a CPU a NaN loss never reaches the weights
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 rate = learning_rate(cfg, self.epoch * len(self.train_loader) + self.batch, len(self.train_loader))
@@ -613,20 +639,56 @@ class Run:
                 self.optimizer.step()
                 if self.batch % FLUSH_EVERY == 0:
                     flush_subnormal_state(self.optimizer)
-                acc["loss_sum"] += losses.sum().item()
-                with torch.no_grad():
-                    acc["correct"] += (predict(output, cfg, current) == labels).sum().item()
                 acc["total"] += labels.numel()
                 self.batch += 1
+                if not self.planned:
+                    if self.device.type == "cuda":  # time what the device did, not what was queued
+                        torch.cuda.synchronize(self.device)
+                    now = time.perf_counter()
+                    self._probe(now - last)
+                    last = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{acc['loss_sum'] / max(acc['total'], 1):.3f}",
                                 acc=f"{100 * acc['correct'] / max(acc['total'], 1):.1f}%",
                                 img_s=f"{acc['total'] * procs.world / (time.perf_counter() - t0):.0f}")
                 signum = procs.max(stop.signal or 0)  # every process stops at the same batch
                 if signum:
+                    self._read_back(sums)
                     self._add_time(t0)
                     raise Interrupted(signum, self.save())
+        self._read_back(sums)
         self._add_time(t0)
+
+    def _read_back(self, sums: torch.Tensor) -> None:
+        """Add the device's running sums (loss, correct predictions, non-finite losses) to the
+        epoch's accumulators and zero them: the only host sync of a training step, made every
+        ``sync_every`` steps. FloatingPointError if a loss was NaN or infinite since the last."""
+        loss_sum, correct, bad = sums.tolist()
+        sums.zero_()
+        if bad:
+            raise FloatingPointError(f"loss became non-finite (NaN or infinity) at epoch {self.epoch + 1}, by batch "
+                                     f"{self.batch}. {self.last_checkpoint()}")
+        self.acc["loss_sum"] += loss_sum
+        self.acc["correct"] += int(correct)
+
+    def _probe(self, step_seconds: float) -> None:
+        """Time PROBE_STEPS steps after the first two of this process (those warm caches and
+        compile); then plan the epochs that ``cfg.time_budget`` holds and fix them in the config,
+        which the checkpoint saves. All processes take the same plan."""
+        self.step_times.append(step_seconds)
+        if len(self.step_times) < 2 + PROBE_STEPS:
+            return
+        rate = PROBE_STEPS / sum(self.step_times[2:])
+        spe = len(self.train_loader)
+        spent = self.wall_seconds + sum(self.step_times[-(self.batch - self.first_batch):])  # before + this epoch
+        epochs = plan_epochs(seconds(self.cfg.time_budget), spent, self.epoch * spe + self.batch, rate, spe,
+                             self.epoch + 1, self.cfg.epochs)
+        epochs = self.procs.max(epochs)
+        self.log(f"time budget {self.cfg.time_budget}: {rate:.2f} steps/s measured, {spe} steps an epoch: "
+                 f"{epochs} epochs (at most {self.cfg.epochs})")
+        self.cfg, self.planned = self.cfg.replace(epochs=epochs), True
+        if self.procs.is_main:
+            self._write_config()
 
     def _add_time(self, t0: float) -> None:
         seconds = time.perf_counter() - t0
@@ -726,6 +788,15 @@ def machine(device: torch.device, processes: int = 1, spiking: bool = True) -> d
     return {"device": name, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "processes": processes, "torch": torch.__version__,
             "neuron_backend": neuron_backend() if spiking else None}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory this process has held: on a GPU, what torch allocated there; on a CPU,
+    the process's peak resident set (which includes the data set held in memory)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _cpuinfo() -> list[str]:
