@@ -2,6 +2,7 @@
 
     pip install -e .[bench]
     python benchmarks/bench_neuron.py [--quick] [--presets mnist-mlp,fmnist-mlp,mnist-cnn,fmnist-cnn]
+    python benchmarks/bench_neuron.py --device cuda --neuron-only --out DIR   # on a GPU (gpu_cifar10.sh)
 
 Contestants run interleaved (A B C A B C ...) in one process; each figure is the median
 of --repeats runs after a warm-up. Workloads:
@@ -16,6 +17,7 @@ Writes benchmarks/neuron_results.json and benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -56,15 +58,16 @@ def plain_f2_neuron(x):
     return torch.stack(out)
 
 
-def peers() -> dict:
-    """Neuron functions of the installed peer libraries: ``[T, B, N] -> [T, B, N]``."""
+def peers(device: torch.device = torch.device("cpu")) -> dict:
+    """Neuron functions of the installed peer libraries: ``[T, B, N] -> [T, B, N]``. On a GPU,
+    SpikingJelly runs its cupy backend where cupy is installed."""
     found = {}
     try:
         import sinabs.activation
         import sinabs.layers
 
         lif = sinabs.layers.LIF(tau_mem=10.0, spike_threshold=torch.tensor(10.0), norm_input=False,
-                                spike_fn=sinabs.activation.MaxSpike(15))
+                                spike_fn=sinabs.activation.MaxSpike(15)).to(device)
 
         def sinabs_maxspike(x):
             lif.reset_states()
@@ -75,13 +78,14 @@ def peers() -> dict:
     try:
         from spikingjelly.activation_based import functional, neuron
 
+        backend = "cupy" if device.type == "cuda" and importlib.util.find_spec("cupy") else "torch"
         node = neuron.LIFNode(tau=10.0, v_threshold=10.0, v_reset=None, decay_input=False, detach_reset=True,
-                              step_mode="m")  # the torch backend is the default on CPU
+                              step_mode="m", backend=backend)
 
         def spikingjelly_lif(x):
             functional.reset_net(node)
             return node(x)
-        found["SpikingJelly LIFNode (torch)"] = spikingjelly_lif
+        found[f"SpikingJelly LIFNode ({backend})"] = spikingjelly_lif
     except ImportError:
         pass
     try:
@@ -101,7 +105,7 @@ def peers() -> dict:
     return found
 
 
-def neuron_contestants() -> dict:
+def neuron_contestants(device: torch.device) -> dict:
     """Each takes (currents, grad) and runs forward + backward of the neuron."""
     paper, detach = LIFParams(grad_mode="paper"), LIFParams(grad_mode="bptt-detach")
 
@@ -125,19 +129,23 @@ def neuron_contestants() -> dict:
         "mtsnn paper (eager)": ours(lif_forward, paper_backward, paper),
         "plain PyTorch, f2 with 15 terms": autograd(plain_f2_neuron),
     }
-    contestants.update({name: autograd(fn) for name, fn in peers().items()})
+    contestants.update({name: autograd(fn) for name, fn in peers(device).items()})
     return contestants
 
 
 def interleaved(contestants: dict, args: tuple, repeats: int) -> dict:
-    """Median seconds per call of each contestant, run A B C A B C ... after one warm-up each."""
+    """Median seconds per call of each contestant, run A B C A B C ... after one warm-up each
+    (on a GPU, synchronised before and after each call)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in contestants.values():
         fn(*args)
     times = {name: [] for name in contestants}
     for _ in range(repeats):
         for name, fn in contestants.items():
+            sync()
             start = time.perf_counter()
             fn(*args)
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -174,11 +182,12 @@ def saved_bytes(step, model) -> int:
     return sum(storages.values())
 
 
-def machine() -> dict:
+def machine(device: torch.device) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "neuron_backend": neuron_backend()}
+            "torch": torch.__version__, "neuron_backend": neuron_backend(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def main():
@@ -186,19 +195,29 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller tensors, for a smoke test")
     parser.add_argument("--presets", default="mnist-mlp,fmnist-mlp,mnist-cnn,fmnist-cnn")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--neuron-only", action="store_true", help="only workload 1, the neuron alone")
+    parser.add_argument("--out", default=str(HERE), help="where the results go (default: benchmarks/)")
     args = parser.parse_args()
+    device, out = torch.device(args.device), Path(args.out)
     torch.set_flush_denormal(True)
     keep_freed_memory()  # as training does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
-    results = {"machine": machine(), "repeats": args.repeats, "neuron": {}, "presets": {}}
+    results = {"machine": machine(device), "repeats": args.repeats, "neuron": {}, "presets": {},
+               "linear_784_4096": {}}
 
     for steps, batch in ((2, 128), (32, 16)):
-        x = torch.randn(steps, batch, width) * 15
+        x = torch.randn(steps, batch, width, device=device) * 15
         g = torch.randn_like(x)
         key = f"T={steps}, B={batch}, N={width}"
-        results["neuron"][key] = interleaved(neuron_contestants(), (x, g), args.repeats)
+        results["neuron"][key] = interleaved(neuron_contestants(device), (x, g), args.repeats)
         print(key, json.dumps(results["neuron"][key], indent=1))
+    if args.neuron_only:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "neuron_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, out)
+        return
 
     x = torch.rand(2, 128, 784) * 3
     linear_contestants = {}
@@ -230,14 +249,15 @@ def main():
         }
         print(name, json.dumps(results["presets"][name], indent=1))
 
-    (HERE / "neuron_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results)
+    (out / "neuron_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out)
 
 
-def write_markdown(r: dict) -> None:
+def write_markdown(r: dict, out: Path) -> None:
     m = r["machine"]
     lines = ["# Benchmarks", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores, "
+             f"torch {m['torch']} ({m['torch_threads']} threads), "
              f"mtsnn neuron backend: {m['neuron_backend']}. Median of {r['repeats']} interleaved runs after a "
              "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
              "Compare figures within one run: on a shared machine absolute times drift between runs.", ""]
@@ -251,6 +271,9 @@ def write_markdown(r: dict) -> None:
             vs_peer = f"{fastest_peer / t:.2f}" if fastest_peer else "-"
             lines.append(f"| {name} | {t:.4f} | {t / relu:.2f} | {vs_peer} |")
         lines.append("")
+    if not r["presets"]:
+        (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+        return
     lines += ["## 2. Linear(784, 4096) + neuron, T=2, B=128", "", "| contestant | seconds |", "|---|---|"]
     lines += [f"| {n} | {t:.4f} |" for n, t in sorted(r["linear_784_4096"].items(), key=lambda kv: kv[1])]
     lines += ["", "## 3-5. Presets at T=2: training step against the ANN twin, throughput, memory", "",
@@ -261,7 +284,7 @@ def write_markdown(r: dict) -> None:
                      f"{p['snn_train_images_per_s']:.0f} / {p['ann_train_images_per_s']:.0f} | "
                      f"{p['snn_eval_images_per_s']:.0f} / {p['ann_eval_images_per_s']:.0f} | "
                      f"{p['snn_saved_bytes'] / 1e6:.1f} / {p['ann_saved_bytes'] / 1e6:.1f} |")
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
