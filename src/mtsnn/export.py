@@ -112,6 +112,29 @@ def _neuron_settings(v_th: float, tau_m: float, s_max: int, neuron: dict) -> dic
     return {"grad_mode": "paper", **neuron, "v_th": float(v_th), "tau_m": tau_m, "s_max": int(s_max)}
 
 
+def _conv_part(where: str, weight: np.ndarray, bias: np.ndarray | None, stride, padding, dilation, groups) -> tuple:
+    """The ("conv", settings) part of a convolution another tool wrote; ExportError naming
+    ``where`` unless it is a stride-1 'same' one with an odd square kernel, as mtsnn's are."""
+    k = weight.shape[-1]
+    same = padding == "same" if isinstance(padding, str) else bool(np.all(np.asarray(padding) == k // 2))
+    if (weight.shape[-2] != k or k % 2 == 0 or np.any(np.asarray(stride) != 1) or np.any(np.asarray(dilation) != 1)
+            or groups != 1 or not same):
+        raise ExportError(f"{where}: mtsnn's convolutions are stride-1 'same' ones with an odd square kernel, got "
+                          f"kernel {tuple(weight.shape[-2:])}, stride {stride}, padding {padding}, dilation "
+                          f"{dilation}, groups {groups}")
+    return "conv", {"in": weight.shape[1], "out": weight.shape[0], "kernel": k, "weight": weight, "bias": bias}
+
+
+def _pool_part(where: str, kernel, stride, padding, mode: str) -> tuple:
+    """The ("pool", settings) part of a pooling another tool wrote; ExportError naming ``where``
+    unless it pools k x k windows with stride k and no padding, as mtsnn does."""
+    k = np.unique(np.asarray(kernel))
+    if k.size != 1 or np.any(np.asarray(kernel if stride is None else stride) != k[0]) or np.any(np.asarray(padding) != 0):
+        raise ExportError(f"{where}: mtsnn pools k x k windows with stride k and no padding, got kernel {kernel}, "
+                          f"stride {stride}, padding {padding}")
+    return "pool", {"size": int(k[0]), "mode": mode}
+
+
 # --- Sinabs ---------------------------------------------------------------------------------
 
 def _sinabs_layers(net: SpikingNetwork, num_steps: int) -> list[dict]:
@@ -249,18 +272,12 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if pending is not None:
                 raise ExportError(f"{where}: two weight layers with no neuron between them")
+            weight = m.weight.detach().numpy()
+            bias = None if m.bias is None else m.bias.detach().numpy()
             if isinstance(m, nn.Conv2d):
-                k = m.kernel_size
-                if (k[0] != k[1] or k[0] % 2 == 0 or m.stride != (1, 1) or m.padding not in ((k[0] // 2,) * 2, "same")
-                        or m.dilation != (1, 1) or m.groups != 1):
-                    raise ExportError(f"{where}: mtsnn's convolutions are stride-1 'same' ones with an odd square "
-                                      f"kernel, got kernel {k}, stride {m.stride}, padding {m.padding}, "
-                                      f"dilation {m.dilation}, groups {m.groups}")
-                pending = ("conv", {"in": m.in_channels, "out": m.out_channels, "kernel": k[0]})
+                pending = _conv_part(where, weight, bias, m.stride, m.padding, m.dilation, m.groups)
             else:
-                pending = ("linear", {"in": m.in_features, "out": m.out_features})
-            pending[1].update(weight=m.weight.detach().numpy(),
-                              bias=None if m.bias is None else m.bias.detach().numpy())
+                pending = ("linear", {"in": m.in_features, "out": m.out_features, "weight": weight, "bias": bias})
         elif isinstance(m, (sl.LIF, sl.IAF)):
             if pending is None:
                 raise ExportError(f"{where}: a neuron with no weight layer before it")
@@ -289,11 +306,8 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
             parts.append(pending)
             pending = None
         elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            if m.stride not in (k, (k, k), None) or m.padding not in (0, (0, 0)) or m.kernel_size not in (k, (k, k)):
-                raise ExportError(f"{where}: mtsnn pools k x k windows with stride k and no padding, got "
-                                  f"kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}")
-            parts.append(("pool", {"size": k, "mode": "avg" if isinstance(m, nn.AvgPool2d) else "max"}))
+            parts.append(_pool_part(where, m.kernel_size, m.stride, m.padding,
+                                    "avg" if isinstance(m, nn.AvgPool2d) else "max"))
         elif isinstance(m, nn.Flatten):
             if (m.start_dim, m.end_dim) != (1, -1):
                 raise ExportError(f"{where}: only a flatten of all features (start_dim=1, end_dim=-1) has a "
@@ -432,18 +446,10 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
             weight = np.asarray(node.weight, dtype=np.float32)
             bias = np.asarray(node.bias, dtype=np.float32) if kind != "Linear" else None
             if kind == "Conv2d":
-                k = weight.shape[-1]
-                padding = node.padding if isinstance(node.padding, str) else np.broadcast_to(node.padding, 2)
-                if (weight.shape[-2] != k or k % 2 == 0 or np.any(np.asarray(node.stride) != 1)
-                        or np.any(np.asarray(node.dilation) != 1) or node.groups != 1
-                        or not (isinstance(padding, str) and padding == "same" or np.all(padding == k // 2))):
-                    raise ExportError(f"node {name!r}: mtsnn's convolutions are stride-1 'same' ones with an odd "
-                                      f"square kernel, got kernel {weight.shape[-2:]}, stride {node.stride}, "
-                                      f"padding {node.padding}, dilation {node.dilation}, groups {node.groups}")
-                pending = ("conv", {"in": weight.shape[1], "out": weight.shape[0], "kernel": k})
+                pending = _conv_part(f"node {name!r}", weight, bias, node.stride, node.padding, node.dilation,
+                                     node.groups)
             else:
-                pending = ("linear", {"in": weight.shape[1], "out": weight.shape[0]})
-            pending[1].update(weight=weight, bias=bias)
+                pending = ("linear", {"in": weight.shape[1], "out": weight.shape[0], "weight": weight, "bias": bias})
         elif kind in ("LIF", "IF"):
             if pending is None:
                 raise ExportError(f"node {name!r}: a neuron with no weight layer before it")
@@ -467,11 +473,7 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
             parts.append(pending)
             pending = None
         elif kind == "AvgPool2d":
-            k = np.unique(np.asarray(node.kernel_size))
-            if k.size != 1 or np.any(np.asarray(node.stride) != k[0]) or np.any(np.asarray(node.padding) != 0):
-                raise ExportError(f"node {name!r}: mtsnn pools k x k windows with stride k and no padding, got "
-                                  f"kernel {node.kernel_size}, stride {node.stride}, padding {node.padding}")
-            parts.append(("pool", {"size": int(k[0]), "mode": "avg"}))
+            parts.append(_pool_part(f"node {name!r}", node.kernel_size, node.stride, node.padding, "avg"))
         elif kind == "Flatten":
             if (node.start_dim, node.end_dim) != (0, -1):
                 raise ExportError(f"node {name!r}: only a flatten of all features (start_dim=0, end_dim=-1) has a "

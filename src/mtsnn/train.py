@@ -337,6 +337,11 @@ def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's state dict inside a checkpoint's tensors."""
     return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -502,7 +507,7 @@ class Run:
         if cfg.epochs < state["epoch"] + (state["batch"] > 0):
             raise ValueError(f"{run_dir} has trained {state['epoch']} epochs and {state['batch']} batches; "
                              f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)")
-        bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        bad = _non_finite(tensors)
         if bad:
             raise CheckpointError(f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; "
                                   "it cannot be resumed")
@@ -530,7 +535,7 @@ class Run:
                      "acc": self.acc, "wall_seconds": self.wall_seconds, "planned": self.planned,
                      "param_groups": self.optimizer.state_dict()["param_groups"]}
             tensors = _state_tensors(self.model, self.optimizer)
-            bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            bad = _non_finite(tensors)
             if bad:  # never replace a good checkpoint with one that cannot be resumed
                 raise FloatingPointError(f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
                                          f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}")
