@@ -33,8 +33,8 @@ This relative bound holds for every ``v`` with ``f2`` and for
 ``v <= (S_max + 1/2) V_th`` with ``f1``; above that, ``f1``'s absolute error is
 at most ``S_max * alpha_h * 1e-7``. With Table 1's settings (``V_th = 10``,
 ``alpha_w = 20``, ``rho = 5``) ``k = 2``: 5 terms instead of 15. ``f2`` gets them
-from two exponentials per element (neighbouring terms differ by a factor
-``exp(+-2 rho d) exp(-rho (2j - 1))``, see :func:`_f2_window`); ``f1``'s widths differ
+from two exponentials per element (term ``j`` is the nearest one times
+``exp(-rho j^2) exp(2 rho d)^j``, see :func:`_f2_window`); ``f1``'s widths differ
 per term, so it takes ``2k + 1``.
 
 Underflow. An exponential term (of ``f1``, ``f2`` or ``sigmoid``) smaller than
@@ -92,7 +92,7 @@ def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
     """
     x = v / v_th
     rho = v_th * v_th / alpha_w
-    if not scale_with_index and _two_exponentials_suffice(rho, v.dtype):
+    if not scale_with_index and _two_exponentials_suffice(rho, k, v.dtype):
         return alpha_h * _f2_window(x, s_max, rho, k)
     if 2 * k + 1 >= s_max:
         offsets = [x - i for i in range(1, s_max + 1)]
@@ -116,17 +116,15 @@ def _log_floor(dtype: torch.dtype) -> float:
     return 0.5 * math.log(torch.finfo(dtype).tiny)
 
 
-def _ratio_bound(rho: float, dtype: torch.dtype) -> float:
-    """Largest ``|d|`` at which :func:`_f2_window` still uses a neighbour of the nearest term:
-    one threshold short of where a term falls below sqrt(tiny), and at least 1/2."""
-    reach = math.sqrt(-_log_floor(dtype) / rho)
-    return max(reach - 1, 0.5)
+def _reach(rho: float, dtype: torch.dtype) -> float:
+    """The ``|d|`` beyond which the nearest term, and so every term, is below sqrt(tiny)."""
+    return math.sqrt(-_log_floor(dtype) / rho)
 
 
-def _two_exponentials_suffice(rho: float, dtype: torch.dtype) -> bool:
-    """Whether :func:`_f2_window`'s ratio ``exp(2 rho d)``, for every offset ``d`` it needs,
-    stays far from overflow in ``dtype`` (true for Table 1's settings in float32 and float64)."""
-    return 2 * rho * _ratio_bound(rho, dtype) < math.log(torch.finfo(dtype).max) - 8
+def _two_exponentials_suffice(rho: float, k: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`_f2_window`'s powers ``exp(+-2 rho j d)``, ``j <= k``, ``|d| <= reach``,
+    stay far from overflow in ``dtype`` (true for Table 1's settings in float32 and float64)."""
+    return 2 * rho * k * _reach(rho, dtype) < math.log(torch.finfo(dtype).max) - 8
 
 
 def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
@@ -134,38 +132,35 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     per element instead of ``2k + 1`` (exp is most of the neuron's backward on a CPU).
 
     With ``c`` the nearest centre and ``d = x - c``, the term ``j`` away is
-    ``exp(-rho (d - j)^2)``, and each is the previous one, outwards, times
-    ``r^(+-1) exp(-rho (2j - 1))`` with ``r = exp(2 rho d)``. A term is used only when it
-    exists (``1 <= c + j <= s_max``) and is at least sqrt(tiny) (its exponent, cheap to
-    compute, says so); a term below that is 0 and so are those beyond it (terms shrink
-    outwards). A used neighbour has ``|d|`` within :func:`_ratio_bound`, so ``r`` is computed
-    from ``d`` clamped there: it stays finite, and unused lanes hold no inf or NaN.
+    ``exp(-rho (d - j)^2) = exp(-rho d^2) exp(-rho j^2) r^j`` with ``r = exp(2 rho d)``: the
+    sum is the nearest term times ``1 + sum_j exp(-rho j^2) r^j`` over the terms that exist
+    (``1 <= c + j <= s_max``). Beyond ``|d| = reach`` (:func:`_reach`) the nearest term is
+    below sqrt(tiny) and the result is 0, so ``r`` is computed from ``d`` clamped there:
+    within it the sum is exact, and ``r^(+-j)`` stays finite (:func:`_two_exponentials_suffice`).
+    The result is the nearest term (>= sqrt(tiny)) times a factor >= 1, so it is never
+    subnormal. Measured at T = 32 (neuron forward and backward, 2 threads, quiet machine):
+    1.8x ReLU, against 2.1x with a check for underflow on each term.
     """
-    log_floor = _log_floor(x.dtype)
     c = torch.clamp(torch.round(x), 1, s_max)
     d = x - c
-    nearest = _exp_or_zero(d * d * -rho)
-    bound = _ratio_bound(rho, x.dtype)
-    r = torch.exp(torch.clamp(d, -bound, bound) * (2 * rho))
+    log_floor = _log_floor(x.dtype)
+    exponent = d * d * -rho
+    reach = _reach(rho, x.dtype)
+    r = torch.exp(torch.clamp(d, -reach, reach) * (2 * rho))
     r_inv = 1 / r
-    out, up, down = nearest, nearest, nearest
+    factor, up, down = 1.0, 1.0, 1.0
     for j in range(1, k + 1):
-        step = math.exp(-rho * (2 * j - 1))
-        up_kept = (c + j <= s_max) & ((d - j) * (d - j) * -rho >= log_floor)
-        down_kept = (c - j >= 1) & ((d + j) * (d + j) * -rho >= log_floor)
-        # Zero the previous term where this one is dropped, before multiplying: a kept
-        # term and every partial product towards it are >= sqrt(tiny), so none is subnormal.
-        up = torch.where(up_kept, up, 0.0) * r * step
-        down = torch.where(down_kept, down, 0.0) * r_inv * step
-        out = out + up + down
-    return out
+        up, down = up * r, down * r_inv
+        factor = factor + math.exp(-rho * j * j) * (torch.where(c <= s_max - j, up, 0.0)
+                                                     + torch.where(c >= 1 + j, down, 0.0))
+    nearest = torch.exp(torch.clamp(exponent, min=log_floor))
+    return torch.where(exponent < log_floor, 0.0, nearest * factor)
 
 
 def _exp_or_zero(exponent: torch.Tensor) -> torch.Tensor:
     """``exp(exponent)``, or exactly 0 where that is below ``sqrt(tiny)`` (see "Underflow" above)."""
     log_floor = _log_floor(exponent.dtype)
-    small = exponent < log_floor
-    return torch.where(small, 0.0, torch.exp(torch.where(small, log_floor, exponent)))
+    return torch.where(exponent < log_floor, 0.0, torch.exp(torch.clamp(exponent, min=log_floor)))
 
 
 def _trapezoid(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float) -> torch.Tensor:
