@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neuron import LIFParams, _LIFFunction, fused, lif_forward, paper_backward
+from .neuron import LIFParams, Rows, _LIFFunction, fused, lif_forward, paper_backward
 
 INITS = ("kaiming", "paper")
 
@@ -38,15 +38,19 @@ class _PaperBlockFunction(torch.autograd.Function):
         current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
             current = current.unflatten(0, x.shape[:2])
-        ctx.save_for_backward(x, weight, current)
-        ctx.layer, ctx.p, ctx.num_steps, ctx.has_bias = layer, p, num_steps, bias is not None
-        return fused(lif_forward)(current, p, num_steps)
+        rows = Rows(current, num_steps)
+        flat = rows.current(current)
+        ctx.save_for_backward(x, weight, flat)
+        ctx.layer, ctx.p, ctx.num_steps, ctx.has_bias, ctx.rows = layer, p, num_steps, bias is not None, rows
+        return rows.spikes(fused(lif_forward)(flat, p, num_steps))
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        x, weight, current = ctx.saved_tensors
+        x, weight, flat = ctx.saved_tensors
+        rows = ctx.rows
         # Direct input: x[t] is the same image at every step, so paper_backward sums over t.
-        delta, a = fused(paper_backward)(grad_spikes, current, ctx.p, ctx.num_steps)
+        delta, a = (rows.like_current(g) for g in
+                    fused(paper_backward)(rows.time_major(grad_spikes), flat, ctx.p, ctx.num_steps))
         static = ctx.num_steps is not None
         if not static:
             delta, a = delta.flatten(0, 1), a.flatten(0, 1)

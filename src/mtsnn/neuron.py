@@ -167,6 +167,7 @@ def paper_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParam
 
 _backend: str | None = None
 _compiled: dict = {}
+_failed: set = set()  # (function, signature) whose compiled call failed: those run eagerly
 
 
 def neuron_backend() -> str:
@@ -191,8 +192,13 @@ def neuron_backend() -> str:
 def fused(fn):
     """``fn`` compiled by torch.compile when the inductor backend is in use, else ``fn``.
 
-    If compiling fails at run time (a broken compiler or cache, say), the process warns
-    once and continues eagerly; an error of the call itself then surfaces from ``fn``.
+    :class:`Rows` hands the kernels ``[T, M]`` or ``[M]`` only, so a layer shape or batch
+    size compiles at most twice: for the first ``M``, and once more for any other ``M``
+    (torch.compile's automatic dynamic sizes). Compiled dynamic from the start, the kernel
+    was 10-20% slower at T = 32 (neuron alone), so the common size keeps its own. A new ``T``,
+    dtype, device or neuron setting compiles again. If a compiled call fails (a broken compiler or cache,
+    say), that call, and later ones with the same dtypes, devices, ranks and ``T``, run
+    eagerly, with one warning each; an error of the call itself then surfaces from ``fn``.
     """
     if neuron_backend() == "eager":
         return fn
@@ -201,24 +207,76 @@ def fused(fn):
     return _compiled[fn]
 
 
+def _signature(args) -> tuple:
+    return tuple((a.dtype, a.device.type, a.shape[0] if a.dim() > 1 else None) if isinstance(a, torch.Tensor)
+                 else a for a in args)
+
+
 def _with_eager_fallback(compiled, eager):
     def call(*args):
-        global _backend
-        if _backend == "eager":
+        key = (eager, _signature(args))
+        if key in _failed:
             return eager(*args)
         try:
             return compiled(*args)
         except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only from torch 2.5)
             raise
         except Exception as e:  # compile failures come as many exception types
-            # An error of the call itself (bad shapes, say) raises again here, leaving the
-            # backend as it was; only if the eager call works was the compiler at fault
+            # An error of the call itself (bad shapes, say) raises again here, and nothing is
+            # remembered; only if the eager call works was the compiler at fault
             result = eager(*args)
-            warnings.warn(f"compiling the neuron failed ({type(e).__name__}: {str(e)[:200]}); "
-                          "running it eagerly from now on")
-            _backend = "eager"
+            _failed.add(key)
+            warnings.warn(f"compiling {eager.__name__} failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "calls like this one run eagerly from now on")
             return result
     return call
+
+
+class Rows:
+    """A current seen by the kernels as rows ``[T, M]`` (or ``[M]`` under direct input) in its
+    own memory order, and the way back.
+
+    The neuron is element-wise, so its kernels need no more than that: two ranks in all and
+    one dynamic size, whatever the layer's shape, batch size or layout (torch.compile would
+    otherwise compile again for each, and stop at its recompile limit, 8). The memory order
+    (strides, largest first) makes the rows a view, not a copy, of a channels-last current,
+    and the spikes come back in the current's layout.
+    """
+
+    def __init__(self, current: torch.Tensor, num_steps: int | None):
+        self.lead = 0 if num_steps is not None else 1  # dims kept in front: time, unless direct
+        rest = sorted(range(self.lead, current.dim()), key=lambda d: -current.stride(d))
+        self.order = list(range(self.lead)) + rest
+        self.sizes = [current.shape[d] for d in self.order]
+        self.steps = num_steps if num_steps is not None else current.shape[0]
+        # the order of a [T, ...] output (spikes, their gradient): time first
+        self.time_order = self.order if self.lead else [0] + [d + 1 for d in self.order]
+
+    @staticmethod
+    def _flat(x: torch.Tensor, order: list[int], lead: int) -> torch.Tensor:
+        x = x.permute(order)
+        # detached: a fresh tensor, not a view, or torch.compile would guard on the view's base
+        return x.reshape(*x.shape[:lead], -1).detach()
+
+    @staticmethod
+    def _back(flat: torch.Tensor, sizes: list[int], order: list[int]) -> torch.Tensor:
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        return flat.view(sizes).permute(inverse)
+
+    def current(self, current: torch.Tensor) -> torch.Tensor:
+        return self._flat(current, self.order, self.lead)
+
+    def time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``[T, ...]`` tensor shaped like the spikes (their gradient, say) as ``[T, M]``."""
+        return self._flat(x, self.time_order, 1)
+
+    def spikes(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[T, M]`` back to ``[T, ...]``."""
+        return self._back(flat, [self.steps] + self.sizes[self.lead:], self.time_order)
+
+    def like_current(self, flat: torch.Tensor) -> torch.Tensor:
+        """A gradient ``[T, M]`` (or ``[M]``) back to the current's shape."""
+        return self._back(flat, self.sizes, self.order)
 
 
 class _LIFFunction(torch.autograd.Function):
@@ -226,14 +284,18 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, p: LIFParams, num_steps):
-        ctx.save_for_backward(current)
-        ctx.p, ctx.num_steps = p, num_steps
-        return fused(lif_forward)(current, p, num_steps)
+        rows = Rows(current, num_steps)
+        flat = rows.current(current)
+        ctx.save_for_backward(flat)
+        ctx.p, ctx.num_steps, ctx.rows = p, num_steps, rows
+        return rows.spikes(fused(lif_forward)(flat, p, num_steps))
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        (current,) = ctx.saved_tensors
-        return fused(bptt_backward)(grad_spikes, current, ctx.p, ctx.num_steps), None, None
+        (flat,) = ctx.saved_tensors
+        rows = ctx.rows
+        grad = fused(bptt_backward)(rows.time_major(grad_spikes), flat, ctx.p, ctx.num_steps)
+        return rows.like_current(grad), None, None
 
 
 def check_time_major(x: torch.Tensor, what: str = "input") -> None:
