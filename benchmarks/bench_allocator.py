@@ -28,8 +28,10 @@ def measure(name: str, ann: bool, keep: bool, steps: int) -> dict:
     """One process's figures (runs in the child)."""
     import torch
     from bench_neuron import train_step
+
     from mtsnn.config import preset
     from mtsnn.train import keep_freed_memory
+
     torch.set_flush_denormal(True)
     if keep and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() found no glibc mallopt")
@@ -44,8 +46,12 @@ def measure(name: str, ann: bool, keep: bool, steps: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"step_s": statistics.median(times), "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
-            "system_s_per_step": (after.ru_stime - before.ru_stime) / steps, "max_rss_mb": after.ru_maxrss / 1024}
+    return {
+        "step_s": statistics.median(times),
+        "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+        "system_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+        "max_rss_mb": after.ru_maxrss / 1024,
+    }
 
 
 def main():
@@ -65,23 +71,35 @@ def main():
             runs = {"default": [], "kept": []}
             for _ in range(args.rounds):
                 for allocator in runs:
-                    out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child",
-                                          name, variant, allocator], check=True, capture_output=True, text=True)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--steps", str(args.steps), "--child", name, variant, allocator],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
                     runs[allocator].append(json.loads(out.stdout))
-            row = {allocator: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-                   for allocator, rs in runs.items()}
+            row = {
+                allocator: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                for allocator, rs in runs.items()
+            }
             row["speed_up"] = row["default"]["step_s"] / row["kept"]["step_s"]
             results[f"{name} {variant}"] = row
             print(f"{name} {variant}", json.dumps(row))
-    print("\n| preset | step s default / kept | speed-up | page faults per step default / kept "
-          "| system s per step default / kept | peak RSS MB default / kept |\n|---|---|---|---|---|---|")
+    print(
+        "\n| preset | step s default / kept | speed-up | page faults per step default / kept "
+        "| system s per step default / kept | peak RSS MB default / kept |\n|---|---|---|---|---|---|"
+    )
     for key, row in results.items():
         d, k = row["default"], row["kept"]
-        print(f"| {key} | {d['step_s']:.4f} / {k['step_s']:.4f} | {row['speed_up']:.2f} | "
-              f"{d['page_faults_per_step']:.0f} / {k['page_faults_per_step']:.0f} | "
-              f"{d['system_s_per_step']:.4f} / {k['system_s_per_step']:.4f} | {d['max_rss_mb']:.0f} / {k['max_rss_mb']:.0f} |")
-    (HERE / "allocator_results.json").write_text(json.dumps({"rounds": args.rounds, "steps": args.steps,
-                                                              "results": results}, indent=2) + "\n")
+        print(
+            f"| {key} | {d['step_s']:.4f} / {k['step_s']:.4f} | {row['speed_up']:.2f} | "
+            f"{d['page_faults_per_step']:.0f} / {k['page_faults_per_step']:.0f} | "
+            f"{d['system_s_per_step']:.4f} / {k['system_s_per_step']:.4f} | "
+            f"{d['max_rss_mb']:.0f} / {k['max_rss_mb']:.0f} |"
+        )
+    (HERE / "allocator_results.json").write_text(
+        json.dumps({"rounds": args.rounds, "steps": args.steps, "results": results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

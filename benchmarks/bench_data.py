@@ -39,7 +39,7 @@ def time_mnist(root: Path, repeats: int = 5) -> dict:
         cold, warm = [], []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as cache:
-                os.environ["XDG_CACHE_HOME"] = cache      # a fresh, empty checksum cache
+                os.environ["XDG_CACHE_HOME"] = cache  # a fresh, empty checksum cache
                 for times in (cold, warm):
                     start = time.perf_counter()
                     dataset = data.load("mnist", split, root)
@@ -49,8 +49,7 @@ def time_mnist(root: Path, repeats: int = 5) -> dict:
             del os.environ["XDG_CACHE_HOME"]
         else:
             os.environ["XDG_CACHE_HOME"] = user_cache
-        results[split] = {"images": len(dataset), "cold_s": statistics.median(cold),
-                          "warm_s": statistics.median(warm)}
+        results[split] = {"images": len(dataset), "cold_s": statistics.median(cold), "warm_s": statistics.median(warm)}
     return results
 
 
@@ -69,16 +68,15 @@ def cifar_train_set(folder: str | None, scratch: str) -> tuple[data.Dataset, str
 
 def _load_unverified(folder: str) -> data.Dataset:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.UnverifiedDataWarning)   # a proxy has no checksum
+        warnings.simplefilter("ignore", data.UnverifiedDataWarning)  # a proxy has no checksum
         return data.load("cifar10", "train", folder)
 
 
 def time_cifar_batches(dataset: data.Dataset, device: str, seconds: float = 5.0) -> dict:
-    loader = data.DeviceLoader(dataset, 128, train=True, device=device, seed=0, crop_padding=4,
-                               flip=True)
+    loader = data.DeviceLoader(dataset, 128, train=True, device=device, seed=0, crop_padding=4, flip=True)
     batches, epoch = 0, 0
     sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    next(loader.epoch(0))   # warm up
+    next(loader.epoch(0))  # warm up
     sync()
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -87,8 +85,13 @@ def time_cifar_batches(dataset: data.Dataset, device: str, seconds: float = 5.0)
         epoch += 1
         sync()
     elapsed = time.perf_counter() - start
-    return {"device": device, "batch_size": 128, "batches_per_s": batches / elapsed,
-            "images_per_s": batches * 128 / elapsed, "epochs_timed": epoch}
+    return {
+        "device": device,
+        "batch_size": 128,
+        "batches_per_s": batches / elapsed,
+        "images_per_s": batches * 128 / elapsed,
+        "epochs_timed": epoch,
+    }
 
 
 def main():
@@ -96,27 +99,39 @@ def main():
     parser.add_argument("--data", type=Path, default=SHARED, help="data root holding MNIST/raw/")
     parser.add_argument("--cifar", help="data root holding cifar-10-batches-bin/")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int,
-                        help="CPU threads for torch (1 avoids slow spinning when another "
-                             "process keeps the cores busy)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (1 avoids slow spinning when another process keeps the cores busy)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                           "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        }
+    }
     results["mnist_load"] = time_mnist(args.data)
     for split, r in results["mnist_load"].items():
-        print(f"MNIST {split} ({r['images']} images), gzip files to uint8 tensor: "
-              f"cold {r['cold_s']:.3f} s, warm {r['warm_s']:.3f} s")
+        print(
+            f"MNIST {split} ({r['images']} images), gzip files to uint8 tensor: "
+            f"cold {r['cold_s']:.3f} s, warm {r['warm_s']:.3f} s"
+        )
 
     with tempfile.TemporaryDirectory() as scratch:
         dataset, source = cifar_train_set(args.cifar, scratch)
         results["cifar_augmentation"] = {"data": source, **time_cifar_batches(dataset, args.device)}
     r = results["cifar_augmentation"]
-    print(f"CIFAR-10 batches of 128 (crop + flip + normalise) on {r['device']}: "
-          f"{r['batches_per_s']:.0f} batches/s ({r['images_per_s']:.0f} images/s), data: {source}")
+    print(
+        f"CIFAR-10 batches of 128 (crop + flip + normalise) on {r['device']}: "
+        f"{r['batches_per_s']:.0f} batches/s ({r['images_per_s']:.0f} images/s), data: {source}"
+    )
 
     out = HERE / "data_results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -73,26 +73,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "threads": args.threads, "repeats": args.repeats, "load_average": os.getloadavg()[0],
-               "shipped_weights": [n for n in NAMES if n in zoo.available()], "us": {}}
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "load_average": os.getloadavg()[0],
+        "shipped_weights": [n for n in NAMES if n in zoo.available()],
+        "us": {},
+    }
     for name in NAMES:
         results["us"][name] = measure(contestants(name), args.repeats)
         print(name, {k: round(v, 1) for k, v in results["us"][name].items()})
     (HERE / "latency_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# Batch-1 latency, step by step", "",
-             f"Regenerate with `python benchmarks/bench_latency.py` ({args.threads} thread(s), median of "
-             f"{args.repeats} interleaved calls after a warm-up; torch {torch.__version__}). Microseconds per "
-             "time step of the SNN (a whole inference is T = 2 steps) against one forward pass of the ANN "
-             "twin; one image at a time, no autograd. The integer-only path computes its int32 sums "
-             "exactly in float64 (`mtsnn.integer`): its time is that of an emulation, not of integer hardware. "
-             f"Load average when it started: {results['load_average']:.1f} on {os.cpu_count()} cores "
-             "(above 0 means other jobs shared the machine).",
-             "", "| preset | SNN step, float (us) | SNN step, int8 (us) | ANN twin forward (us) | "
-             "SNN inference T=2, float / ANN |", "|---|---|---|---|---|"]
+    lines = [
+        "# Batch-1 latency, step by step",
+        "",
+        f"Regenerate with `python benchmarks/bench_latency.py` ({args.threads} thread(s), median of "
+        f"{args.repeats} interleaved calls after a warm-up; torch {torch.__version__}). Microseconds per "
+        "time step of the SNN (a whole inference is T = 2 steps) against one forward pass of the ANN "
+        "twin; one image at a time, no autograd. The integer-only path computes its int32 sums "
+        "exactly in float64 (`mtsnn.integer`): its time is that of an emulation, not of integer hardware. "
+        f"Load average when it started: {results['load_average']:.1f} on {os.cpu_count()} cores "
+        "(above 0 means other jobs shared the machine).",
+        "",
+        "| preset | SNN step, float (us) | SNN step, int8 (us) | ANN twin forward (us) | "
+        "SNN inference T=2, float / ANN |",
+        "|---|---|---|---|---|",
+    ]
     for name, us in results["us"].items():
-        lines.append(f"| {name} | {us['SNN step, float']:.0f} | {us['SNN step, int8']:.0f} | "
-                     f"{us['ANN twin forward']:.0f} | {2 * us['SNN step, float'] / us['ANN twin forward']:.2f} |")
+        lines.append(
+            f"| {name} | {us['SNN step, float']:.0f} | {us['SNN step, int8']:.0f} | "
+            f"{us['ANN twin forward']:.0f} | {2 * us['SNN step, float'] / us['ANN twin forward']:.2f} |"
+        )
     (HERE / "LATENCY.md").write_text("\n".join(lines) + "\n")
 
 

@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ class _PlainF2Spike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (v,) = ctx.saved_tensors
-        return grad * sum(torch.exp(-(v - 10.0 * i) ** 2 / 20.0) for i in range(1, 16))
+        return grad * sum(torch.exp(-((v - 10.0 * i) ** 2) / 20.0) for i in range(1, 16))
 
 
 def plain_f2_neuron(x):
@@ -58,20 +59,23 @@ def plain_f2_neuron(x):
     return torch.stack(out)
 
 
-def peers(device: torch.device = torch.device("cpu")) -> dict:
+def peers(device: torch.device | None = None) -> dict:
     """Neuron functions of the installed peer libraries: ``[T, B, N] -> [T, B, N]``. On a GPU,
     SpikingJelly runs its cupy backend where cupy is installed."""
+    device = device or torch.device("cpu")
     found = {}
     try:
         import sinabs.activation
         import sinabs.layers
 
-        lif = sinabs.layers.LIF(tau_mem=10.0, spike_threshold=torch.tensor(10.0), norm_input=False,
-                                spike_fn=sinabs.activation.MaxSpike(15)).to(device)
+        lif = sinabs.layers.LIF(
+            tau_mem=10.0, spike_threshold=torch.tensor(10.0), norm_input=False, spike_fn=sinabs.activation.MaxSpike(15)
+        ).to(device)
 
         def sinabs_maxspike(x):
             lif.reset_states()
             return lif(x.transpose(0, 1)).transpose(0, 1)  # sinabs is batch-first
+
         found["sinabs LIF MaxSpike(15)"] = sinabs_maxspike
     except ImportError:
         pass
@@ -79,12 +83,20 @@ def peers(device: torch.device = torch.device("cpu")) -> dict:
         from spikingjelly.activation_based import functional, neuron
 
         backend = "cupy" if device.type == "cuda" and importlib.util.find_spec("cupy") else "torch"
-        node = neuron.LIFNode(tau=10.0, v_threshold=10.0, v_reset=None, decay_input=False, detach_reset=True,
-                              step_mode="m", backend=backend)
+        node = neuron.LIFNode(
+            tau=10.0,
+            v_threshold=10.0,
+            v_reset=None,
+            decay_input=False,
+            detach_reset=True,
+            step_mode="m",
+            backend=backend,
+        )
 
         def spikingjelly_lif(x):
             functional.reset_net(node)
             return node(x)
+
         found[f"SpikingJelly LIFNode ({backend})"] = spikingjelly_lif
     except ImportError:
         pass
@@ -99,6 +111,7 @@ def peers(device: torch.device = torch.device("cpu")) -> dict:
                 spk, mem = leaky(x[t], mem)
                 out.append(spk)
             return torch.stack(out)
+
         found["snnTorch Leaky"] = snntorch_leaky
     except ImportError:
         pass
@@ -113,6 +126,7 @@ def neuron_contestants(device: torch.device) -> dict:
         def run(x, g):  # as the autograd function does: forward keeps only the current
             forward(x, p)
             return backward(g, x, p)
+
         return run
 
     def autograd(fn):
@@ -120,6 +134,7 @@ def neuron_contestants(device: torch.device) -> dict:
             x = x.detach().requires_grad_(True)
             fn(x).backward(g)
             return x.grad
+
         return run
 
     contestants = {
@@ -163,6 +178,7 @@ def train_step(cfg, images, labels):
     def evaluate(x):
         with torch.no_grad():
             model(x)
+
     return step, evaluate, model
 
 
@@ -177,17 +193,33 @@ def saved_bytes(step, model) -> int:
         if storage.data_ptr() not in parameters:
             storages[storage.data_ptr()] = storage.nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step()
     return sum(storages.values())
 
 
 def machine(device: torch.device) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "neuron_backend": neuron_backend(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "neuron_backend": neuron_backend(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
 
 
 def main():
@@ -204,8 +236,7 @@ def main():
     keep_freed_memory()  # as training does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
-    results = {"machine": machine(device), "repeats": args.repeats, "neuron": {}, "presets": {},
-               "linear_784_4096": {}}
+    results = {"machine": machine(device), "repeats": args.repeats, "neuron": {}, "presets": {}, "linear_784_4096": {}}
 
     for steps, batch in ((2, 128), (32, 16)):
         x = torch.randn(steps, batch, width, device=device) * 15
@@ -222,6 +253,7 @@ def main():
     x = torch.rand(2, 128, 784) * 3
     linear_contestants = {}
     from mtsnn.layers import SpikingLinear
+
     for mode in ("paper", "bptt-detach"):
         block = SpikingLinear(784, 4096, grad_mode=mode)
         linear_contestants[f"mtsnn SpikingLinear {mode}"] = (lambda b: lambda: b(x).sum().backward())(block)
@@ -240,12 +272,19 @@ def main():
         ann_step, ann_eval, ann_model = train_step(cfg.replace(ann=True), images, labels)
         times = interleaved({"snn": snn_step, "ann": ann_step}, (), args.repeats)
         big = torch.randn(1000, *cfg.input_shape)
-        evals = interleaved({"snn": lambda: snn_eval(big), "ann": lambda: ann_eval(big)}, (), max(3, args.repeats // 2))
+        evals = interleaved(
+            {"snn": partial(snn_eval, big), "ann": partial(ann_eval, big)}, (), max(3, args.repeats // 2)
+        )
         results["presets"][name] = {
-            "snn_step_s": times["snn"], "ann_step_s": times["ann"], "ratio": times["snn"] / times["ann"],
-            "snn_train_images_per_s": 128 / times["snn"], "ann_train_images_per_s": 128 / times["ann"],
-            "snn_eval_images_per_s": 1000 / evals["snn"], "ann_eval_images_per_s": 1000 / evals["ann"],
-            "snn_saved_bytes": saved_bytes(snn_step, snn_model), "ann_saved_bytes": saved_bytes(ann_step, ann_model),
+            "snn_step_s": times["snn"],
+            "ann_step_s": times["ann"],
+            "ratio": times["snn"] / times["ann"],
+            "snn_train_images_per_s": 128 / times["snn"],
+            "ann_train_images_per_s": 128 / times["ann"],
+            "snn_eval_images_per_s": 1000 / evals["snn"],
+            "ann_eval_images_per_s": 1000 / evals["ann"],
+            "snn_saved_bytes": saved_bytes(snn_step, snn_model),
+            "ann_saved_bytes": saved_bytes(ann_step, ann_model),
         }
         print(name, json.dumps(results["presets"][name], indent=1))
 
@@ -255,18 +294,26 @@ def main():
 
 def write_markdown(r: dict, out: Path) -> None:
     m = r["machine"]
-    lines = ["# Benchmarks", "",
-             f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores, "
-             f"torch {m['torch']} ({m['torch_threads']} threads), "
-             f"mtsnn neuron backend: {m['neuron_backend']}. Median of {r['repeats']} interleaved runs after a "
-             "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
-             "Compare figures within one run: on a shared machine absolute times drift between runs.", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores, "
+        f"torch {m['torch']} ({m['torch_threads']} threads), "
+        f"mtsnn neuron backend: {m['neuron_backend']}. Median of {r['repeats']} interleaved runs after a "
+        "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
+        "Compare figures within one run: on a shared machine absolute times drift between runs.",
+        "",
+    ]
     for key, times in r["neuron"].items():
         relu = times["torch.relu (floor)"]
         peer_times = [t for n, t in times.items() if n.startswith(("sinabs", "SpikingJelly", "snnTorch"))]
         fastest_peer = min(peer_times) if peer_times else None
-        lines += [f"## 1. Neuron alone, forward + backward, {key}", "",
-                  "| contestant | seconds | x ReLU | speed-up over fastest peer |", "|---|---|---|---|"]
+        lines += [
+            f"## 1. Neuron alone, forward + backward, {key}",
+            "",
+            "| contestant | seconds | x ReLU | speed-up over fastest peer |",
+            "|---|---|---|---|",
+        ]
         for name, t in sorted(times.items(), key=lambda kv: kv[1]):
             vs_peer = f"{fastest_peer / t:.2f}" if fastest_peer else "-"
             lines.append(f"| {name} | {t:.4f} | {t / relu:.2f} | {vs_peer} |")
@@ -276,14 +323,21 @@ def write_markdown(r: dict, out: Path) -> None:
         return
     lines += ["## 2. Linear(784, 4096) + neuron, T=2, B=128", "", "| contestant | seconds |", "|---|---|"]
     lines += [f"| {n} | {t:.4f} |" for n, t in sorted(r["linear_784_4096"].items(), key=lambda kv: kv[1])]
-    lines += ["", "## 3-5. Presets at T=2: training step against the ANN twin, throughput, memory", "",
-              "| preset | SNN step s | ANN step s | SNN / ANN | train img/s SNN / ANN | eval img/s SNN / ANN "
-              "| saved for backward SNN / ANN (MB) |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## 3-5. Presets at T=2: training step against the ANN twin, throughput, memory",
+        "",
+        "| preset | SNN step s | ANN step s | SNN / ANN | train img/s SNN / ANN | eval img/s SNN / ANN "
+        "| saved for backward SNN / ANN (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, p in r["presets"].items():
-        lines.append(f"| {name} | {p['snn_step_s']:.4f} | {p['ann_step_s']:.4f} | {p['ratio']:.2f} | "
-                     f"{p['snn_train_images_per_s']:.0f} / {p['ann_train_images_per_s']:.0f} | "
-                     f"{p['snn_eval_images_per_s']:.0f} / {p['ann_eval_images_per_s']:.0f} | "
-                     f"{p['snn_saved_bytes'] / 1e6:.1f} / {p['ann_saved_bytes'] / 1e6:.1f} |")
+        lines.append(
+            f"| {name} | {p['snn_step_s']:.4f} | {p['ann_step_s']:.4f} | {p['ratio']:.2f} | "
+            f"{p['snn_train_images_per_s']:.0f} / {p['ann_train_images_per_s']:.0f} | "
+            f"{p['snn_eval_images_per_s']:.0f} / {p['ann_eval_images_per_s']:.0f} | "
+            f"{p['snn_saved_bytes'] / 1e6:.1f} / {p['ann_saved_bytes'] / 1e6:.1f} |"
+        )
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 

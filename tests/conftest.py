@@ -6,7 +6,6 @@ os.environ.setdefault("MTSNN_NEURON_BACKEND", "eager")
 
 
 import pytest
-
 from runs import SHARED, SMALL, mtsnn_done
 
 

@@ -13,8 +13,9 @@ import torch
 from mtsnn.checkpoint import load_checkpoint
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-needs_fmnist = pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
-                                  reason=f"real Fashion-MNIST not found under {SHARED}")
+needs_fmnist = pytest.mark.skipif(
+    not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"real Fashion-MNIST not found under {SHARED}"
+)
 TIMING = ("epoch_seconds", "images_per_second")  # metrics that differ between identical runs
 
 
@@ -24,8 +25,14 @@ def cli_env(**extra) -> dict:
 
 def mtsnn(*args, **kwargs) -> subprocess.Popen:
     """``mtsnn ARGS`` in a subprocess, stdout and stderr together in ``.stdout``."""
-    return subprocess.Popen([sys.executable, "-m", "mtsnn.cli", *map(str, args)], env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtsnn.cli", *map(str, args)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def mtsnn_done(*args, timeout=300) -> tuple[int, str]:
@@ -61,6 +68,7 @@ SMALL = ["--train-limit", "512", "--test-limit", "500", "--deterministic", "--se
 def copy_run(run_dir: Path, to: Path) -> Path:
     """A copy of a run directory, without the lock file of whoever held it."""
     from mtsnn.rundir import LOCK
+
     shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(LOCK))
     return to
 
@@ -71,5 +79,10 @@ def in_namespace(script: str) -> subprocess.CompletedProcess:
     is this Python. Skips where the kernel does not allow such namespaces."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.skip("user and mount namespaces (unshare -rm) are not available here")
-    return subprocess.run(["unshare", "-rm", "bash", "-euc", script], env=cli_env(PY=sys.executable),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-euc", script],
+        env=cli_env(PY=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -11,9 +11,15 @@ from mtsnn.checkpoint import CheckpointError, load_checkpoint, load_tensors, sav
 
 def sample():
     torch.manual_seed(0)
-    return {"w": torch.randn(3, 4), "d": torch.randn(5, dtype=torch.float64), "step": torch.tensor(7),
-            "rng": torch.randint(0, 255, (10,), dtype=torch.uint8), "empty": torch.zeros(0, 2),
-            "half": torch.randn(2, 2).to(torch.bfloat16), "mask": torch.tensor([True, False])}
+    return {
+        "w": torch.randn(3, 4),
+        "d": torch.randn(5, dtype=torch.float64),
+        "step": torch.tensor(7),
+        "rng": torch.randint(0, 255, (10,), dtype=torch.uint8),
+        "empty": torch.zeros(0, 2),
+        "half": torch.randn(2, 2).to(torch.bfloat16),
+        "mask": torch.tensor([True, False]),
+    }
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -56,12 +62,15 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b[:5], "too short"),
-    (lambda b: b[:-3], "truncated"),
-    (lambda b: struct.pack("<Q", 10**12) + b[8:], "header length"),
-    (lambda b: b[:8] + b"{" * (len(b) - 8), "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[:5], "too short"),
+        (lambda b: b[:-3], "truncated"),
+        (lambda b: struct.pack("<Q", 10**12) + b[8:], "header length"),
+        (lambda b: b[:8] + b"{" * (len(b) - 8), "not valid JSON"),
+    ],
+)
 def test_damaged_files_raise_errors_naming_the_file(tmp_path, damage, message):
     path = tmp_path / "c.safetensors"
     save_tensors(path, {"a": torch.arange(6.0)})
@@ -71,22 +80,24 @@ def test_damaged_files_raise_errors_naming_the_file(tmp_path, damage, message):
     assert str(path) in str(info.value)
 
 
-
 def with_header(header) -> bytes:
     blob = json.dumps(header).encode()
     return struct.pack("<Q", len(blob)) + blob + bytes(24)
 
 
-@pytest.mark.parametrize("header, message", [
-    ([1, 2], "header is a JSON list, expected an object"),
-    ({"__metadata__": {"mtsnn": 3}}, "__metadata__ must map names to strings"),
-    ({"a": "F32"}, "tensor 'a' has a malformed header entry"),
-    ({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, "malformed header entry"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}, "malformed header entry"),
-    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "malformed header entry"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, "malformed header entry"),
-    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "do not match its shape"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ([1, 2], "header is a JSON list, expected an object"),
+        ({"__metadata__": {"mtsnn": 3}}, "__metadata__ must map names to strings"),
+        ({"a": "F32"}, "tensor 'a' has a malformed header entry"),
+        ({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, "malformed header entry"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}, "malformed header entry"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "malformed header entry"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, "malformed header entry"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "do not match its shape"),
+    ],
+)
 def test_malformed_headers_raise_errors_naming_the_file(tmp_path, header, message):
     path = tmp_path / "c.safetensors"
     path.write_bytes(with_header(header))
@@ -107,5 +118,5 @@ def test_header_is_plain_json(tmp_path):
     save_tensors(tmp_path / "c.safetensors", {"a": torch.ones(3)}, {"m": "1"})
     raw = (tmp_path / "c.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     assert header["a"] == {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import SHARED, SMALL, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn import __version__, cli
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, dump_toml, load_toml, preset
 from mtsnn.rundir import LOCK, lock
 from mtsnn.train import Run, finish, sample_losses
-from runs import SHARED, SMALL, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,7 @@ def refused(code: int, out: str, *words: str, rc: int = 2) -> None:
 
 # 1, 2: devices
 
+
 @pytest.mark.parametrize("device", ["cuda:99", "cuda"])
 def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, capsys, device):
     if device == "cuda" and torch.cuda.is_available():
@@ -44,13 +45,15 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("device, message", [("cuda:99", "device 'cuda:99' is not usable"),
-                                             ("gpu", "invalid setting device='gpu'")])
+@pytest.mark.parametrize(
+    "device, message", [("cuda:99", "device 'cuda:99' is not usable"), ("gpu", "invalid setting device='gpu'")]
+)
 def test_eval_names_a_bad_or_missing_device(one_epoch, capsys, device, message):
     refused(cli.main(["eval", str(one_epoch), "--device", device]), capsys.readouterr().err, message)
 
 
 # 3: write errors
+
 
 def test_a_read_only_run_directory_is_refused_naming_the_file(one_epoch, tmp_path):
     copy_run(one_epoch, tmp_path / "ro" / "stopped")
@@ -70,6 +73,7 @@ def test_a_read_only_run_directory_is_refused_naming_the_file(one_epoch, tmp_pat
 
 
 # 4, 5: damaged checkpoints and NaN (the fault-injection suite, test_faults.py, flips bytes at random)
+
 
 def test_a_checkpoint_with_non_finite_weights_is_never_written_nor_resumed(one_epoch, tmp_path):
     run_dir = copy_run(one_epoch, tmp_path / "run")
@@ -92,8 +96,11 @@ def test_after_a_nan_loss_the_message_says_which_epoch_the_kept_checkpoint_holds
         return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
     monkeypatch.setattr("mtsnn.train.sample_losses", poisoned)
-    with pytest.raises(FloatingPointError, match=r"at epoch 2, by batch 2\. The last checkpoint, .*checkpoint"
-                                                 r"\.safetensors, holds the run at the end of epoch 1"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"at epoch 2, by batch 2\. The last checkpoint, .*checkpoint"
+        r"\.safetensors, holds the run at the end of epoch 1",
+    ):
         run.fit()
     assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["epoch"] == 1
 
@@ -111,6 +118,7 @@ def test_weights_that_became_non_finite_are_not_saved_over_the_last_checkpoint(t
 
 
 # 6: one process per run directory
+
 
 @needs_fmnist
 def test_a_second_trainer_on_the_same_run_directory_is_refused_naming_the_first(tmp_path):
@@ -141,6 +149,7 @@ def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
 
 # 7: a resumed run cannot be shortened
 
+
 @needs_fmnist
 @pytest.mark.parametrize("epoch, batch", [(3, 0), (2, 1)])  # finished after 3 epochs; stopped inside epoch 3
 def test_a_run_cannot_be_resumed_with_fewer_epochs_than_it_has_trained(tmp_path, capsys, epoch, batch):
@@ -151,12 +160,16 @@ def test_a_run_cannot_be_resumed_with_fewer_epochs_than_it_has_trained(tmp_path,
     (tmp_path / "config.toml").write_text(dump_toml(dataclasses.asdict(run.cfg)))
     before = (tmp_path / "config.toml").read_text()
     code = cli.main(["train", "--resume", str(tmp_path), "--epochs", "2"])
-    refused(code, capsys.readouterr().err,
-            f"has trained {epoch} epochs and {batch} batches; epochs=2 would end it before that")
+    refused(
+        code,
+        capsys.readouterr().err,
+        f"has trained {epoch} epochs and {batch} batches; epochs=2 would end it before that",
+    )
     assert (tmp_path / "config.toml").read_text() == before
 
 
 # smaller findings
+
 
 def test_a_run_records_the_folder_it_found_its_data_in(one_epoch):
     assert f'data_root = "{SHARED.resolve()}"' in (one_epoch / "config.toml").read_text()
@@ -166,14 +179,18 @@ def test_run_keeps_the_callers_folder_so_relative_paths_work(tmp_path):
     venv = Path(os.environ.get("MTSNN_VENV", REPO / ".venv"))
     if not (venv / ".mtsnn-installed").exists():
         pytest.skip("./run has not set up its environment here")
-    out = subprocess.run([REPO / "run", "python", "-c", "import os; print(os.getcwd())"], cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [REPO / "run", "python", "-c", "import os; print(os.getcwd())"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == str(tmp_path)
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
-    p = subprocess.Popen([sys.executable, "-m", "mtsnn.cli", "presets"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "mtsnn.cli", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # the reader goes away before anything is written, as `| head -0` would
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and err == ""
@@ -202,8 +219,10 @@ def test_limits_beyond_the_data_are_said(tmp_path):
     said = []
     cfg = preset("fmnist-mlp", train_limit=10**6, test_limit=10**6, data_root=str(SHARED))
     assert Run.start(cfg, tmp_path, log=said.append).train_size == 60_000
-    assert said == ["train_limit=1000000 is more than the 60000 images there are: using all of them",
-                    "test_limit=1000000 is more than the 10000 images there are: using all of them"]
+    assert said == [
+        "train_limit=1000000 is more than the 60000 images there are: using all of them",
+        "test_limit=1000000 is more than the 10000 images there are: using all of them",
+    ]
 
 
 @needs_fmnist
@@ -220,8 +239,10 @@ def test_a_finished_run_given_more_epochs_says_how_to_train_it_on(one_epoch):
     cfg = TrainConfig(**load_toml(one_epoch / "config.toml")).replace(epochs=3)
     said = []
     finish(cfg, one_epoch, said.append)
-    assert said == [f"{one_epoch}: finished before, kept (it has 1 epochs; to train it on to 3: "
-                    f"mtsnn train --resume {one_epoch} --epochs 3)"]
+    assert said == [
+        f"{one_epoch}: finished before, kept (it has 1 epochs; to train it on to 3: "
+        f"mtsnn train --resume {one_epoch} --epochs 3)"
+    ]
 
 
 def test_eval_reads_a_run_that_a_live_trainer_holds(one_epoch, capsys):

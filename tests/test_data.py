@@ -8,16 +8,16 @@ import pickle
 import re
 import struct
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from runs import SHARED
 
 from mtsnn import data
 from mtsnn.data import DatasetError, DeviceLoader, UnverifiedDataWarning
-from runs import SHARED
-
 
 
 @pytest.fixture(autouse=True)
@@ -37,16 +37,19 @@ def idx(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_mnist(root: Path, images, labels, *, gz=True, split="train", trusted=True,
-                monkeypatch=None):
+def write_mnist(root: Path, images, labels, *, gz=True, split="train", trusted=True, monkeypatch=None):
     """Write an MNIST split; with ``trusted``, register its checksums as the known ones."""
     folder = root / "MNIST" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
-    stems = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
+    stems = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }[split]
     paths = []
-    for stem, content in zip(stems, (images if isinstance(images, bytes) else idx(images),
-                                     labels if isinstance(labels, bytes) else idx(labels))):
+    for stem, content in zip(
+        stems,
+        (images if isinstance(images, bytes) else idx(images), labels if isinstance(labels, bytes) else idx(labels)),
+    ):
         path = folder / (stem + ".gz" if gz else stem)
         path.write_bytes(gzip.compress(content) if gz else content)
         paths.append(path)
@@ -65,6 +68,7 @@ def three_digits():
 
 
 # ---- MNIST-style IDX files ----
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_load_with_their_exact_values(tmp_path, monkeypatch, gz):
@@ -113,9 +117,12 @@ def test_file_without_known_checksum_loads_flagged_unverified(tmp_path, monkeypa
 
 def test_real_checksums_reject_a_lookalike(tmp_path):
     images, labels = three_digits()
-    write_mnist(tmp_path, images, labels, trusted=False)   # keeps the real MNIST md5s
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch.*"
-                                           r"6bbc9ace898e44ae57da46a324031adb"):
+    write_mnist(tmp_path, images, labels, trusted=False)  # keeps the real MNIST md5s
+    with pytest.raises(
+        DatasetError,
+        match=r"train-images-idx3-ubyte\.gz: checksum mismatch.*"
+        r"6bbc9ace898e44ae57da46a324031adb",
+    ):
         data.load("mnist", "train", root=tmp_path)
 
 
@@ -138,7 +145,7 @@ def test_checksum_is_computed_once_then_cached_until_the_file_changes(tmp_path, 
 def test_checksum_is_checked_before_the_structure(tmp_path):
     write_mnist(tmp_path, b"\x00\x00\x08\x01" + idx(DIGITS)[4:], DIGIT_LABELS, trusted=False)
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: checksum mismatch"):
-        data.load("mnist", "train", root=tmp_path)   # not "magic number": never parsed
+        data.load("mnist", "train", root=tmp_path)  # not "magic number": never parsed
 
 
 def test_checksum_cache_survives_an_unwritable_cache_folder(tmp_path, monkeypatch):
@@ -149,9 +156,12 @@ def test_checksum_cache_survives_an_unwritable_cache_folder(tmp_path, monkeypatc
 
 
 DIGITS, DIGIT_LABELS = three_digits()
-BAD_IDX = {   # images, labels, what the error says
-    "wrong magic": (b"\x00\x00\x08\x01" + idx(DIGITS)[4:], DIGIT_LABELS,
-                    "magic number is 0x00000801, expected 0x00000803"),
+BAD_IDX = {  # images, labels, what the error says
+    "wrong magic": (
+        b"\x00\x00\x08\x01" + idx(DIGITS)[4:],
+        DIGIT_LABELS,
+        "magic number is 0x00000801, expected 0x00000803",
+    ),
     "float type": (b"\x00\x00\x0d\x03" + idx(DIGITS)[4:], DIGIT_LABELS, "magic number"),
     "27 rows": (np.zeros((3, 27, 28)), DIGIT_LABELS, "images are 27x28, expected 28x28"),
     "too few pixels": (idx(DIGITS)[:-1], DIGIT_LABELS, "promises 2352 bytes .* but 2351 follow"),
@@ -165,7 +175,7 @@ BAD_IDX = {   # images, labels, what the error says
 @pytest.mark.parametrize("problem", BAD_IDX)
 def test_malformed_idx_files_raise(tmp_path, monkeypatch, problem):
     images, labels, message = BAD_IDX[problem]
-    monkeypatch.setattr(data, "CHECKSUMS", {})   # the structure checks alone must catch these
+    monkeypatch.setattr(data, "CHECKSUMS", {})  # the structure checks alone must catch these
     write_mnist(tmp_path, images, labels, gz=False, trusted=False)
     with pytest.raises(DatasetError, match=message):
         data.load("mnist", "train", root=tmp_path)
@@ -174,12 +184,15 @@ def test_malformed_idx_files_raise(tmp_path, monkeypatch, problem):
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
 def test_damaged_gzip_raises(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(data, "CHECKSUMS", {})
-    images = (np.arange(3 * 28 * 28) * 7919 % 251).reshape(3, 28, 28)   # compresses poorly
+    images = (np.arange(3 * 28 * 28) * 7919 % 251).reshape(3, 28, 28)  # compresses poorly
     path = write_mnist(tmp_path, images, DIGIT_LABELS, trusted=False)[0]
     packed = path.read_bytes()
     middle = len(packed) // 2
-    path.write_bytes(packed[:middle] if damage == "truncated"
-                     else packed[:middle] + bytes([packed[middle] ^ 0xFF]) + packed[middle + 1:])
+    path.write_bytes(
+        packed[:middle]
+        if damage == "truncated"
+        else packed[:middle] + bytes([packed[middle] ^ 0xFF]) + packed[middle + 1 :]
+    )
     with pytest.raises(DatasetError, match="images-idx3-ubyte.gz: corrupt or truncated gzip"):
         data.load("mnist", "train", root=tmp_path)
 
@@ -218,11 +231,11 @@ def test_subset_keeps_the_first_examples(tmp_path, monkeypatch):
 
 # ---- CIFAR-10, binary and python layouts ----
 
+
 def cifar_records(labels):
     """Images whose pixel (c, y, x) of image i is (i + 2c + y + x) mod 256, and one record per
     image: the label byte, then the red, green and blue planes, row-major."""
-    i, c, y, x = np.meshgrid(np.arange(len(labels)), np.arange(3), np.arange(32), np.arange(32),
-                             indexing="ij")
+    i, c, y, x = np.meshgrid(np.arange(len(labels)), np.arange(3), np.arange(32), np.arange(32), indexing="ij")
     images = ((i + 2 * c + y + x) % 256).astype(np.uint8)
     records = b"".join(bytes([label]) + images[n].tobytes() for n, label in enumerate(labels))
     return images, records
@@ -257,11 +270,14 @@ def test_cifar_train_split_concatenates_five_batches_in_order(tmp_path, two_reco
     assert [p.name for p in ds.source] == [f"data_batch_{n}.bin" for n in range(1, 6)]
 
 
-@pytest.mark.parametrize("content, message", [
-    (cifar_records([1, 2])[1][:-1], "not a whole number of 3073-byte records"),
-    (cifar_records([1, 2, 3])[1], "3 records, expected 2"),
-    (cifar_records([1, 10])[1], "label 10 at index 1 is outside 0..9"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (cifar_records([1, 2])[1][:-1], "not a whole number of 3073-byte records"),
+        (cifar_records([1, 2, 3])[1], "3 records, expected 2"),
+        (cifar_records([1, 10])[1], "label 10 at index 1 is outside 0..9"),
+    ],
+)
 def test_damaged_cifar_binary_batches_raise(tmp_path, two_record_batches, content, message):
     (tmp_path / "cifar-10-batches-bin").mkdir()
     (tmp_path / "cifar-10-batches-bin" / "test_batch.bin").write_bytes(content)
@@ -273,10 +289,13 @@ def python_batch(images, labels, numpy_module="numpy.core.multiarray"):
     """A batch shaped like the official python files: a dict with bytes keys holding a uint8
     array and lists. Protocol 3 names globals as plain text, so the module spelling of the
     array rebuilder can be set to what numpy 1 (the official files) or numpy 2 writes."""
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": list(labels),
-             b"data": images.reshape(len(images), -1), b"filenames": [b"a.png"] * len(labels)}
-    return re.sub(rb"cnumpy\._?core\.multiarray\n", f"c{numpy_module}\n".encode(),
-                  pickle.dumps(batch, protocol=3))
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": list(labels),
+        b"data": images.reshape(len(images), -1),
+        b"filenames": [b"a.png"] * len(labels),
+    }
+    return re.sub(rb"cnumpy\._?core\.multiarray\n", f"c{numpy_module}\n".encode(), pickle.dumps(batch, protocol=3))
 
 
 @pytest.mark.parametrize("numpy_module", ["numpy.core.multiarray", "numpy._core.multiarray"])
@@ -303,7 +322,7 @@ def test_a_python_batch_is_hashed_at_every_load(tmp_path, monkeypatch, two_recor
     monkeypatch.setattr(data, "md5_of", lambda content: hashed.append(1) or real_md5_of(content))
     for _ in range(2):
         assert data.load("cifar10", "test", root=tmp_path).verified
-    assert len(hashed) == 2   # the cache, trusted for IDX files, is not for pickles
+    assert len(hashed) == 2  # the cache, trusted for IDX files, is not for pickles
 
 
 class RunsACommand:
@@ -329,12 +348,15 @@ def test_a_crafted_pickle_cannot_run_code(tmp_path, monkeypatch, two_record_batc
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("batch, message", [
-    ([1, 2, 3], "expected a dict with b'data' and b'labels'"),
-    ({b"data": np.zeros((2, 3072), np.int32), b"labels": [0, 1]}, "int32 array"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "must be 2 integers"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}, "label -1 at index 1"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ([1, 2, 3], "expected a dict with b'data' and b'labels'"),
+        ({b"data": np.zeros((2, 3072), np.int32), b"labels": [0, 1]}, "int32 array"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "must be 2 integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}, "label -1 at index 1"),
+    ],
+)
 def test_malformed_python_batches_raise(tmp_path, monkeypatch, two_record_batches, batch, message):
     content = pickle.dumps(batch, protocol=3)
     (tmp_path / "cifar-10-batches-py").mkdir()
@@ -345,12 +367,16 @@ def test_malformed_python_batches_raise(tmp_path, monkeypatch, two_record_batche
 
 
 def test_missing_cifar_names_both_layouts(tmp_path):
-    with pytest.raises(DatasetError, match=r"test_batch\.bin not found .*cifar-10-batches-py"
-                                           r".*download=True"):
+    with pytest.raises(
+        DatasetError,
+        match=r"test_batch\.bin not found .*cifar-10-batches-py"
+        r".*download=True",
+    ):
         data.load("cifar10", "test", root=tmp_path)
 
 
 # ---- the device loader ----
+
 
 def dataset_of(images, labels=None, name="mnist"):
     images = torch.as_tensor(images, dtype=torch.uint8)
@@ -363,21 +389,31 @@ def as_pixels(batch):
     return (batch * 255).round().to(torch.int64)
 
 
-
-@pytest.mark.parametrize("setting, message", [
-    ({"batch_size": 0}, "batch_size=0 (need >= 1)"),
-    ({"seed": -1}, "seed=-1 (need >= 0)"),
-    ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"batch_size": 0}, "batch_size=0 (need >= 1)"),
+        ({"seed": -1}, "seed=-1 (need >= 0)"),
+        ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
+    ],
+)
 def test_loader_settings_out_of_range_are_named(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         data.DeviceLoader(dataset_of(torch.zeros(4, 1, 2, 2)), **{"batch_size": 2, "train": True, **setting})
 
 
 # All nine crops of [[10, 20], [30, 40]] zero-padded by one pixel, by hand
-CROPS = [[[0, 0], [0, 10]], [[0, 0], [10, 20]], [[0, 0], [20, 0]],
-         [[0, 10], [0, 30]], [[10, 20], [30, 40]], [[20, 0], [40, 0]],
-         [[0, 30], [0, 0]], [[30, 40], [0, 0]], [[40, 0], [0, 0]]]
+CROPS = [
+    [[0, 0], [0, 10]],
+    [[0, 0], [10, 20]],
+    [[0, 0], [20, 0]],
+    [[0, 10], [0, 30]],
+    [[10, 20], [30, 40]],
+    [[20, 0], [40, 0]],
+    [[0, 30], [0, 0]],
+    [[30, 40], [0, 0]],
+    [[40, 0], [0, 0]],
+]
 MIRRORED = [[row[::-1] for row in crop] for crop in CROPS]
 
 
@@ -397,7 +433,7 @@ def test_flips_mirror_about_half_of_the_crops():
     seen = crops_seen(flip=True)
     assert all(crop in CROPS or crop in MIRRORED for crop in seen)
     mirrored = sum(crop in MIRRORED and crop not in CROPS for crop in seen)
-    assert 100 < mirrored < 250   # of 400; mirror-symmetric crops don't count
+    assert 100 < mirrored < 250  # of 400; mirror-symmetric crops don't count
 
 
 def test_padding_is_black_before_normalisation():
@@ -450,20 +486,21 @@ def test_each_epoch_is_a_fresh_permutation_with_labels_following_images():
 
 def test_iterating_runs_successive_epochs():
     loader = indices_loader()
-    assert [epoch_order(loader), epoch_order(loader)] == [epoch_order(loader.epoch(0)),
-                                                          epoch_order(loader.epoch(1))]
+    assert [epoch_order(loader), epoch_order(loader)] == [epoch_order(loader.epoch(0)), epoch_order(loader.epoch(1))]
 
 
 def batches_equal(a, b):
-    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb)
-                                    for (xa, ya), (xb, yb) in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
 
 
 def test_resuming_mid_epoch_gives_exactly_the_remaining_batches():
     generator = torch.Generator().manual_seed(0)
-    ds = dataset_of(torch.randint(0, 256, (23, 3, 8, 8), generator=generator),
-                    torch.randint(0, 10, (23,), generator=generator), name="cifar10")
-    make = lambda: DeviceLoader(ds, 5, train=True, seed=7, crop_padding=2, flip=True)
+    ds = dataset_of(
+        torch.randint(0, 256, (23, 3, 8, 8), generator=generator),
+        torch.randint(0, 10, (23,), generator=generator),
+        name="cifar10",
+    )
+    make = partial(DeviceLoader, ds, 5, train=True, seed=7, crop_padding=2, flip=True)
     loader = make()
     assert len(loader) == 5
     for epoch in (0, 3):
@@ -482,11 +519,11 @@ def test_cuda_batches_equal_cpu_batches():
     cpu = list(DeviceLoader(ds, 128, train=True, seed=3, flip=True).epoch(2))
     cuda = list(DeviceLoader(ds, 128, train=True, device="cuda", seed=3, flip=True).epoch(2))
     assert cuda[0][0].device.type == "cuda"
-    assert all(torch.allclose(a.cpu(), b) and torch.equal(la.cpu(), lb)
-               for (a, la), (b, lb) in zip(cuda, cpu))
+    assert all(torch.allclose(a.cpu(), b) and torch.equal(la.cpu(), lb) for (a, la), (b, lb) in zip(cuda, cpu))
 
 
 # ---- the real data sets, where this machine has them ----
+
 
 def shared(path):
     if not (SHARED / path).exists():
@@ -494,12 +531,21 @@ def shared(path):
     return SHARED
 
 
-@pytest.mark.parametrize("name, folder, counts, first_labels", [
-    ("mnist", "MNIST", ([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
-                        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]),
-     [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]),
-    ("fashion-mnist", "FashionMNIST", ([6000] * 10, [1000] * 10), [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]),
-])
+@pytest.mark.parametrize(
+    "name, folder, counts, first_labels",
+    [
+        (
+            "mnist",
+            "MNIST",
+            (
+                [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+                [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+            ),
+            [5, 0, 4, 1, 9, 2, 1, 3, 1, 4],
+        ),
+        ("fashion-mnist", "FashionMNIST", ([6000] * 10, [1000] * 10), [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]),
+    ],
+)
 def test_real_idx_data_sets(monkeypatch, name, folder, counts, first_labels):
     root = shared(folder)
     train, test = data.load(name, "train", root), data.load(name, "test", root)
@@ -516,8 +562,10 @@ def test_real_idx_data_sets(monkeypatch, name, folder, counts, first_labels):
 def test_cifar_proxy_loads_but_is_reported_unverified():
     proxy = os.environ.get("MTSNN_CIFAR_PROXY")
     if not proxy:
-        pytest.skip("set MTSNN_CIFAR_PROXY to a folder made by "
-                    f"{SHARED / 'cifar10-jpeg75' / 'to_binary.py'} (needs pillow; ~15 s)")
+        pytest.skip(
+            "set MTSNN_CIFAR_PROXY to a folder made by "
+            f"{SHARED / 'cifar10-jpeg75' / 'to_binary.py'} (needs pillow; ~15 s)"
+        )
     with pytest.warns(UnverifiedDataWarning):
         test = data.load("cifar10", "test", proxy)
     assert test.images.shape == (10000, 3, 32, 32) and not test.verified

@@ -53,9 +53,9 @@ class Server:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body[:len(body) // 2] if kind == "truncated" else body)
+                    self.wfile.write(body[: len(body) // 2] if kind == "truncated" else body)
                 except ConnectionError:
-                    pass   # the client gave up waiting: what the slow case is for
+                    pass  # the client gave up waiting: what the slow case is for
 
             def log_message(self, *args):
                 pass
@@ -84,20 +84,24 @@ def unused_port_url():
 
 # ---- fetch ----
 
+
 def test_fetch_stores_a_good_file_and_shows_progress(tmp_path, server, capsys):
     server.files["/a/good.bin"] = ("ok", GOOD)
     path = fetch("good.bin", [server.url + "/a/"], tmp_path / "new", md5(GOOD), timeout=5)
     assert path == tmp_path / "new" / "good.bin" and path.read_bytes() == GOOD
-    assert list(path.parent.iterdir()) == [path]   # no temporary file left over
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left over
     assert "good.bin" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("ok", "md5 "),                         # served intact but with other content: corrupt
-    ("truncated", "truncated: received 5120 of 10240 bytes"),
-    ("missing", "HTTP 404"),
-    ("slow", "timed out"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("ok", "md5 "),  # served intact but with other content: corrupt
+        ("truncated", "truncated: received 5120 of 10240 bytes"),
+        ("missing", "HTTP 404"),
+        ("slow", "timed out"),
+    ],
+)
 def test_fetch_gives_up_on_a_bad_mirror_and_leaves_nothing(tmp_path, server, kind, reason):
     server.files["/f.bin"] = (kind, GOOD[::-1] if kind == "ok" else GOOD)
     start = time.monotonic()
@@ -111,8 +115,14 @@ def test_fetch_gives_up_on_a_bad_mirror_and_leaves_nothing(tmp_path, server, kin
 
 
 def test_fetch_tries_mirrors_in_order_until_one_serves_the_file_intact(tmp_path, server):
-    server.files.update({"/one/f.bin": ("missing", b""), "/two/f.bin": ("ok", b"corrupt"),
-                         "/three/f.bin": ("ok", GOOD), "/four/f.bin": ("ok", GOOD)})
+    server.files.update(
+        {
+            "/one/f.bin": ("missing", b""),
+            "/two/f.bin": ("ok", b"corrupt"),
+            "/three/f.bin": ("ok", GOOD),
+            "/four/f.bin": ("ok", GOOD),
+        }
+    )
     mirrors = [unused_port_url()] + [f"{server.url}/{m}/" for m in ("one", "two", "three", "four")]
     fetch("f.bin", mirrors, tmp_path, md5(GOOD), timeout=5, progress=False)
     assert server.requests == ["/one/f.bin", "/two/f.bin", "/three/f.bin"]
@@ -140,6 +150,7 @@ def test_fetch_keeps_a_good_file_and_replaces_a_bad_one(tmp_path, server):
 
 # ---- extract_tar ----
 
+
 def tar_of(*members) -> bytes:
     """A .tar.gz of (TarInfo, content or None) pairs."""
     buffer = io.BytesIO()
@@ -163,23 +174,26 @@ def test_extract_tar_unpacks_files_and_folders(tmp_path):
     assert (tmp_path / "out" / "d" / "f.txt").read_bytes() == b"hi"
 
 
-@pytest.mark.parametrize("bad, problem", [
-    (member("/tmp/evil.txt"), "an absolute path"),
-    (member("../evil.txt"), "a path with '..'"),
-    (member("d/../../evil.txt"), "a path with '..'"),
-    (member("d\\..\\..\\evil.txt"), "a path with '..'"),
-    (member("C:/evil.txt"), "an absolute path"),
-    (member("evil", tarfile.SYMTYPE, "/etc/passwd"), "a link"),
-    (member("evil", tarfile.LNKTYPE, "d/f.txt"), "a link"),
-    (member("evil", tarfile.CHRTYPE), "a device"),
-    (member("evil", tarfile.FIFOTYPE), "a device or other special file"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        (member("/tmp/evil.txt"), "an absolute path"),
+        (member("../evil.txt"), "a path with '..'"),
+        (member("d/../../evil.txt"), "a path with '..'"),
+        (member("d\\..\\..\\evil.txt"), "a path with '..'"),
+        (member("C:/evil.txt"), "an absolute path"),
+        (member("evil", tarfile.SYMTYPE, "/etc/passwd"), "a link"),
+        (member("evil", tarfile.LNKTYPE, "d/f.txt"), "a link"),
+        (member("evil", tarfile.CHRTYPE), "a device"),
+        (member("evil", tarfile.FIFOTYPE), "a device or other special file"),
+    ],
+)
 def test_extract_tar_refuses_members_that_could_escape(tmp_path, bad, problem):
     archive = tmp_path / "bad.tar.gz"
     archive.write_bytes(tar_of((member("d/f.txt"), b"fine"), (bad, b"x" if bad.isfile() else None)))
     with pytest.raises(DatasetError, match=f"refusing to unpack member .*: it is {problem}"):
         extract_tar(archive, tmp_path / "out" / "in")
-    assert not (tmp_path / "out").exists()   # checked before anything is written
+    assert not (tmp_path / "out").exists()  # checked before anything is written
     assert not (tmp_path / "evil.txt").exists()
 
 
@@ -191,6 +205,7 @@ def test_extract_tar_reports_a_damaged_archive(tmp_path):
 
 
 # ---- load(download=True) ----
+
 
 def idx(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
@@ -216,7 +231,9 @@ def test_load_downloads_missing_files_once(tmp_path, server, mnist_mirror):
     assert torch.equal(ds.images[:, 0], mnist_mirror) and ds.labels.tolist() == [4, 2]
     assert ds.verified
     assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == [
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
     requests = len(server.requests)
     data.load("mnist", "test", tmp_path, download=True)
     assert len(server.requests) == requests
@@ -255,13 +272,13 @@ def cifar_mirror(server, monkeypatch):
     def serve(archive):
         server.files["/kriz/cifar-10-binary.tar.gz"] = ("ok", archive)
         monkeypatch.setitem(data.DOWNLOADS["cifar10"], "cifar-10-binary.tar.gz", md5(archive))
+
     monkeypatch.setitem(data.MIRRORS, "cifar10", [server.url + "/kriz/"])
     monkeypatch.setattr(data, "CIFAR_RECORDS_PER_BATCH", 2)
     return serve
 
 
-def test_load_downloads_and_unpacks_cifar_and_trusts_what_it_unpacked(tmp_path, cifar_mirror,
-                                                                        recwarn):
+def test_load_downloads_and_unpacks_cifar_and_trusts_what_it_unpacked(tmp_path, cifar_mirror, recwarn):
     cifar_mirror(cifar_archive())
     train = data.load("cifar10", "train", tmp_path, download=True)
     assert train.verified and not recwarn.list
@@ -269,7 +286,10 @@ def test_load_downloads_and_unpacks_cifar_and_trusts_what_it_unpacked(tmp_path, 
     assert train.images[:, 0, 0, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert data.load("cifar10", "test", tmp_path).labels.tolist() == [5, 6]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "cache", "cifar-10-batches-bin", "cifar-10-binary.tar.gz"]   # no unpacking leftovers
+        "cache",
+        "cifar-10-batches-bin",
+        "cifar-10-binary.tar.gz",
+    ]  # no unpacking leftovers
     edited = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
     edited.write_bytes(edited.read_bytes())
     with pytest.warns(data.UnverifiedDataWarning, match="test_batch.bin"):

@@ -42,7 +42,7 @@ def test_an_snn_learns_the_direction_of_a_moving_bar_from_its_events():
     optimizer = torch.optim.Adam(net.parameters(), 0.003)
     order = torch.randperm(len(train))
     for i in range(0, len(train), 32):  # one epoch
-        frames, labels = collate([train[j] for j in order[i:i + 32]])
+        frames, labels = collate([train[j] for j in order[i : i + 32]])
         loss = F.cross_entropy(net(frames).sum(0), labels)
         optimizer.zero_grad()
         loss.backward()

@@ -9,14 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from runs import SHARED
 
 from mtsnn import cli, data, from_spec, pretrained, zoo
 from mtsnn.checkpoint import CheckpointError
 from mtsnn.config import preset
-from mtsnn.export import (RESET, S_MAX, ExportError, from_nir, from_sinabs, load_sinabs, run_sinabs, to_nir,
-                          to_sinabs)
+from mtsnn.export import RESET, S_MAX, ExportError, from_nir, from_sinabs, load_sinabs, run_sinabs, to_nir, to_sinabs
 from mtsnn.train import Run
-from runs import SHARED
 
 sinabs = pytest.importorskip("sinabs")
 nir = pytest.importorskip("nir")
@@ -87,17 +86,28 @@ def test_an_integrate_and_fire_network_becomes_sinabs_iaf_and_comes_back_exactly
 def test_sinabs_layers_mtsnn_cannot_represent_are_refused_by_name():
     sl = sinabs.layers
     from sinabs.activation import MaxSpike, MembraneReset, MultiSpike
+
     cases = [
         ([torch.nn.Linear(4, 3), sl.IAFSqueeze(spike_fn=MultiSpike, num_timesteps=2)], "no bound on spikes per step"),
-        ([torch.nn.Linear(4, 3), sl.IAFSqueeze(spike_fn=MaxSpike(2), reset_fn=MembraneReset(), num_timesteps=2)],
-         "resets by"),
+        (
+            [torch.nn.Linear(4, 3), sl.IAFSqueeze(spike_fn=MaxSpike(2), reset_fn=MembraneReset(), num_timesteps=2)],
+            "resets by",
+        ),
         ([torch.nn.Linear(4, 3), sl.LIFSqueeze(tau_mem=5.0, spike_fn=MaxSpike(2), num_timesteps=2)], "norm_input"),
         ([torch.nn.Linear(4, 3), sl.IAFSqueeze(spike_fn=MaxSpike(2), min_v_mem=-1.0, num_timesteps=2)], "min_v_mem"),
         ([torch.nn.Conv2d(1, 2, 3, stride=2), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2)], "stride"),
-        ([torch.nn.Conv2d(1, 2, 3, padding=1), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2),
-          sl.SumPool2d(2)], "sums spikes"),
-        ([torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2)],
-         "two weight layers"),
+        (
+            [
+                torch.nn.Conv2d(1, 2, 3, padding=1),
+                sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2),
+                sl.SumPool2d(2),
+            ],
+            "sums spikes",
+        ),
+        (
+            [torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2)],
+            "two weight layers",
+        ),
     ]
     for layers, message in cases:
         with pytest.raises(ExportError, match=message):
@@ -120,14 +130,28 @@ def test_nir_round_trips_of_a_shipped_model_and_a_cnn_give_identical_spikes(trai
 
 def test_the_graph_uses_standard_nodes_and_keeps_s_max_in_metadata_with_one_warning(trained_cnn):
     import mtsnn.export as export
+
     export._warned = False
     with pytest.warns(UserWarning, match="single-spike, reset-to-zero neuron") as said:
         graph = to_nir(trained_cnn)
         to_nir(trained_cnn)
     assert len([w for w in said if "single-spike" in str(w.message)]) == 1
     kinds = [type(node).__name__ for node in graph.nodes.values()]
-    assert kinds == ["Input", "Conv2d", "LIF", "AvgPool2d", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "LIF",
-                     "Affine", "LIF", "Output"]
+    assert kinds == [
+        "Input",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Conv2d",
+        "LIF",
+        "AvgPool2d",
+        "Flatten",
+        "Affine",
+        "LIF",
+        "Affine",
+        "LIF",
+        "Output",
+    ]
     assert graph.edges == list(zip(graph.nodes, list(graph.nodes)[1:]))
     lif = graph.nodes["1"]
     assert lif.metadata == {S_MAX: 15, RESET: "subtract"} and graph.metadata["mtsnn_num_steps"] == 2
@@ -176,10 +200,13 @@ def test_a_foreign_graph_imports_as_the_single_spike_neuron_it_describes():
     assert [b.params.s_max for b in net.blocks()] == [1, 1] and net.blocks()[0].params.tau_m == 2.0
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"tau": lambda n: np.linspace(2, 3, n)}, "tau differs between neurons"),
-    ({"v_leak": lambda n: np.ones(n)}, "leaks towards v_leak != 0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tau": lambda n: np.linspace(2, 3, n)}, "tau differs between neurons"),
+        ({"v_leak": lambda n: np.ones(n)}, "leaks towards v_leak != 0"),
+    ],
+)
 def test_a_foreign_graph_mtsnn_cannot_represent_is_refused_naming_the_node(change, message):
     layers = [(torch.randn(4, 3), torch.zeros(4), 5.0, 1.0, 1.0)]
     with pytest.raises(ExportError, match=f"node 'lif0': {message}"):
@@ -194,11 +221,14 @@ def test_a_foreign_reset_to_v_reset_or_sum_pooling_or_no_step_count_is_refused()
     graph.nodes["lif0"].v_reset = np.zeros(4)  # as nir >= 1.0.5 writes every LIF
     with pytest.raises(ExportError, match="node 'lif0': resets to v_reset"):
         from_nir(graph, num_steps=2)
-    pooled = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([1, 4, 4])}),
-                                 "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
-                                                       padding=np.array([0, 0])),
-                                 "output": nir.Output(output_type={"output": np.array([1, 2, 2])})},
-                          edges=[("input", "pool"), ("pool", "output")])
+    pooled = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([1, 4, 4])}),
+            "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+            "output": nir.Output(output_type={"output": np.array([1, 2, 2])}),
+        },
+        edges=[("input", "pool"), ("pool", "output")],
+    )
     with pytest.raises(ExportError, match="node 'pool': NIR SumPool2d has no counterpart .*sums spikes"):
         from_nir(pooled, num_steps=2)
 
@@ -218,8 +248,9 @@ def test_cli_export_writes_files_that_load_back_to_the_same_spikes(tmp_path, cap
 
 
 @needs_mnist
-def test_eval_of_a_shipped_model_prints_its_recorded_accuracy_and_refuses_changed_weights(tmp_path, capsys,
-                                                                                          monkeypatch):
+def test_eval_of_a_shipped_model_prints_its_recorded_accuracy_and_refuses_changed_weights(
+    tmp_path, capsys, monkeypatch
+):
     assert cli.main(["eval", "pretrained:fmnist-mlp", "--json", "--data-root", str(SHARED)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["test_acc"] == report["recorded_test_acc"] == zoo.record("fmnist-mlp")["test_acc"]

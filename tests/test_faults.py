@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done
 
 from mtsnn import cli
 from mtsnn.rundir import LOCK
-from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done
 
 CHECKPOINT = "checkpoint.safetensors"
 OUTCOMES: dict[str, list[str]] = {"resumed exactly": [], "refused clearly": []}
@@ -58,7 +58,7 @@ def regions(path: Path) -> dict[str, tuple[int, int]]:
     """Byte ranges [begin, end) of the file: header (with its length), weights, optimizer state."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     spans = {"weights": [], "optimizer": []}
     for name, info in header.items():
         kind = "weights" if name.startswith("model/") else "optimizer" if name.startswith("optim/") else None
@@ -117,8 +117,10 @@ def test_a_full_disk_stops_the_run_keeps_its_checkpoint_and_it_resumes_exactly(o
         cp -r {disk}/run {out}""")
     text = result.stdout
     assert result.returncode == 0 and "rc=1" in text and "checkpoint intact" in text, text + result.stderr
-    assert (f"cannot write {disk}/run/{CHECKPOINT}: No space left on device. The last checkpoint, "
-            f"{disk}/run/{CHECKPOINT}, holds the run at the end of epoch 1") in text, text
+    assert (
+        f"cannot write {disk}/run/{CHECKPOINT}: No space left on device. The last checkpoint, "
+        f"{disk}/run/{CHECKPOINT}, holds the run at the end of epoch 1"
+    ) in text, text
     assert ".tmp" not in text and "Traceback" not in text, text  # no temporary file left behind
     code, said = mtsnn_done("train", "--resume", out, "--epochs", "2")
     judge("disk full, then resumed", code, said, out, two_epochs)
@@ -155,8 +157,23 @@ def test_two_trainers_started_at_once_one_trains_and_one_is_refused(one_epoch, t
 
 
 def test_sigkill_at_random_moments_then_resume_reaches_the_uninterrupted_run(tmp_path):
-    args = ["train", "fmnist-mlp", "--epochs", "2", "--train-limit", "2048", "--test-limit", "500", "--deterministic",
-            "--seed", "5", "--schedule", "cosine", "--warmup-epochs", "0.5"]
+    args = [
+        "train",
+        "fmnist-mlp",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "2048",
+        "--test-limit",
+        "500",
+        "--deterministic",
+        "--seed",
+        "5",
+        "--schedule",
+        "cosine",
+        "--warmup-epochs",
+        "0.5",
+    ]
     reference = tmp_path / "reference"
     code, out = mtsnn_done(*args, "--run-dir", reference)
     assert code == 0, out
@@ -171,7 +188,8 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_uninterrupted_run(tmp
         p.kill()
         p.wait()
         OUTCOMES["resumed exactly"].append(f"SIGKILL {kill + 1} of 4")  # judged by the final comparison
-    code, out = mtsnn_done(*(["train", "--resume", run_dir] if (run_dir / CHECKPOINT).exists()
-                             else [*args, "--run-dir", run_dir]))
+    code, out = mtsnn_done(
+        *(["train", "--resume", run_dir] if (run_dir / CHECKPOINT).exists() else [*args, "--run-dir", run_dir])
+    )
     assert code == 0 and "Traceback" not in out, out
     assert_same_run(run_dir, reference)

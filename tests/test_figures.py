@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from runs import SHARED
 
 from mtsnn import cli
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
 from mtsnn.sweep import SWEEPS, point_dir, run_sweep
 from mtsnn.train import Run
-from runs import SHARED
 
 pytest.importorskip("matplotlib")
 
@@ -29,6 +29,7 @@ def data_boxes(fig):
     import numpy as np
     from matplotlib.collections import LineCollection
     from matplotlib.transforms import Bbox
+
     boxes = []
     for ax in fig.axes:
         for line in ax.get_lines():
@@ -49,6 +50,7 @@ def data_boxes(fig):
 @pytest.mark.parametrize("name", ["fig1", "fig4", "fig5"])
 def test_no_legend_covers_what_the_figure_draws(tmp_path, monkeypatch, name):
     from mtsnn import figures
+
     seen = []
     save = figures._save
 
@@ -115,10 +117,13 @@ def test_a_sweep_accepts_a_held_setting_repeated(tmp_path, monkeypatch):
     assert all(cfg.T == 1 and cfg.epochs == 3 for cfg in started)
 
 
-@pytest.mark.parametrize("arguments, change", [
-    (["--lr", "0.001"], "lr=0.005 to 0.001"),        # a setting given anew
-    (["--preset", "mnist-mlp"], "preset='fmnist-mlp' to 'mnist-mlp'"),   # a preset's own setting, not given
-])
+@pytest.mark.parametrize(
+    "arguments, change",
+    [
+        (["--lr", "0.001"], "lr=0.005 to 0.001"),  # a setting given anew
+        (["--preset", "mnist-mlp"], "preset='fmnist-mlp' to 'mnist-mlp'"),  # a preset's own setting, not given
+    ],
+)
 def test_a_stopped_sweep_point_resumes_only_with_its_own_settings(tmp_path, capsys, arguments, change):
     point = point_dir(tmp_path, "fig9", 1)
     point.mkdir(parents=True)

@@ -33,8 +33,9 @@ def test_fused_forward_and_paper_backward(surrogate):
 def test_fused_bptt_backward(surrogate, grad_mode):
     p = LIFParams(surrogate=surrogate, grad_mode=grad_mode, alpha_h=0.1)
     current, grad = inputs(1)
-    torch.testing.assert_close(compiled(bptt_backward)(grad, current, p), bptt_backward(grad, current, p),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        compiled(bptt_backward)(grad, current, p), bptt_backward(grad, current, p), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_direct_input_fused():
@@ -47,8 +48,9 @@ def test_direct_input_fused():
     for got, want in zip(compiled(paper_backward)(grad, current, p, steps), paper_backward(grad, repeated, p)):
         torch.testing.assert_close(got, want.sum(0), rtol=1e-5, atol=1e-6)
     p = LIFParams(grad_mode="bptt-detach")
-    torch.testing.assert_close(compiled(bptt_backward)(grad, current, p, steps),
-                               bptt_backward(grad, repeated, p).sum(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        compiled(bptt_backward)(grad, current, p, steps), bptt_backward(grad, repeated, p).sum(0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_backend_choice(monkeypatch):
@@ -99,9 +101,9 @@ def test_out_of_memory_is_raised_and_keeps_the_compiled_backend(monkeypatch):
 
 def test_an_error_of_the_call_itself_is_raised_and_keeps_the_compiled_backend(monkeypatch):
     monkeypatch.setattr(neuron, "_backend", "inductor")
-    run = neuron._with_eager_fallback(lif_forward, lif_forward)   # the "compiled" one fails alike
+    run = neuron._with_eager_fallback(lif_forward, lif_forward)  # the "compiled" one fails alike
     with pytest.raises(AttributeError, match="decay"):
-        run(torch.ones(2, 3), None, None)   # no neuron settings: eager fails too
+        run(torch.ones(2, 3), None, None)  # no neuron settings: eager fails too
     assert neuron.neuron_backend() == "inductor"
 
 
@@ -115,7 +117,9 @@ def count_compiles(monkeypatch):
     def counting(gm, example_inputs):
         graphs.append(gm)
         from torch._inductor.compile_fx import compile_fx
+
         return compile_fx(gm, example_inputs)
+
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
     return graphs
@@ -123,9 +127,22 @@ def count_compiles(monkeypatch):
 
 def test_twelve_shapes_compile_twice_per_function_and_never_reach_the_recompile_limit(monkeypatch, caplog):
     from mtsnn import MultiThresholdLIF
+
     graphs = count_compiles(monkeypatch)
-    shapes = [(2, 8, 10), (2, 16, 10), (2, 4, 3, 5, 5), (2, 6, 3, 5, 5), (2, 32, 100), (2, 3, 7),
-              (2, 9, 2, 4, 4), (2, 5, 11), (2, 2, 3, 3), (2, 7, 3, 3), (2, 1, 4, 6, 6, 2), (2, 13)]
+    shapes = [
+        (2, 8, 10),
+        (2, 16, 10),
+        (2, 4, 3, 5, 5),
+        (2, 6, 3, 5, 5),
+        (2, 32, 100),
+        (2, 3, 7),
+        (2, 9, 2, 4, 4),
+        (2, 5, 11),
+        (2, 2, 3, 3),
+        (2, 7, 3, 3),
+        (2, 1, 4, 6, 6, 2),
+        (2, 13),
+    ]
     for shape in shapes:
         current = (torch.randn(*shape) * 20).requires_grad_()
         spikes = MultiThresholdLIF()(current)

@@ -7,16 +7,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import full_f1, full_f2, full_f3
 
 import mtsnn
 from mtsnn.layers import SpikingConv2d, SpikingLinear
 from mtsnn.models import FlattenFeatures, TimePool2d
-from reference import full_f1, full_f2, full_f3
 
 # Table 1's neuron, and two others that change every setting the gradients depend on
 TABLE_1 = dict(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0)
-OTHER_NEURONS = [dict(v_th=4.0, tau_m=4.0, s_max=5, surrogate="f1", alpha_h=0.5, alpha_w=8.0),
-                 dict(v_th=2.0, tau_m=2.0, s_max=3, surrogate="f3", alpha_h=1.5, alpha_w=20.0)]
+OTHER_NEURONS = [
+    dict(v_th=4.0, tau_m=4.0, s_max=5, surrogate="f1", alpha_h=0.5, alpha_w=8.0),
+    dict(v_th=2.0, tau_m=2.0, s_max=3, surrogate="f3", alpha_h=1.5, alpha_w=20.0),
+]
 REFERENCE_CURVES = {"f1": full_f1, "f2": full_f2, "f3": full_f3}
 
 
@@ -25,15 +27,20 @@ def beta(neuron):
 
 
 def curve(neuron, v):
-    return REFERENCE_CURVES[neuron["surrogate"]](v, neuron["alpha_h"], neuron["alpha_w"], neuron["v_th"],
-                                                 neuron["s_max"])
+    return REFERENCE_CURVES[neuron["surrogate"]](
+        v, neuron["alpha_h"], neuron["alpha_w"], neuron["v_th"], neuron["s_max"]
+    )
 
 
 def staircase(neuron, v):
     return torch.clamp(torch.floor(v / neuron["v_th"]), 0, neuron["s_max"])
-NETWORKS = [("20-12-8-5", (1, 4, 5), 5, "avg"),        # MLP with two hidden layers
-            ("3C3-P2-4C3-6", (2, 8, 8), 4, "avg"),      # small CNN with pooling
-            ("3C3-P2-4C3-6", (2, 8, 8), 4, "max")]
+
+
+NETWORKS = [
+    ("20-12-8-5", (1, 4, 5), 5, "avg"),  # MLP with two hidden layers
+    ("3C3-P2-4C3-6", (2, 8, 8), 4, "avg"),  # small CNN with pooling
+    ("3C3-P2-4C3-6", (2, 8, 8), 4, "max"),
+]
 
 
 class _StaircaseWithSurrogate(torch.autograd.Function):
@@ -59,7 +66,7 @@ def step_forward(net, images, T, reset_detached=None, neuron=TABLE_1):
     u = {}
     rec = {i: {"x": [], "v": [], "s": []} for i in range(len(net.layers))}
     out = []
-    for t in range(T):
+    for _ in range(T):
         x = images
         for i, layer in enumerate(net.layers):
             rec[i]["x"].append(x)
@@ -93,8 +100,9 @@ def eq6_loss(out, target):
 
 def make(spec, shape, classes, pooling, grad_mode, T, seed=0, neuron=TABLE_1):
     torch.manual_seed(seed)
-    net = mtsnn.from_spec(spec, shape, classes, pooling=pooling, grad_mode=grad_mode, num_steps=T,
-                          init="kaiming", **neuron).double()  # fires in these tiny layers
+    net = mtsnn.from_spec(
+        spec, shape, classes, pooling=pooling, grad_mode=grad_mode, num_steps=T, init="kaiming", **neuron
+    ).double()  # fires in these tiny layers
     images = torch.randn(8, *shape, dtype=torch.float64) * 3
     target = torch.rand(T, 8, classes, dtype=torch.float64) * 3
     return net, images, target

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from runs import SHARED
 
 from mtsnn import cli, data, from_spec, zoo
 from mtsnn.integer import IntegerNetwork
-from runs import SHARED
 
 needs_data = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
 
@@ -26,7 +26,7 @@ def reference(integer: IntegerNetwork, pixels: np.ndarray, steps: int) -> np.nda
             elif kind == "pool":
                 k, mode = layer
                 b, c, h, w = x.shape
-                windows = x[:, :, :h // k * k, :w // k * k].reshape(b, c, h // k, k, w // k, k)
+                windows = x[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
                 x = windows.sum((3, 5)) if mode == "avg" else windows.max((3, 5))
             else:
                 weight = layer.weight.numpy().astype(np.int64)
@@ -38,14 +38,14 @@ def reference(integer: IntegerNetwork, pixels: np.ndarray, steps: int) -> np.nda
                     acc = np.zeros((len(x), weight.shape[0], x.shape[2], x.shape[3]), dtype=np.int64)
                     for dy in range(k):
                         for dx in range(k):
-                            patch = padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+                            patch = padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
                             acc += np.einsum("bchw,oc->bohw", patch, weight[:, :, dy, dx])
                 shape = (-1,) + (1,) * (acc.ndim - 2)
                 theta = layer.theta.numpy().reshape(shape)
                 bias = layer.bias.numpy() if layer.bias.dim() > 1 else layer.bias.numpy().reshape(shape)
                 u = potentials.get(index, np.zeros_like(acc))
                 if layer.leak is not None:
-                    u = (u * layer.leak + 2 ** 15) >> 16
+                    u = (u * layer.leak + 2**15) >> 16
                 v = u + acc + bias
                 x = np.clip(np.floor_divide(v, theta), 0, layer.s_max)
                 potentials[index] = v - x * theta
@@ -81,12 +81,13 @@ def test_quantities_of_a_one_layer_network_by_hand():
     assert block.bias.tolist() == [51, 0, -76]  # round(0.2 / (0.5/127)) = round(50.8), round(-76.2)
     assert block.leak == 58982  # round(0.9 * 2^16)
     # one step for input (20, 3): channel 1 gets 64*20 + 127*3 = 1661 -> 2 spikes of 635, 391 left
-    spikes, potential = block.neuron(torch.tensor([[64 * 20 + 127 * 3]]).expand(1, 3) * torch.tensor([0, 1, 0]),
-                                     torch.zeros(1, 3, dtype=torch.long))
+    spikes, potential = block.neuron(
+        torch.tensor([[64 * 20 + 127 * 3]]).expand(1, 3) * torch.tensor([0, 1, 0]), torch.zeros(1, 3, dtype=torch.long)
+    )
     assert spikes[0, 1] == 2 and potential[0, 1] == 1661 - 2 * 635
     # the next step leaks it: (391 * 58982 + 2^15) >> 16 = 352
     _, leaked = block.neuron(torch.zeros(1, 3, dtype=torch.long), potential)
-    assert leaked[0, 1] == (391 * 58982 + 2 ** 15) >> 16 == 352
+    assert leaked[0, 1] == (391 * 58982 + 2**15) >> 16 == 352
     assert math.isclose(352 / 391, 0.9, abs_tol=2e-3)
 
 

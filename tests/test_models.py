@@ -19,9 +19,21 @@ PAPER_SPECS = [
     ("784-400-400-10", (1, 28, 28), [(400, 784), (400, 400), (10, 400)], 478410),
     ("15C5-P2-40C5-P2-300", (1, 28, 28), [(15, 1, 5, 5), (40, 15, 5, 5), (300, 1960), (10, 300)], 606740),
     ("32C5-P2-64C5-P2-1024", (1, 28, 28), [(32, 1, 5, 5), (64, 32, 5, 5), (1024, 3136), (10, 1024)], 3274634),
-    ("96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", (3, 32, 32),
-     [(96, 3, 3, 3), (256, 96, 3, 3), (384, 256, 3, 3), (384, 384, 3, 3), (256, 384, 3, 3),
-      (1024, 16384), (1024, 1024), (10, 1024)], 21159818),
+    (
+        "96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024",
+        (3, 32, 32),
+        [
+            (96, 3, 3, 3),
+            (256, 96, 3, 3),
+            (384, 256, 3, 3),
+            (384, 384, 3, 3),
+            (256, 384, 3, 3),
+            (1024, 16384),
+            (1024, 1024),
+            (10, 1024),
+        ],
+        21159818,
+    ),
 ]
 
 
@@ -68,12 +80,25 @@ def test_inits_follow_their_distributions():
     assert kaiming.mean().abs() < 0.01 and kaiming.std().item() == pytest.approx(10 * (2 / 784) ** 0.5, rel=0.01)
     paper = mtsnn.from_spec("784-800-10", (1, 28, 28), 10).blocks()[0].weight  # the default
     # eq. (17): N(V_th / N_{l-1}, 0.5^2)
-    assert paper.mean().item() == pytest.approx(10 / 784, abs=0.003) and paper.std().item() == pytest.approx(0.5, rel=0.01)
+    assert paper.mean().item() == pytest.approx(10 / 784, abs=0.003) and paper.std().item() == pytest.approx(
+        0.5, rel=0.01
+    )
 
 
-@pytest.mark.parametrize("spec, bad", [("15C-P2", "'15C'"), ("0-10", "'0'"), ("P2-10", "'P2'"),
-                                      ("784-0-10", "'0'"), ("784-x-10", "'x'"), ("16C4-10", "'16C4'"),
-                                      ("100-10", "'100'"), ("10-4C3", "'4C3'"), ("4C3-P64-10", "'P64'")])
+@pytest.mark.parametrize(
+    "spec, bad",
+    [
+        ("15C-P2", "'15C'"),
+        ("0-10", "'0'"),
+        ("P2-10", "'P2'"),
+        ("784-0-10", "'0'"),
+        ("784-x-10", "'x'"),
+        ("16C4-10", "'16C4'"),
+        ("100-10", "'100'"),
+        ("10-4C3", "'4C3'"),
+        ("4C3-P64-10", "'P64'"),
+    ],
+)
 def test_malformed_specs_name_the_bad_token(spec, bad):
     with pytest.raises(ValueError, match=bad):
         mtsnn.from_spec(spec, (1, 28, 28), 10)
@@ -136,11 +161,15 @@ def test_flatten_features_orders_c_h_w_and_returns_its_gradient_in_the_input_lay
     assert grad.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-@pytest.mark.parametrize("make_input, channels_last_grad", [
-    (lambda: torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last), True),  # ANN twin: [B, C, H, W]
-    (lambda: torch.randn(3, 4, 6, 5).transpose(-1, -2), False),  # neither contiguous nor channels-last
-    (lambda: torch.randn(4, 5, 6), False),  # one unbatched image
-], ids=["4-D channels-last", "transposed", "3-D"])
+@pytest.mark.parametrize(
+    "make_input, channels_last_grad",
+    [
+        (lambda: torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last), True),  # ANN twin: [B, C, H, W]
+        (lambda: torch.randn(3, 4, 6, 5).transpose(-1, -2), False),  # neither contiguous nor channels-last
+        (lambda: torch.randn(4, 5, 6), False),  # one unbatched image
+    ],
+    ids=["4-D channels-last", "transposed", "3-D"],
+)
 def test_flatten_features_gradient_equals_a_plain_flatten(make_input, channels_last_grad):
     x = make_input().double().requires_grad_()
     upstream = torch.randn(x.shape[:-3] + (x.shape[-3] * x.shape[-2] * x.shape[-1],), dtype=torch.double)
@@ -152,12 +181,15 @@ def test_flatten_features_gradient_equals_a_plain_flatten(make_input, channels_l
     assert grad.is_contiguous() != channels_last_grad
 
 
-@pytest.mark.parametrize("block, shape, num_steps, expected", [
-    (SpikingLinear(784, 10), (128, 784), None, r"\[T, B, in_features\] with in_features=784, got \(128, 784\)"),
-    (SpikingLinear(784, 10), (2, 128, 100), None, r"in_features=784, got \(2, 128, 100\)"),
-    (SpikingConv2d(1, 4, 3), (2, 8, 3, 28, 28), None, r"\[T, B, in_channels, H, W\] with in_channels=1"),
-    (SpikingConv2d(1, 4, 3), (2, 8, 1, 28, 28), 2, r"\[B, in_channels, H, W\] with in_channels=1"),
-])
+@pytest.mark.parametrize(
+    "block, shape, num_steps, expected",
+    [
+        (SpikingLinear(784, 10), (128, 784), None, r"\[T, B, in_features\] with in_features=784, got \(128, 784\)"),
+        (SpikingLinear(784, 10), (2, 128, 100), None, r"in_features=784, got \(2, 128, 100\)"),
+        (SpikingConv2d(1, 4, 3), (2, 8, 3, 28, 28), None, r"\[T, B, in_channels, H, W\] with in_channels=1"),
+        (SpikingConv2d(1, 4, 3), (2, 8, 1, 28, 28), 2, r"\[B, in_channels, H, W\] with in_channels=1"),
+    ],
+)
 def test_blocks_name_the_input_shape_they_need(block, shape, num_steps, expected):
     with pytest.raises(ValueError, match=expected):
         block(torch.zeros(shape), num_steps=num_steps)

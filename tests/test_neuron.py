@@ -82,11 +82,19 @@ def test_step_matches_the_multi_step_forward():
     assert s.item() == 3 and u.item() == 5
 
 
-@pytest.mark.parametrize("kwargs, names", [
-    ({"s_max": 0}, "s_max=0"), ({"v_th": 0.0}, "v_th=0.0"), ({"v_th": -1.0}, "v_th=-1.0"),
-    ({"tau_m": 0.5}, "tau_m=0.5"), ({"surrogate": "f9"}, "'f9'"), ({"grad_mode": "magic"}, "'magic'"),
-    ({"s_max": 2.5}, "s_max=2.5"), ({"alpha_w": 0.0}, "alpha_w"),
-])
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"s_max": 0}, "s_max=0"),
+        ({"v_th": 0.0}, "v_th=0.0"),
+        ({"v_th": -1.0}, "v_th=-1.0"),
+        ({"tau_m": 0.5}, "tau_m=0.5"),
+        ({"surrogate": "f9"}, "'f9'"),
+        ({"grad_mode": "magic"}, "'magic'"),
+        ({"s_max": 2.5}, "s_max=2.5"),
+        ({"alpha_w": 0.0}, "alpha_w"),
+    ],
+)
 def test_bad_settings_name_the_value(kwargs, names):
     with pytest.raises(ValueError, match=names.replace("(", r"\(")):
         MultiThresholdLIF(**kwargs)
@@ -117,6 +125,7 @@ def test_the_neuron_keeps_only_its_input_current_for_backward():
 
 def test_a_paper_block_keeps_its_input_weight_and_current():
     from mtsnn.layers import SpikingLinear
+
     block, x = SpikingLinear(4, 5), torch.rand(2, 3, 4).requires_grad_()
     saved = _saved_for_backward(lambda: block(x))
     # the input, the current (as the kernels' rows [T, B * 5]) and the weight: nothing else

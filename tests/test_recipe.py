@@ -8,16 +8,26 @@ import math
 
 import pytest
 import torch
+from runs import SHARED
 
-from mtsnn import cli
-from mtsnn import data
+from mtsnn import cli, data
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import FAST, PRESETS, TrainConfig, dump_toml, load_toml, preset
 from mtsnn.evaluate import keep_weights
 from mtsnn.models import from_spec
-from mtsnn.train import (OutputCurrent, Run, _state_tensors, build_model, finish, learning_rate, loss_fn, predict,
-                         make_optimizer, read_metrics)
-from runs import SHARED
+from mtsnn.train import (
+    OutputCurrent,
+    Run,
+    _state_tensors,
+    build_model,
+    finish,
+    learning_rate,
+    loss_fn,
+    make_optimizer,
+    predict,
+    read_metrics,
+)
+
 
 def test_the_paper_recipe_keeps_one_constant_rate():
     cfg = TrainConfig(lr=0.005, epochs=3)
@@ -32,16 +42,17 @@ def test_warm_up_is_linear_from_the_first_step_then_the_cosine_ends_at_zero():
     assert learning_rate(cfg, 9, 10) == pytest.approx(0.01)
     # then 20 steps of cosine: p = (step - 10) / 20
     assert learning_rate(cfg, 10, 10) == pytest.approx(0.01)
-    assert learning_rate(cfg, 20, 10) == pytest.approx(0.005)              # p = 1/2: half the rate
+    assert learning_rate(cfg, 20, 10) == pytest.approx(0.005)  # p = 1/2: half the rate
     assert learning_rate(cfg, 15, 10) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)) / 2)
     assert learning_rate(cfg, 29, 10) == pytest.approx(0.01 * (1 + math.cos(math.pi * 19 / 20)) / 2)
-    assert learning_rate(cfg, 30, 10) == pytest.approx(0.0, abs=1e-12)   # one past the end stays at 0
+    assert learning_rate(cfg, 30, 10) == pytest.approx(0.0, abs=1e-12)  # one past the end stays at 0
 
 
 def test_warm_up_also_works_before_a_constant_rate():
     cfg = TrainConfig(lr=0.004, epochs=5, warmup_epochs=0.5)  # 8 steps per epoch: 4 steps of warm-up
-    assert [learning_rate(cfg, step, 8) for step in range(6)] == pytest.approx([0.001, 0.002, 0.003, 0.004,
-                                                                                0.004, 0.004])
+    assert [learning_rate(cfg, step, 8) for step in range(6)] == pytest.approx(
+        [0.001, 0.002, 0.003, 0.004, 0.004, 0.004]
+    )
 
 
 def test_weight_decay_is_decoupled_from_the_gradient():
@@ -79,16 +90,21 @@ def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
         tiny_dataset().hold_out(n)
 
 
-@pytest.mark.parametrize("override, message", [({"schedule": "linear"}, "schedule='linear'"),
-                                               ({"warmup_epochs": -1.0}, "warmup_epochs=-1.0"),
-                                               ({"warmup_epochs": 300.0}, "warmup_epochs=300.0"),
-                                               ({"weight_decay": math.nan}, "weight_decay=nan"),
-                                               ({"val_holdout": -5}, "val_holdout=-5"),
-                                               ({"recipe": "slow"}, "recipe 'slow'"),
-                                               ({"output_floor": -1.0}, "output_floor=-1.0"),
-                                               ({"output_floor": 1.0, "ann": True}, "output_floor=1.0 with ann=True"),
-                                               ({"readout": "potential"}, "readout=.potential."),
-                                               ({"readout": "residual", "ann": True}, "readout=.residual. with ann")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"schedule": "linear"}, "schedule='linear'"),
+        ({"warmup_epochs": -1.0}, "warmup_epochs=-1.0"),
+        ({"warmup_epochs": 300.0}, "warmup_epochs=300.0"),
+        ({"weight_decay": math.nan}, "weight_decay=nan"),
+        ({"val_holdout": -5}, "val_holdout=-5"),
+        ({"recipe": "slow"}, "recipe 'slow'"),
+        ({"output_floor": -1.0}, "output_floor=-1.0"),
+        ({"output_floor": 1.0, "ann": True}, "output_floor=1.0 with ann=True"),
+        ({"readout": "potential"}, "readout=.potential."),
+        ({"readout": "residual", "ann": True}, "readout=.residual. with ann"),
+    ],
+)
 def test_bad_recipe_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("mnist-mlp", **override)
@@ -121,8 +137,11 @@ def test_cli_applies_the_recipe_then_the_config_file_then_the_command_line(tmp_p
 
 def test_a_finished_run_saved_before_the_recipe_settings_existed_is_kept(tmp_path):
     cfg = preset("mnist-mlp", epochs=1)
-    old = {k: v for k, v in dataclasses.asdict(cfg).items()
-           if k not in ("schedule", "warmup_epochs", "weight_decay", "recipe", "val_holdout")}
+    old = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("schedule", "warmup_epochs", "weight_decay", "recipe", "val_holdout")
+    }
     (tmp_path / "config.toml").write_text(dump_toml(old))
     (tmp_path / "summary.json").write_text(json.dumps({"test_acc": 98.0, "epochs": 1}))
     assert finish(cfg, tmp_path, log=lambda *a: None)["test_acc"] == 98.0
@@ -137,6 +156,7 @@ def test_a_validation_run_scores_the_held_out_images_and_never_reads_the_test_se
     def train_split_only(name, split, *args, **kwargs):
         assert split == "train", "a run with val_holdout read the test set"
         return load(name, split, *args, **kwargs)
+
     monkeypatch.setattr(data, "load", train_split_only)
     cfg = preset("mnist-mlp", recipe="fast", epochs=2, train_limit=2000, val_holdout=1000, data_root=str(SHARED))
     run = Run.start(cfg, tmp_path / "run", log=lambda *a: None)
@@ -149,7 +169,7 @@ def test_a_validation_run_scores_the_held_out_images_and_never_reads_the_test_se
 
 def test_the_output_floor_adds_the_true_class_current_missing_below_threshold():
     cfg = TrainConfig(v_th=10.0, output_floor=2.0)
-    out, labels = torch.zeros(2, 1, 3), torch.tensor([1])   # [T=2, B=1, 3], every output silent
+    out, labels = torch.zeros(2, 1, 3), torch.tensor([1])  # [T=2, B=1, 3], every output silent
     current = torch.tensor([[[0.0, 4.0, 30.0]], [[0.0, 12.0, 30.0]]])  # true class 1: 6 below, then 2 above
     # eq. (6): 1/2 (5^2 + 5^2) = 25; the floor: 2 * (relu(10 - 4) + relu(10 - 12)) = 12
     assert loss_fn(out, labels, cfg, current).item() == pytest.approx(37.0)
@@ -163,7 +183,7 @@ def silent_class_network():
     torch.manual_seed(0)
     model = from_spec("4-6-3", (1, 2, 2), 3, num_steps=2)
     with torch.no_grad():
-        model.blocks()[0].weight.uniform_(0.0, 8.0)   # hidden neurons fire on these inputs
+        model.blocks()[0].weight.uniform_(0.0, 8.0)  # hidden neurons fire on these inputs
         model.blocks()[-1].weight[1].zero_()
         model.blocks()[-1].bias[1] = -100.0
     return model, torch.rand(5, 1, 2, 2) * 3, torch.ones(5, dtype=torch.long)
@@ -180,7 +200,7 @@ def test_a_silent_true_class_gets_a_gradient_from_the_floor_and_none_from_eq6(gr
     assert output.weight.grad[1].abs().sum() == 0 and output.bias.grad[1] == 0  # f2(-100) = 0: stuck
     model.zero_grad()
     with OutputCurrent(model) as output_current:
-        hidden = model.blocks()[0](images.flatten(1), num_steps=2).detach()   # [T, B, 6]
+        hidden = model.blocks()[0](images.flatten(1), num_steps=2).detach()  # [T, B, 6]
         loss_fn(model(images), labels, cfg, output_current.current()).backward()
     # d/dW_1 of mean_b sum_t relu(10 - W_1 s[t] - b_1) = -mean_b sum_t s[t], active at every step
     assert output.bias.grad[1].item() == pytest.approx(-2.0)
@@ -194,7 +214,7 @@ def test_output_current_is_the_output_layers_synapse_on_what_enters_it():
         hidden = model.blocks()[0](images.flatten(1), num_steps=2)
         expected = torch.nn.functional.linear(hidden, model.blocks()[-1].weight, model.blocks()[-1].bias)
         assert torch.allclose(output_current.current(), expected)
-    single = from_spec("4-3", (1, 2, 2), 3, num_steps=3)   # direct input: one current, held for T=3 steps
+    single = from_spec("4-3", (1, 2, 2), 3, num_steps=3)  # direct input: one current, held for T=3 steps
     with OutputCurrent(single) as output_current:
         single(images)
         once = torch.nn.functional.linear(images.flatten(1), single.blocks()[0].weight, single.blocks()[0].bias)
@@ -209,8 +229,9 @@ def test_kept_weights_load_alone_with_the_safetensors_package_and_give_the_runs_
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
-    save_checkpoint(tmp_path / "checkpoint.safetensors", _state_tensors(model, optimizer),
-                    {"config": dataclasses.asdict(cfg)})
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors", _state_tensors(model, optimizer), {"config": dataclasses.asdict(cfg)}
+    )
     record = keep_weights(tmp_path, tmp_path / "models" / "tiny", {"test_acc": 12.5, "silent_outputs": [3]})
     kept = tmp_path / "models" / "tiny.safetensors"
     weights = load_file(kept)
@@ -230,10 +251,8 @@ def test_the_residual_readout_breaks_ties_by_the_potential_left_and_nothing_else
     # currents [T=2, B=2, 3] and the spikes they give, by hand (v = 0.9 u + I, s = floor(v/10), u = v - 10 s):
     # sample 0, class 0: v 15 -> s 1, u 5; v 19.5 -> s 1, u 9.5.  class 1: v 12 -> 1, u 2; v 19.8 -> 1, u 9.8
     # sample 1, class 0: v 19 -> 1, u 9; v 8.1 -> 0, u 8.1.      class 2: v 20 -> 2, u 0; v 0 -> 0, u 0
-    current = torch.tensor([[[15.0, 12.0, 0.0], [19.0, 0.0, 20.0]],
-                            [[15.0, 18.0, 0.0], [0.0, 0.0, 0.0]]])
-    spikes = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 2.0]],
-                           [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    current = torch.tensor([[[15.0, 12.0, 0.0], [19.0, 0.0, 20.0]], [[15.0, 18.0, 0.0], [0.0, 0.0, 0.0]]])
+    spikes = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 2.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
     assert predict(spikes, cfg).tolist() == [0, 2]  # the tie of sample 0 goes to the lowest class
     # residual: sample 0's tie goes to class 1 (9.8 > 9.5); sample 1 keeps class 2 (2 spikes > 1)
     # although class 0 has far more potential left (8.1 against 0)
@@ -244,32 +263,59 @@ def test_the_residual_readout_breaks_ties_by_the_potential_left_and_nothing_else
 
 @pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"real MNIST not found under {SHARED}")
 def test_the_output_floor_and_residual_readout_train_under_bfloat16_autocast(tmp_path):
-    cfg = preset("mnist-cnn", recipe="fast", epochs=1, train_limit=256, val_holdout=500, amp=True,
-                 output_floor=1.0, readout="residual", data_root=str(SHARED))
+    cfg = preset(
+        "mnist-cnn",
+        recipe="fast",
+        epochs=1,
+        train_limit=256,
+        val_holdout=500,
+        amp=True,
+        output_floor=1.0,
+        readout="residual",
+        data_root=str(SHARED),
+    )
     Run.start(cfg, tmp_path / "run", log=lambda *a: None).fit()
     row = read_metrics(tmp_path / "run")[0]
     assert math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100
 
 
-@pytest.mark.parametrize("text, value", [("90", 90.0), ("90s", 90.0), ("8m", 480.0), ("1.5h", 5400.0), ("0s", 0.0),
-                                         ("8 min", 0.0), ("-1m", 0.0), ("", 0.0), ("inf", 0.0)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("8m", 480.0),
+        ("1.5h", 5400.0),
+        ("0s", 0.0),
+        ("8 min", 0.0),
+        ("-1m", 0.0),
+        ("", 0.0),
+        ("inf", 0.0),
+    ],
+)
 def test_durations_are_read_in_seconds_minutes_or_hours(text, value):
     from mtsnn.config import seconds
+
     assert seconds(text) == value
 
 
 def test_a_time_budget_holds_the_whole_epochs_that_fit_between_bounds():
     from mtsnn.train import plan_epochs
+
     # 100 s, 10 s spent on 50 steps, 5 steps/s: 50 + 450 = 500 steps, 100 an epoch -> 5 epochs
     assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=30) == 5
-    assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=3) == 3   # --epochs caps it
-    assert plan_epochs(1, 10, 50, 5.0, 100, least=1, most=30) == 1    # overspent: the epoch under way ends it
+    assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=3) == 3  # --epochs caps it
+    assert plan_epochs(1, 10, 50, 5.0, 100, least=1, most=30) == 1  # overspent: the epoch under way ends it
     assert plan_epochs(100, 10, 650, 5.0, 100, least=7, most=30) == 11
 
 
-@pytest.mark.parametrize("settings, message", [({"time_budget": "8 minutes"}, "need a duration"),
-                                               ({"time_budget": "8m", "schedule": "cosine", "warmup_epochs": 0.0},
-                                                "needs warmup_epochs > 0")])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"time_budget": "8 minutes"}, "need a duration"),
+        ({"time_budget": "8m", "schedule": "cosine", "warmup_epochs": 0.0}, "needs warmup_epochs > 0"),
+    ],
+)
 def test_bad_time_budgets_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **settings)
@@ -278,8 +324,9 @@ def test_bad_time_budgets_are_named(settings, message):
 @pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
 def test_a_time_budget_run_plans_its_epochs_records_them_and_keeps_them_when_resumed(tmp_path):
     said = []
-    cfg = preset("fmnist-mlp", recipe="fast", time_budget="4s", train_limit=4096, test_limit=500,
-                 data_root=str(SHARED))  # 32 steps an epoch; at most 60 epochs
+    cfg = preset(
+        "fmnist-mlp", recipe="fast", time_budget="4s", train_limit=4096, test_limit=500, data_root=str(SHARED)
+    )  # 32 steps an epoch; at most 60 epochs
     run = Run.start(cfg, tmp_path, log=said.append)
     summary = run.fit()
     plan = [line for line in said if line.startswith("time budget 4s: ")]
@@ -295,8 +342,9 @@ def test_a_time_budget_run_plans_its_epochs_records_them_and_keeps_them_when_res
 def test_reading_sums_back_every_few_steps_as_on_a_gpu_changes_no_number(tmp_path):
     rows = []
     for sync_every in (1, 7):
-        cfg = preset("fmnist-mlp", epochs=2, train_limit=1280, test_limit=200, deterministic=True,
-                     data_root=str(SHARED))  # 10 steps an epoch: windows of 7 cross the epoch's end
+        cfg = preset(
+            "fmnist-mlp", epochs=2, train_limit=1280, test_limit=200, deterministic=True, data_root=str(SHARED)
+        )  # 10 steps an epoch: windows of 7 cross the epoch's end
         run = Run.start(cfg, tmp_path / str(sync_every), log=lambda *a: None)
         run.sync_every = sync_every
         run.fit()

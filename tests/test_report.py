@@ -5,12 +5,24 @@ import json
 
 import pytest
 
-from mtsnn.config import dump_toml, preset
 from mtsnn import cli
+from mtsnn.config import dump_toml, preset
 
 
-def make_run(root, name, seed, accs, epochs, ann=False, seconds=None, silent=None, output_surrogate="",
-             preset_name="fmnist-mlp", unverified=None, recipe="paper"):
+def make_run(
+    root,
+    name,
+    seed,
+    accs,
+    epochs,
+    ann=False,
+    seconds=None,
+    silent=None,
+    output_surrogate="",
+    preset_name="fmnist-mlp",
+    unverified=None,
+    recipe="paper",
+):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
@@ -54,22 +66,37 @@ def test_report_rows_by_hand(tmp_path, capsys):
     assert snn["silent_outputs"] == {"0": [9, 4]}
     # seed 0 first reaches 91.08% at epoch 2, after 30 + 60 s of training
     assert snn["reached_paper"] == [{"epoch": 2, "minutes": 1.5}, None] and ann["reached_paper"] is None
-    for key in ["preset", "dataset", "spec", "T", "epochs", "seeds", "accs", "mean_acc", "std_acc",
-                "paper_acc", "wall_seconds", "machine"]:
+    for key in [
+        "preset",
+        "dataset",
+        "spec",
+        "T",
+        "epochs",
+        "seeds",
+        "accs",
+        "mean_acc",
+        "std_acc",
+        "paper_acc",
+        "wall_seconds",
+        "machine",
+    ]:
         assert key in snn
     report = (tmp_path / "REPORT.md").read_text()
     assert "Table 4" in report and "91.08%" in report and "91.00 ± 0.71%" in report
-    assert ("| paper table | preset | paper | mtsnn SNN | mtsnn SNN, output layer arctan | mtsnn ANN twin |\n"
-            "|---|---|---|---|---|---|\n"
-            "| Table 3 | mnist-cnn | 99.56% | 97.00% (1 seed), **partial**: 1/3 epochs | - | - |\n"
-            "| Table 4 | fmnist-mlp | 91.08% | 91.00 ± 0.71% (2 seeds), silent outputs in seed(s) 0 | 92.00% (1 seed) "
-            "| 89.50% (1 seed) |") in report
+    assert (
+        "| paper table | preset | paper | mtsnn SNN | mtsnn SNN, output layer arctan | mtsnn ANN twin |\n"
+        "|---|---|---|---|---|---|\n"
+        "| Table 3 | mnist-cnn | 99.56% | 97.00% (1 seed), **partial**: 1/3 epochs | - | - |\n"
+        "| Table 4 | fmnist-mlp | 91.08% | 91.00 ± 0.71% (2 seeds), silent outputs in seed(s) 0 | 92.00% (1 seed) "
+        "| 89.50% (1 seed) |"
+    ) in report
     assert "(by seed: 91.50, 90.50)" in report
     assert "\n**What was tried.** Five seeds.\n" in report
     assert "| mtsnn SNN, output layer arctan | 784-400-400-10 | 2 | 3 | 92.00% over 1 seed(s) |" in report
     assert "mtsnn SNN, output layer arctan: +0.92 points from the paper." in report
-    assert ("The paper's 91.08% was reached by seed 0 at epoch 2 (1.5 min) of training. "
-            "Never reached by seed(s) 1.\n") in report
+    assert (
+        "The paper's 91.08% was reached by seed 0 at epoch 2 (1.5 min) of training. Never reached by seed(s) 1.\n"
+    ) in report
     assert "mtsnn SNN: -2.56 points from the paper. Not yet reached by seed 0 (1/3 epochs).\n" in report
     assert "seed 0: class(es) 9, 4 never predicted (silent output neuron)" in report
     assert "unfinished: seed 2 at epoch 2/3: 88.00%" in report and "89.50% over 1 seed(s)" in report
@@ -79,8 +106,7 @@ def test_report_rows_by_hand(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make_runs, message", [(False, "no such folder"), (True, "holds no runs")])
-def test_report_on_a_missing_or_empty_results_folder_says_so_and_writes_nothing(tmp_path, capsys, make_runs,
-                                                                                message):
+def test_report_on_a_missing_or_empty_results_folder_says_so_and_writes_nothing(tmp_path, capsys, make_runs, message):
     if make_runs:
         (tmp_path / "runs").mkdir()
     assert cli.main(["report", "--results", str(tmp_path)]) == 2
@@ -89,11 +115,14 @@ def test_report_on_a_missing_or_empty_results_folder_says_so_and_writes_nothing(
     assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.parametrize("unverified, label", [
-    (None, "CIFAR-10, unverified copy (our CIFAR-10 is a JPEG proxy, not the original)"),  # not recorded
-    (["/data/cifar-10-batches-bin/test_batch.bin"], "CIFAR-10, unverified copy"),
-    ([], "CIFAR-10\n"),  # every file checked against the official release
-])
+@pytest.mark.parametrize(
+    "unverified, label",
+    [
+        (None, "CIFAR-10, unverified copy (our CIFAR-10 is a JPEG proxy, not the original)"),  # not recorded
+        (["/data/cifar-10-batches-bin/test_batch.bin"], "CIFAR-10, unverified copy"),
+        ([], "CIFAR-10\n"),  # every file checked against the official release
+    ],
+)
 def test_cifar_is_marked_unless_its_files_were_verified(tmp_path, unverified, label):
     make_run(tmp_path, "cifar10-cnn", 0, [60.0], 1, preset_name="cifar10-cnn", unverified=unverified)
     make_run(tmp_path, "fmnist-mlp", 0, [90.0], 1, unverified=[])
@@ -117,7 +146,11 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     assert rows["SNN, fast recipe"]["reached_paper"] == [{"epoch": 2, "minutes": 0.1}] * 2
     report = (tmp_path / "REPORT.md").read_text()
     assert "| mtsnn SNN, fast recipe | 784-800-10 | 2 | 2 | 99.25 ± 0.07% over 2 seed(s)" in report
-    for name in ("curves-mnist-mlp-snn.png", "curves-mnist-mlp-snn-fast.png", "curves-mnist-mlp-ann.png",
-                 "curves-mnist-mlp-ann-fast.png"):
+    for name in (
+        "curves-mnist-mlp-snn.png",
+        "curves-mnist-mlp-snn-fast.png",
+        "curves-mnist-mlp-ann.png",
+        "curves-mnist-mlp-ann-fast.png",
+    ):
         if importlib.util.find_spec("matplotlib"):
             assert f"({name})" in report and (tmp_path / name).exists()

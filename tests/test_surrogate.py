@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from reference import full_f1, full_f2
 
 from mtsnn import surrogate
-from reference import full_f1, full_f2
 
 
 def grid(v_th, s_max):
@@ -16,9 +16,11 @@ def grid(v_th, s_max):
 def test_f2_hand_values_at_default_settings():
     f = surrogate.get("f2")  # Table 1: alpha_h=1, alpha_w=20, v_th=10, s_max=15
     v = torch.tensor([10.0, 15.0, 0.0], dtype=torch.float64)
-    expected = [1 + math.exp(-5) + math.exp(-20),          # at the first threshold
-                2 * math.exp(-1.25) + math.exp(-11.25) + math.exp(-31.25),  # midway between thresholds 1, 2
-                math.exp(-5) + math.exp(-20)]               # below every threshold
+    expected = [
+        1 + math.exp(-5) + math.exp(-20),  # at the first threshold
+        2 * math.exp(-1.25) + math.exp(-11.25) + math.exp(-31.25),  # midway between thresholds 1, 2
+        math.exp(-5) + math.exp(-20),
+    ]  # below every threshold
     assert f(v).tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
@@ -26,9 +28,11 @@ def test_f1_hand_values_heights_grow_widths_shrink():
     f = surrogate.get("f1", s_max=3)
     v = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
     # term i: i * exp(-(v - 10 i)^2 * i / 20)
-    expected = [1 + 2 * math.exp(-10) + 3 * math.exp(-60),
-                math.exp(-5) + 2 + 3 * math.exp(-15),
-                math.exp(-20) + 2 * math.exp(-10) + 3]
+    expected = [
+        1 + 2 * math.exp(-10) + 3 * math.exp(-60),
+        math.exp(-5) + 2 + 3 * math.exp(-15),
+        math.exp(-20) + 2 * math.exp(-10) + 3,
+    ]
     assert f(v).tolist() == pytest.approx(expected, rel=1e-12)
 
 
@@ -39,11 +43,15 @@ def test_truncated_sums_match_the_full_sums(alpha_w, s_max, alpha_h):
     v_th = 10.0
     v = grid(v_th, s_max)
     got2 = surrogate.get("f2", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
-    torch.testing.assert_close(got2, full_f2(v, alpha_h, alpha_w, v_th, s_max), rtol=1e-6, atol=1e-150)  # atol: terms below sqrt(tiny) are 0
+    torch.testing.assert_close(
+        got2, full_f2(v, alpha_h, alpha_w, v_th, s_max), rtol=1e-6, atol=1e-150
+    )  # atol: terms below sqrt(tiny) are 0
     got1 = surrogate.get("f1", alpha_h=alpha_h, alpha_w=alpha_w, v_th=v_th, s_max=s_max)(v)
     want1 = full_f1(v, alpha_h, alpha_w, v_th, s_max)
     inside = v <= (s_max + 0.5) * v_th  # the relative bound's range; above it the bound is absolute
-    torch.testing.assert_close(got1[inside], want1[inside], rtol=1e-6, atol=1e-150)  # atol: terms below sqrt(tiny) are 0
+    torch.testing.assert_close(
+        got1[inside], want1[inside], rtol=1e-6, atol=1e-150
+    )  # atol: terms below sqrt(tiny) are 0
     assert (got1[~inside] - want1[~inside]).abs().max() <= s_max * alpha_h * 1e-7
 
 

@@ -11,15 +11,23 @@ import time
 
 import pytest
 import torch
+from runs import SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
 
-from mtsnn import cli
+from mtsnn import cli, data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, preset
-from mtsnn import data
 from mtsnn.models import from_spec
-from mtsnn.train import Run, _restore, read_metrics, _state_tensors, build_model, evaluate, loss_fn, make_optimizer, predict
-
-from runs import SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
+from mtsnn.train import (
+    Run,
+    _restore,
+    _state_tensors,
+    build_model,
+    evaluate,
+    loss_fn,
+    make_optimizer,
+    predict,
+    read_metrics,
+)
 
 
 def test_eq6_loss_by_hand():
@@ -67,6 +75,7 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
         torch.manual_seed(0)
         model = build_model(cfg)
         return model, make_optimizer(model, cfg, torch.device("cpu"))
+
     model, optimizer = fresh()
     step(model, optimizer, 0)
     path = tmp_path / "checkpoint.safetensors"
@@ -81,15 +90,25 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("override, message", [({"T": 0}, "T=0"), ({"lr": -0.1}, "lr=-0.1"),
-                                               ({"s_max": 0}, "s_max=0"), ({"lr": float("nan")}, "lr=nan"),
-                                               ({"grad_mode": "x"}, "grad_mode='x'"), ({"tau_m": 0.5}, "tau_m=0.5"),
-                                               ({"output_surrogate": "gauss"}, "output_surrogate='gauss'"),
-                                               ({"output_surrogate": "arctan", "ann": True}, "with ann=True"),
-                                               ({"alpha_w": math.inf}, "alpha_w=inf"), ({"v_th": math.inf}, "v_th=inf"),
-                                               ({"target_true": math.nan}, "target_true=nan"),
-                                               ({"device": "gpu"}, "device='gpu'"), ({"init": "xavier"}, "init='xavier'"),
-                                               ({"pooling": "sum"}, "pooling='sum'")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"T": 0}, "T=0"),
+        ({"lr": -0.1}, "lr=-0.1"),
+        ({"s_max": 0}, "s_max=0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"grad_mode": "x"}, "grad_mode='x'"),
+        ({"tau_m": 0.5}, "tau_m=0.5"),
+        ({"output_surrogate": "gauss"}, "output_surrogate='gauss'"),
+        ({"output_surrogate": "arctan", "ann": True}, "with ann=True"),
+        ({"alpha_w": math.inf}, "alpha_w=inf"),
+        ({"v_th": math.inf}, "v_th=inf"),
+        ({"target_true": math.nan}, "target_true=nan"),
+        ({"device": "gpu"}, "device='gpu'"),
+        ({"init": "xavier"}, "init='xavier'"),
+        ({"pooling": "sum"}, "pooling='sum'"),
+    ],
+)
 def test_invalid_settings_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         preset("fmnist-mlp", **override)
@@ -100,8 +119,16 @@ def test_presets_follow_table_1():
     assert rows["cifar10-cnn"].lr == 0.0005 and rows["mnist-mlp"].lr == 0.005
     assert rows["fmnist-cnn"].spec == "32C5-P2-64C5-P2-1024"
     for cfg in rows.values():
-        assert (cfg.T, cfg.v_th, cfg.tau_m, cfg.s_max, cfg.alpha_h, cfg.alpha_w, cfg.batch_size, cfg.epochs) == \
-            (2, 10.0, 10.0, 15, 1.0, 20.0, 128, 200)
+        assert (cfg.T, cfg.v_th, cfg.tau_m, cfg.s_max, cfg.alpha_h, cfg.alpha_w, cfg.batch_size, cfg.epochs) == (
+            2,
+            10.0,
+            10.0,
+            15,
+            1.0,
+            20.0,
+            128,
+            200,
+        )
         assert cfg.surrogate == "f2" and cfg.crop_padding > 0 and not cfg.flip  # random crop only
     assert rows["fmnist-mlp"].crop_padding == 1 and rows["cifar10-cnn"].crop_padding == 4
 
@@ -145,8 +172,21 @@ def test_toml_config_is_read_and_the_command_line_wins(tmp_path):
 
 
 # A warm-up and a cosine schedule, so that a resumed run must also take the uninterrupted one's rates
-TINY = ["train", "fmnist-mlp", "--epochs", "3", "--train-limit", "3000", "--deterministic", "--seed", "7",
-        "--schedule", "cosine", "--warmup-epochs", "0.5"]
+TINY = [
+    "train",
+    "fmnist-mlp",
+    "--epochs",
+    "3",
+    "--train-limit",
+    "3000",
+    "--deterministic",
+    "--seed",
+    "7",
+    "--schedule",
+    "cosine",
+    "--warmup-epochs",
+    "0.5",
+]
 
 
 def finish(run_dir, *args):
@@ -167,20 +207,34 @@ def reference_run(tmp_path_factory):
 
 @needs_fmnist
 def test_seeds_run_one_directory_each_and_report_mean_and_std(tmp_path):
-    p = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1",
-              "--run-dir", str(tmp_path))
+    p = mtsnn(
+        "train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1", "--run-dir", str(tmp_path)
+    )
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
     accs = [json.loads((tmp_path / f"seed{s}" / "summary.json").read_text())["test_acc"] for s in (0, 1)]
-    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5  # sample std of two values
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5  # sample std of two values
     assert f"test accuracy {mean:.2f} ± {std:.2f}% over seeds [0, 1]" in out
-    again = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1",
-                  "--run-dir", str(tmp_path))
-    out, _ = again.communicate(timeout=300)   # the same command again: nothing to train
+    again = mtsnn(
+        "train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1", "--run-dir", str(tmp_path)
+    )
+    out, _ = again.communicate(timeout=300)  # the same command again: nothing to train
     assert again.returncode == 0 and out.count("finished before, kept") == 2 and "epoch   1/1" not in out
     assert f"test accuracy {mean:.2f} ± {std:.2f}% over seeds [0, 1]" in out
-    other = mtsnn("train", "fmnist-mlp", "--epochs", "1", "--train-limit", "500", "--seeds", "0,1", "--lr", "0.001",
-                  "--run-dir", str(tmp_path))
+    other = mtsnn(
+        "train",
+        "fmnist-mlp",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "500",
+        "--seeds",
+        "0,1",
+        "--lr",
+        "0.001",
+        "--run-dir",
+        str(tmp_path),
+    )
     out, _ = other.communicate(timeout=300)
     assert other.returncode == 2 and "seed0 holds a finished run with lr=0.005, not 0.001" in out
 
@@ -238,14 +292,30 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(reference_run, tmp_pat
 
 def torchrun(*args):
     env = {**os.environ, "MTSNN_DATA": str(SHARED), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mtsnn.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mtsnn.cli",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @needs_fmnist
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_0_downloads_and_the_others_load_after_it(monkeypatch, tmp_path, rank):
     from mtsnn.distributed import Processes
+
     events = []
 
     class Recording(Processes):
@@ -329,6 +399,7 @@ def test_amp_computes_the_synapses_in_bfloat16(tmp_path, monkeypatch):
         out = linear(*args)
         dtypes.append(out.dtype)
         return out
+
     monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
     cfg = preset("fmnist-mlp", epochs=1, train_limit=256, data_root=str(SHARED), amp=True)
     Run(cfg, tmp_path / "amp", log=lambda *a: None).fit()
@@ -353,6 +424,7 @@ def test_compiled_block_matches_eager():
 
 def test_flush_subnormal_state_zeroes_only_subnormals():
     from mtsnn.train import flush_subnormal_state
+
     tiny = torch.finfo(torch.float32).tiny
     weight = torch.nn.Parameter(torch.zeros(5))
     optimizer = torch.optim.Adam([weight])
@@ -363,7 +435,6 @@ def test_flush_subnormal_state_zeroes_only_subnormals():
     assert state["exp_avg"].tolist() == [0.0, 0.0, tiny, -2.0, 0.0]
     assert state["exp_avg_sq"].tolist() == [0.0, 0.0, tiny, 2.0, 0.0]
     assert state["step"].item() == 3.0
-
 
 
 PAGE_FAULTS_PER_CYCLE = """
@@ -384,9 +455,11 @@ print(max(faults[1:]))
 @pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only")
 def test_keep_freed_memory_stops_page_faults_of_reallocated_blocks():
     def faults_after_first_cycle(mode):
-        out = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_CYCLE, mode], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PAGE_FAULTS_PER_CYCLE, mode], check=True, capture_output=True, text=True
+        )
         return int(out.stdout)
+
     # By default glibc gives the freed 100 MiB back to the OS (it exceeds the trim threshold),
     # so every cycle faults its 25,600 pages of 4 KiB in again. Kept, the heap is reused
     # (measured 0 or 256 faults: at most one 1 MiB block placed anew).
@@ -394,14 +467,18 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_blocks():
     assert faults_after_first_cycle("keep") < 2560
 
 
-@pytest.mark.parametrize("state, problem", [
-    ({"config": {"lr": "0.1"}}, "invalid setting lr='0.1'"),
-    ({"config": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
-    ({"epoch": 3}, "KeyError: 'config'"),
-])
+@pytest.mark.parametrize(
+    "state, problem",
+    [
+        ({"config": {"lr": "0.1"}}, "invalid setting lr='0.1'"),
+        ({"config": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
+        ({"epoch": 3}, "KeyError: 'config'"),
+    ],
+)
 def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, state, problem):
     from mtsnn.checkpoint import CheckpointError
     from mtsnn.evaluate import load_trained
+
     save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, state)
     for load in (Run.resume, load_trained):
         with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved config is not a valid") as info:
@@ -412,16 +489,22 @@ def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, sta
 ROW = {"epoch": 1, "test_acc": 50.0}
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"checkpoint.safetensors": "x"}, "holds a stopped run .*--resume"),
-    ({"metrics.jsonl": [ROW, {**ROW, "epoch": 2}]}, r"already holds a run \(metrics.jsonl\)"),
-    ({"checkpoint.safetensors": "x", "summary.json": "{}", "metrics.jsonl": [ROW]},
-     r"already holds a run \(checkpoint.safetensors, summary.json\)"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"checkpoint.safetensors": "x"}, "holds a stopped run .*--resume"),
+        ({"metrics.jsonl": [ROW, {**ROW, "epoch": 2}]}, r"already holds a run \(metrics.jsonl\)"),
+        (
+            {"checkpoint.safetensors": "x", "summary.json": "{}", "metrics.jsonl": [ROW]},
+            r"already holds a run \(checkpoint.safetensors, summary.json\)",
+        ),
+    ],
+)
 def test_a_fresh_run_never_overwrites_another_runs_files(tmp_path, files, message):
     for name, content in files.items():
-        (tmp_path / name).write_text(content if isinstance(content, str)
-                                     else "".join(json.dumps(row) + "\n" for row in content))
+        (tmp_path / name).write_text(
+            content if isinstance(content, str) else "".join(json.dumps(row) + "\n" for row in content)
+        )
     before = {name: (tmp_path / name).read_text() for name in files}
     with pytest.raises(ValueError, match=message):
         Run.start(preset("fmnist-mlp"), tmp_path)
@@ -430,17 +513,20 @@ def test_a_fresh_run_never_overwrites_another_runs_files(tmp_path, files, messag
 
 @needs_fmnist
 def test_a_fresh_run_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps(ROW) + "\n")   # the epoch-1 row, written before the save
-    run = Run.start(preset("fmnist-mlp", train_limit=256, epochs=1, data_root=str(SHARED)), tmp_path, log=lambda *a: None)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(ROW) + "\n")  # the epoch-1 row, written before the save
+    run = Run.start(
+        preset("fmnist-mlp", train_limit=256, epochs=1, data_root=str(SHARED)), tmp_path, log=lambda *a: None
+    )
     run.fit()
     assert [row["epoch"] for row in read_metrics(tmp_path)] == [1] and read_metrics(tmp_path)[0]["test_acc"] != 50.0
 
 
 def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
-    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)},
-                    {"config": dataclasses.asdict(preset("fmnist-mlp"))})   # batch_size 128, seed 0, lr 0.005
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, {"config": dataclasses.asdict(preset("fmnist-mlp"))}
+    )  # batch_size 128, seed 0, lr 0.005
     with pytest.raises(ValueError, match=r"batch_size=128 to 64, seed=0 to 3 was asked \(only epochs, device"):
-        Run.resume(tmp_path, batch_size=64, seed=3, epochs=10, lr=0.005)   # the same lr is no change
+        Run.resume(tmp_path, batch_size=64, seed=3, epochs=10, lr=0.005)  # the same lr is no change
 
 
 def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, capsys):
@@ -448,19 +534,35 @@ def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, c
     assert "takes no PRESET or --seeds" in capsys.readouterr().err
 
 
-PROGRESS = {"epoch": 2, "batch": 0, "wall_seconds": 1.0, "param_groups": [{"lr": 0.005}],
-            "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}}
+PROGRESS = {
+    "epoch": 2,
+    "batch": 0,
+    "wall_seconds": 1.0,
+    "param_groups": [{"lr": 0.005}],
+    "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0},
+}
 
 
-@pytest.mark.parametrize("fault", [
-    {"epoch": None}, {"batch": -1}, {"wall_seconds": "1"}, {"acc": {"loss_sum": 0.0}},
-    {"param_groups": {"lr": 0.005}}, {"param_groups": [0.005]},
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"epoch": None},
+        {"batch": -1},
+        {"wall_seconds": "1"},
+        {"acc": {"loss_sum": 0.0}},
+        {"param_groups": {"lr": 0.005}},
+        {"param_groups": [0.005]},
+    ],
+)
 def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, fault):
     from mtsnn.checkpoint import CheckpointError
+
     progress = {key: value for key, value in {**PROGRESS, **fault}.items() if value is not None}
-    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)},
-                    {"config": dataclasses.asdict(TrainConfig()), **progress})
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors",
+        {"a": torch.ones(1)},
+        {"config": dataclasses.asdict(TrainConfig()), **progress},
+    )
     with pytest.raises(CheckpointError, match="checkpoint.safetensors: its saved progress is incomplete or malformed"):
         Run.resume(tmp_path)
 
@@ -468,6 +570,7 @@ def test_a_checkpoint_without_its_progress_is_refused_naming_the_file(tmp_path, 
 @needs_fmnist
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_file(tmp_path):
     from mtsnn.checkpoint import CheckpointError
+
     cfg = preset("fmnist-mlp", train_limit=256, data_root=str(SHARED))
     state = {"config": dataclasses.asdict(cfg), **PROGRESS}
     save_checkpoint(tmp_path / "checkpoint.safetensors", {"model/blocks.0.weight": torch.ones(3, 3)}, state)
@@ -476,20 +579,23 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_
 
 
 def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n\n{"epoch": 2}\n \n')   # blank lines are no rows
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n\n{"epoch": 2}\n \n')  # blank lines are no rows
     assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "test_a\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
         read_metrics(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('[1, 2]\n')
+    (tmp_path / "metrics.jsonl").write_text("[1, 2]\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a metrics row"):
         read_metrics(tmp_path)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ('spec = "784-10"', "spec='784-10' differs from preset fmnist-mlp"),
-    ("lr = -1.0", "lr=-1.0"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ('spec = "784-10"', "spec='784-10' differs from preset fmnist-mlp"),
+        ("lr = -1.0", "lr=-1.0"),
+    ],
+)
 def test_config_file_errors_name_the_file(tmp_path, settings, message):
     path = tmp_path / "settings.toml"
     path.write_text(settings + "\n")
@@ -499,7 +605,8 @@ def test_config_file_errors_name_the_file(tmp_path, settings, message):
 
 def test_a_runs_own_config_file_repeats_its_settings(tmp_path):
     from mtsnn.config import dump_toml
-    saved = preset("fmnist-mlp", lr=0.001, seed=4)   # names its preset, data set and network too
+
+    saved = preset("fmnist-mlp", lr=0.001, seed=4)  # names its preset, data set and network too
     (tmp_path / "config.toml").write_text(dump_toml(dataclasses.asdict(saved)))
     args = cli._parser()[0].parse_args(["train", "fmnist-mlp", "--config", str(tmp_path / "config.toml")])
     assert cli._config(args) == saved
@@ -508,6 +615,7 @@ def test_a_runs_own_config_file_repeats_its_settings(tmp_path):
 @pytest.mark.parametrize("local_rank", [0, 1])
 def test_each_cuda_process_selects_its_own_gpu_before_joining(monkeypatch, local_rank):
     from mtsnn import distributed
+
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))

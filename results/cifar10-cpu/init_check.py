@@ -17,8 +17,10 @@ for init in ("paper", "kaiming"):
     net = build_model(preset("cifar10-cnn", recipe="fast", init=init)).eval()
     counts = []
     for block in net.blocks():
-        block.register_forward_hook(lambda module, inputs, output: counts.append(output.float()))
+        block.register_forward_hook(lambda module, inputs, output, counts=counts: counts.append(output.float()))
     with torch.no_grad():
         out = net(x)
-    print(f"{init}: mean spikes per neuron per step, layer by layer: {[round(c.mean().item(), 2) for c in counts]}; "
-          f"output counts at S_max: {(out == 15).float().mean().item():.1%}, at 0: {(out == 0).float().mean().item():.1%}")
+    print(
+        f"{init}: mean spikes per neuron per step, layer by layer: {[round(c.mean().item(), 2) for c in counts]}; "
+        f"output counts at S_max: {(out == 15).float().mean().item():.1%}, at 0: {(out == 0).float().mean().item():.1%}"
+    )

@@ -14,8 +14,10 @@ def main(folders):
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         best = max(rows, key=lambda r: r["test_acc"])
         rates = ", ".join(f"{r:.2f}" for r in rows[-1]["firing_rate"]) or "-"
-        print(f"| {metrics.parent.parent.name} | {metrics.parent.name} | {len(rows)} | {rows[-1]['test_acc']:.2f} | "
-              f"{best['test_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | {rates} |")
+        print(
+            f"| {metrics.parent.parent.name} | {metrics.parent.name} | {len(rows)} | {rows[-1]['test_acc']:.2f} | "
+            f"{best['test_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | {rates} |"
+        )
 
 
 if __name__ == "__main__":

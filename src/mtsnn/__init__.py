@@ -10,6 +10,19 @@ from .models import from_spec
 from .neuron import GRAD_MODES, LIFParams, MultiThresholdLIF, lif_step
 from .zoo import pretrained
 
-__all__ = ["GRAD_MODES", "LIFParams", "MultiThresholdLIF", "SpikingConv2d", "SpikingLinear",
-           "data", "from_spec", "layers", "lif_step", "models", "neuron", "pretrained", "surrogate"]
+__all__ = [
+    "GRAD_MODES",
+    "LIFParams",
+    "MultiThresholdLIF",
+    "SpikingConv2d",
+    "SpikingLinear",
+    "data",
+    "from_spec",
+    "layers",
+    "lif_step",
+    "models",
+    "neuron",
+    "pretrained",
+    "surrogate",
+]
 __version__ = "0.1.0"

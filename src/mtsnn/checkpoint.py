@@ -31,9 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-           torch.uint8: "U8", torch.bool: "BOOL"}
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 _BY_NAME = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 DIGEST = "mtsnn_sha256"  # the metadata key of the digest
@@ -100,8 +109,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 def _naturals(value, length: int | None = None) -> bool:
     """Whether ``value`` is a JSON list of integers >= 0 (of ``length`` items if given)."""
-    return (isinstance(value, list) and (length is None or len(value) == length)
-            and all(type(v) is int and v >= 0 for v in value))
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(type(v) is int and v >= 0 for v in value)
+    )
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -116,7 +128,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     if n > MAX_HEADER or 8 + n > len(data):
         raise CheckpointError(f"{path}: header length {n} does not fit the file ({len(data)} bytes); truncated?")
     try:
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -124,24 +136,34 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: __metadata__ must map names to strings, got {metadata!r}")
-    buffer = memoryview(data)[8 + n:]
+    buffer = memoryview(data)[8 + n :]
     tensors = {}
     for name, info in header.items():
-        if not (isinstance(info, dict) and info.get("dtype") in _BY_NAME
-                and _naturals(info.get("data_offsets"), length=2) and _naturals(info.get("shape"))):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r} (need a "
-                                  f"dtype of {', '.join(_BY_NAME)}, 2 data_offsets and a shape, as integers >= 0)")
+        if not (
+            isinstance(info, dict)
+            and info.get("dtype") in _BY_NAME
+            and _naturals(info.get("data_offsets"), length=2)
+            and _naturals(info.get("shape"))
+        ):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has a malformed header entry {info!r} (need a "
+                f"dtype of {', '.join(_BY_NAME)}, 2 data_offsets and a shape, as integers >= 0)"
+            )
         dtype, (begin, end), shape = _BY_NAME[info["dtype"]], info["data_offsets"], info["shape"]
         itemsize = torch.empty((), dtype=dtype).element_size()
         if not 0 <= begin <= end <= len(buffer) or end - begin != itemsize * int(np.prod(shape)):
-            raise CheckpointError(f"{path}: tensor {name!r} has offsets {[begin, end]} that do not match "
-                                  f"its shape {shape} or the file size; truncated?")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has offsets {[begin, end]} that do not match "
+                f"its shape {shape} or the file size; truncated?"
+            )
         raw = torch.tensor(np.frombuffer(buffer[begin:end], dtype=np.uint8))  # a copy, writable
         tensors[name] = raw.view(dtype).reshape(shape)
     expected = metadata.pop(DIGEST, None)
     if expected is not None and _digest(header, metadata, buffer) != expected:
-        raise CheckpointError(f"{path}: its contents do not match the digest written with them (sha256 "
-                              f"{expected[:12]}...): the file was damaged after it was saved")
+        raise CheckpointError(
+            f"{path}: its contents do not match the digest written with them (sha256 "
+            f"{expected[:12]}...): the file was damaged after it was saved"
+        )
     return tensors, metadata
 
 

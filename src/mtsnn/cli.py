@@ -30,23 +30,34 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
             continue
         kind, help, choices = type(field.default), field.metadata["help"], field.metadata["choices"]
         if kind is bool:
-            parser.add_argument(_option(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help)
+            parser.add_argument(
+                _option(field.name), dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help
+            )
         elif choices:
-            parser.add_argument(_option(field.name), dest=field.name, default=None, choices=choices, help=help,
-                                metavar="{" + ",".join(c or "''" for c in choices) + "}")
+            parser.add_argument(
+                _option(field.name),
+                dest=field.name,
+                default=None,
+                choices=choices,
+                help=help,
+                metavar="{" + ",".join(c or "''" for c in choices) + "}",
+            )
         else:
-            parser.add_argument(_option(field.name), dest=field.name, type=kind, default=None, help=help,
-                                metavar=kind.__name__.upper())
+            parser.add_argument(
+                _option(field.name), dest=field.name, type=kind, default=None, help=help, metavar=kind.__name__.upper()
+            )
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="mtsnn", description="Multi-threshold spiking neural networks.")
     parser.add_argument("--version", action="version", version=f"mtsnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a preset (one per 'Proposed Method' row of the paper)",
-                           description="Train a preset. Each setting not given keeps the preset's value, in the "
-                           "recipe chosen (`mtsnn presets` lists them): Table 1's where the paper gives one.")
+    train = sub.add_parser(
+        "train",
+        help="train a preset (one per 'Proposed Method' row of the paper)",
+        description="Train a preset. Each setting not given keeps the preset's value, in the "
+        "recipe chosen (`mtsnn presets` lists them): Table 1's where the paper gives one.",
+    )
     train.add_argument("preset", nargs="?", choices=sorted(PRESETS), help="preset to train")
     train.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (the command line wins)")
     train.add_argument("--run-dir", help="run directory (default: runs/PRESET[-ann]-TIMESTAMP)")
@@ -54,27 +65,46 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     train.add_argument("--seeds", help="comma-separated seeds: one run each, then mean and std")
     _add_setting_options(train)
     evaluate = sub.add_parser("eval", help="test accuracy, spikes per neuron and parameters of a run")
-    evaluate.add_argument("run", metavar="RUN", help="a run directory, a checkpoint file, or pretrained:NAME "
-                          "(a model shipped in models/)")
+    evaluate.add_argument(
+        "run", metavar="RUN", help="a run directory, a checkpoint file, or pretrained:NAME (a model shipped in models/)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON")
-    evaluate.add_argument("--energy", action="store_true",
-                          help="also count spikes, synaptic operations and energy per inference")
-    evaluate.add_argument("--data-root", default=None, help="where the data sets are (default: where the run "
-                          "found them, else $MTSNN_DATA, else the user cache)")
+    evaluate.add_argument(
+        "--energy", action="store_true", help="also count spikes, synaptic operations and energy per inference"
+    )
+    evaluate.add_argument(
+        "--data-root",
+        default=None,
+        help="where the data sets are (default: where the run found them, else $MTSNN_DATA, else the user cache)",
+    )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    evaluate.add_argument("--int8", action="store_true",
-                          help="also the accuracy of the integer-only network: int8 weights, int32 accumulators, "
-                          "integer potentials and thresholds (mtsnn.integer)")
-    evaluate.add_argument("--test-limit", type=int, default=0, metavar="N",
-                          help="score only the first N test images (default: all)")
-    evaluate.add_argument("--keep-weights", metavar="OUT",
-                          help="also write the weights alone (OUT.safetensors) with the config and this accuracy")
-    exporter = sub.add_parser("export", help="write a trained SNN for another tool: NIR (any NIR consumer) or "
-                              "Sinabs", description="Write a trained SNN for another tool (mtsnn.export).")
+    evaluate.add_argument(
+        "--int8",
+        action="store_true",
+        help="also the accuracy of the integer-only network: int8 weights, int32 accumulators, "
+        "integer potentials and thresholds (mtsnn.integer)",
+    )
+    evaluate.add_argument(
+        "--test-limit", type=int, default=0, metavar="N", help="score only the first N test images (default: all)"
+    )
+    evaluate.add_argument(
+        "--keep-weights",
+        metavar="OUT",
+        help="also write the weights alone (OUT.safetensors) with the config and this accuracy",
+    )
+    exporter = sub.add_parser(
+        "export",
+        help="write a trained SNN for another tool: NIR (any NIR consumer) or Sinabs",
+        description="Write a trained SNN for another tool (mtsnn.export).",
+    )
     exporter.add_argument("run", metavar="RUN", help="a run directory, a checkpoint file, or pretrained:NAME")
-    exporter.add_argument("--to", required=True, choices=["nir", "sinabs"],
-                          help="nir: a NIR graph file (nir.read reads it; S_max in the neuron nodes' metadata); "
-                          "sinabs: the Sinabs twin's parameters and layer list (mtsnn.export.load_sinabs)")
+    exporter.add_argument(
+        "--to",
+        required=True,
+        choices=["nir", "sinabs"],
+        help="nir: a NIR graph file (nir.read reads it; S_max in the neuron nodes' metadata); "
+        "sinabs: the Sinabs twin's parameters and layer list (mtsnn.export.load_sinabs)",
+    )
     exporter.add_argument("out", metavar="OUT", help="the file to write")
     presets = sub.add_parser("presets", help="list the presets and their settings")
     sweep = sub.add_parser("sweep", help="train the points of a figure's sweep (fig6, fig7, fig8, fig9)")
@@ -88,13 +118,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     figures.add_argument("--sweeps", default="results/figures/sweeps", help="where `mtsnn sweep` put its runs")
     report = sub.add_parser("report", help="build REPORT.md and summary.json from RESULTS/runs/")
     report.add_argument("--results", default="results", help="the results folder (default: results)")
-    return parser, {"train": train, "eval": evaluate, "export": exporter, "presets": presets, "report": report, "sweep": sweep,
-                    "figures": figures}
+    return parser, {
+        "train": train,
+        "eval": evaluate,
+        "export": exporter,
+        "presets": presets,
+        "report": report,
+        "sweep": sweep,
+        "figures": figures,
+    }
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in _INTERNAL and getattr(args, f.name) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _INTERNAL and getattr(args, f.name) is not None
+    }
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -103,8 +143,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     # A run's own config.toml names its preset, data set and network: fine if they are the preset's
     fixed = sorted(name for name in set(settings) & _INTERNAL if settings[name] != getattr(PRESETS[args.preset], name))
     if fixed:
-        raise ValueError(f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
-                         f"differs from preset {args.preset} (the preset chooses the data set and network)")
+        raise ValueError(
+            f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
+            f"differs from preset {args.preset} (the preset chooses the data set and network)"
+        )
     try:
         cfg = preset(args.preset, **{**settings, **{k: v for k, v in given.items() if k in ("recipe", "ann")}})
     except ValueError as e:
@@ -136,11 +178,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import RESUMABLE_SETTINGS, SCORE_LABELS, Run, score_name
 
     if args.resume:
-        extra = [name for name, given in (("PRESET", args.preset), ("--config", args.config),
-                                          ("--run-dir", args.run_dir), ("--seeds", args.seeds)) if given]
+        extra = [
+            name
+            for name, given in (
+                ("PRESET", args.preset),
+                ("--config", args.config),
+                ("--run-dir", args.run_dir),
+                ("--seeds", args.seeds),
+            )
+            if given
+        ]
         if extra:
-            raise ValueError(f"--resume continues {args.resume} in place with its saved settings; it takes no "
-                             f"{' or '.join(extra)}")
+            raise ValueError(
+                f"--resume continues {args.resume} in place with its saved settings; it takes no {' or '.join(extra)}"
+            )
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
         _say(f"{_accuracy(summary, run.cfg)} after {summary['epochs']} epochs")
@@ -154,8 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
         summary = _train_one(cfg, base, resumable)
-        _say(f"{_accuracy(summary, cfg)} after {summary['epochs']} epochs "
-             f"({summary['wall_seconds']:.0f} s)")
+        _say(f"{_accuracy(summary, cfg)} after {summary['epochs']} epochs ({summary['wall_seconds']:.0f} s)")
         return 0
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -164,31 +214,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     score = score_name(cfg)
     accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get(score, 0) for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    _say(f"{SCORE_LABELS[score]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
-          + ", ".join(f"{a:.2f}" for a in accs))
+    _say(
+        f"{SCORE_LABELS[score]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "
+        + ", ".join(f"{a:.2f}" for a in accs)
+    )
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, keep_weights
 
-    report = evaluate_checkpoint(args.run, data_root=args.data_root, device=args.device, energy=args.energy,
-                                 test_limit=args.test_limit, int8=args.int8)
+    report = evaluate_checkpoint(
+        args.run,
+        data_root=args.data_root,
+        device=args.device,
+        energy=args.energy,
+        test_limit=args.test_limit,
+        int8=args.int8,
+    )
     if args.keep_weights:
         kept = keep_weights(args.run, args.keep_weights, report)
-        print(f"kept the weights in {Path(args.keep_weights).parent / kept['weights']} (sha256 {kept['sha256']})",
-              file=sys.stderr)
+        print(
+            f"kept the weights in {Path(args.keep_weights).parent / kept['weights']} (sha256 {kept['sha256']})",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     scored = f" on the first {report['test_images']:,} test images" if args.test_limit else ""
-    recorded = (f" (recorded when its weights were kept: {report['recorded_test_acc']:.2f}%)"
-                if "recorded_test_acc" in report else "")
-    print(f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}"
-          f"{recorded}, {report['parameters']:,} parameters")
+    recorded = (
+        f" (recorded when its weights were kept: {report['recorded_test_acc']:.2f}%)"
+        if "recorded_test_acc" in report
+        else ""
+    )
+    print(
+        f"{report['preset']} ({report['spec']}, T={report['T']}): test accuracy {report['test_acc']:.2f}%{scored}"
+        f"{recorded}, {report['parameters']:,} parameters"
+    )
     if "int8_test_acc" in report:
-        print(f"  integer-only (int8 weights): test accuracy {report['int8_test_acc']:.2f}% "
-              f"({report['int8_test_acc'] - report['test_acc']:+.2f} points)")
+        print(
+            f"  integer-only (int8 weights): test accuracy {report['int8_test_acc']:.2f}% "
+            f"({report['int8_test_acc'] - report['test_acc']:+.2f} points)"
+        )
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")
     if report["silent_outputs"]:
@@ -225,28 +292,39 @@ def _print_energy(counts: dict) -> None:
             print(f"  layer {i + 1}: {r['ann_macs']:,.0f} multiply-accumulates per inference")
         print(f"energy per inference: {counts['energy_pj']['ann_twin'] / 1e6:.3f} uJ ({counts['assumptions']})")
         return
-    print("\nper inference      neurons  firing rate  spikes/neuron  dense MACs        ACs  event MACs"
-          "  neuron updates  ANN twin MACs")
+    print(
+        "\nper inference      neurons  firing rate  spikes/neuron  dense MACs        ACs  event MACs"
+        "  neuron updates  ANN twin MACs"
+    )
     rows = [(f"layer {i + 1}", r) for i, r in enumerate(counts["layers"])] + [("total", counts["total"])]
     for name, r in rows:
-        print(f"{name:16s} {r['neurons']:9,d} {r['firing_rate']:12.4f} {r['spikes_per_neuron']:14.4f} "
-              f"{r['dense_macs']:11,.0f} {r['acs']:10,.0f} {r['event_macs']:11,.0f} {r['neuron_updates']:15,.0f} "
-              f"{r['ann_macs']:14,.0f}")
+        print(
+            f"{name:16s} {r['neurons']:9,d} {r['firing_rate']:12.4f} {r['spikes_per_neuron']:14.4f} "
+            f"{r['dense_macs']:11,.0f} {r['acs']:10,.0f} {r['event_macs']:11,.0f} {r['neuron_updates']:15,.0f} "
+            f"{r['ann_macs']:14,.0f}"
+        )
     e, ratio = counts["energy_pj"], counts["energy_ratio_to_ann"]
-    print(f"\nenergy per inference: SNN on accumulate hardware {e['snn_accumulate_hardware'] / 1e6:.3f} uJ "
-          f"({ratio['snn_accumulate_hardware']:.3f} x ANN twin), SNN on MAC hardware "
-          f"{e['snn_mac_hardware'] / 1e6:.3f} uJ ({ratio['snn_mac_hardware']:.3f} x), ANN twin "
-          f"{e['ann_twin'] / 1e6:.3f} uJ\n({counts['assumptions']})")
+    print(
+        f"\nenergy per inference: SNN on accumulate hardware {e['snn_accumulate_hardware'] / 1e6:.3f} uJ "
+        f"({ratio['snn_accumulate_hardware']:.3f} x ANN twin), SNN on MAC hardware "
+        f"{e['snn_mac_hardware'] / 1e6:.3f} uJ ({ratio['snn_mac_hardware']:.3f} x), ANN twin "
+        f"{e['ann_twin'] / 1e6:.3f} uJ\n({counts['assumptions']})"
+    )
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, cfg in PRESETS.items():
-        print(f"{name:12s} {cfg.dataset:14s} {cfg.spec:46s} lr={cfg.lr} T={cfg.T} epochs={cfg.epochs} "
-              f"batch={cfg.batch_size} s_max={cfg.s_max} surrogate={cfg.surrogate} grad_mode={cfg.grad_mode}")
+        print(
+            f"{name:12s} {cfg.dataset:14s} {cfg.spec:46s} lr={cfg.lr} T={cfg.T} epochs={cfg.epochs} "
+            f"batch={cfg.batch_size} s_max={cfg.s_max} surrogate={cfg.surrogate} grad_mode={cfg.grad_mode}"
+        )
         for ann in (False, True):
             fast = preset(name, recipe="fast", ann=ann)
-            changed = [f"{f.name}={getattr(fast, f.name)}" for f in dataclasses.fields(cfg)
-                       if f.name not in ("recipe", "ann") and getattr(fast, f.name) != getattr(cfg, f.name)]
+            changed = [
+                f"{f.name}={getattr(fast, f.name)}"
+                for f in dataclasses.fields(cfg)
+                if f.name not in ("recipe", "ann") and getattr(fast, f.name) != getattr(cfg, f.name)
+            ]
             print(f"{'':12s}   --recipe fast{' --ann' if ann else '':6s} {' '.join(changed)}")
     return 0
 
@@ -287,8 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted, StorageError
 
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "presets": cmd_presets, "report": cmd_report,
-                    "sweep": cmd_sweep, "figures": cmd_figures}
+        commands = {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "export": cmd_export,
+            "presets": cmd_presets,
+            "report": cmd_report,
+            "sweep": cmd_sweep,
+            "figures": cmd_figures,
+        }
         code = commands[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
@@ -302,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 128 + signal.SIGPIPE
     except OSError as e:  # outside a training loop: creating a run directory, writing a report, ...
-        print(f"mtsnn: error: cannot use {e.filename}: {e.strerror}" if e.filename else f"mtsnn: error: {e}",
-              file=sys.stderr)
+        print(
+            f"mtsnn: error: cannot use {e.filename}: {e.strerror}" if e.filename else f"mtsnn: error: {e}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         shutdown()

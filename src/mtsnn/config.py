@@ -44,94 +44,144 @@ class TrainConfig:
     s_max: int = setting(15, "most spikes per neuron per step, S_max")
     surrogate: str = setting("f2", "the surrogate curve of eq. (6)'s gradient", SURROGATES)
     output_surrogate: str = setting(
-        "", "the output layer's surrogate ('' means --surrogate's); a heavy-tailed one (arctan) lets an "
-        "output neuron far below threshold recover", ("", *SURROGATES))
+        "",
+        "the output layer's surrogate ('' means --surrogate's); a heavy-tailed one (arctan) lets an "
+        "output neuron far below threshold recover",
+        ("", *SURROGATES),
+    )
     alpha_h: float = setting(1.0, "surrogate height alpha_h")
     alpha_w: float = setting(20.0, "surrogate width alpha_w")
     grad_mode: str = setting("paper", "how the gradient flows through time (mtsnn.neuron)", GRAD_MODES)
     init: str = setting("paper", "weight initialisation", INITS)
     pooling: str = setting("avg", "pooling of the P layers", POOLINGS)
-    loss: str = setting("mse", "eq. (6)'s squared error against desired counts per step, or cross-entropy on "
-                        "the summed counts", LOSSES)
+    loss: str = setting(
+        "mse", "eq. (6)'s squared error against desired counts per step, or cross-entropy on the summed counts", LOSSES
+    )
     target_true: float = setting(5.0, "desired spike count of the true class's output neuron per step")
     target_false: float = setting(0.0, "desired spike count of the other output neurons per step")
     output_floor: float = setting(
-        0.0, "not in the paper: > 0 adds a term pulling the true class's output current up to the threshold "
-        "where it is below, so that no output neuron goes silent (mtsnn.train.sample_losses)")
-    readout: str = setting("counts", "how the SNN's class is read: the most output spikes summed over time, ties "
-                           "to the lowest class, or 'residual': ties broken by the membrane potential left "
-                           "after the last step (mtsnn.train.predict)", READOUTS)
+        0.0,
+        "not in the paper: > 0 adds a term pulling the true class's output current up to the threshold "
+        "where it is below, so that no output neuron goes silent (mtsnn.train.sample_losses)",
+    )
+    readout: str = setting(
+        "counts",
+        "how the SNN's class is read: the most output spikes summed over time, ties "
+        "to the lowest class, or 'residual': ties broken by the membrane potential left "
+        "after the last step (mtsnn.train.predict)",
+        READOUTS,
+    )
     # optimisation (Table 1: batch 128, Adam 0.9/0.999/1e-8, a constant rate)
     lr: float = setting(0.005, "Adam's learning rate (the peak, under a schedule)")
     batch_size: int = setting(128, "images per optimizer step")
     epochs: int = setting(200, "passes over the training set (with --time-budget: the most)")
-    time_budget: str = setting("", "not in the paper: train for this much training time, e.g. 8m, 90s, 1.5h "
-                               "(evaluation not counted): after 20 steps the run measures its speed and "
-                               "plans its epochs, and its schedule, to end with the budget (mtsnn.train)")
-    schedule: str = setting("constant", "not in the paper: the rate after the warm-up, constant or cosine decay "
-                            "to 0 at the last step (mtsnn.train.learning_rate)", SCHEDULES)
+    time_budget: str = setting(
+        "",
+        "not in the paper: train for this much training time, e.g. 8m, 90s, 1.5h "
+        "(evaluation not counted): after 20 steps the run measures its speed and "
+        "plans its epochs, and its schedule, to end with the budget (mtsnn.train)",
+    )
+    schedule: str = setting(
+        "constant",
+        "not in the paper: the rate after the warm-up, constant or cosine decay "
+        "to 0 at the last step (mtsnn.train.learning_rate)",
+        SCHEDULES,
+    )
     warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")
     weight_decay: float = setting(0.0, "not in the paper: > 0 uses AdamW with this decoupled weight decay")
-    recipe: str = setting("paper", "the settings the preset starts from: the paper's, or mtsnn's fast recipe "
-                          "(mtsnn presets shows them)", RECIPES)
+    recipe: str = setting(
+        "paper",
+        "the settings the preset starts from: the paper's, or mtsnn's fast recipe (mtsnn presets shows them)",
+        RECIPES,
+    )
     seed: int = setting(0, "random seed of initialisation, data order and augmentation")
     crop_padding: int = setting(4, "random-crop augmentation: pixels of padding (0: none)")
     flip: bool = setting(False, "random horizontal flips")
     train_limit: int = setting(0, "train on the first N training images (0: all)")
-    test_limit: int = setting(0, "score only the first N test (or held-out) images each epoch (0: all); for "
-                              "quick trials, not for reported results")
-    val_holdout: int = setting(0, "hold out N training images (a fixed random choice, the same for every seed) "
-                               "and score on them instead of the test set, which the run then never reads")
+    test_limit: int = setting(
+        0,
+        "score only the first N test (or held-out) images each epoch (0: all); for "
+        "quick trials, not for reported results",
+    )
+    val_holdout: int = setting(
+        0,
+        "hold out N training images (a fixed random choice, the same for every seed) "
+        "and score on them instead of the test set, which the run then never reads",
+    )
     device: str = setting("cpu", "where to train: cpu, cuda, cuda:1, ...")
-    data_root: str = setting("", "where the data sets are ('': $MTSNN_DATA, else the user cache); a run "
-                             "records the folder it found them in")
+    data_root: str = setting(
+        "", "where the data sets are ('': $MTSNN_DATA, else the user cache); a run records the folder it found them in"
+    )
     deterministic: bool = setting(False, "use only deterministic algorithms (bitwise-repeatable runs)")
     compile: bool = setting(False, "compile the model with torch.compile")
     amp: bool = setting(False, "compute the synapses in bfloat16 (the neuron's state stays float32)")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad setting; return self."""
         for item in dataclasses.fields(self):  # TOML files and JSON state can hold any type
             value = getattr(self, item.name)
             kind = _TYPES[item.type]
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-                raise ValueError(f"invalid setting {item.name}={value!r} "
-                                 f"(need {item.type}, got {type(value).__name__})")
+                raise ValueError(
+                    f"invalid setting {item.name}={value!r} (need {item.type}, got {type(value).__name__})"
+                )
             choices = item.metadata["choices"]
             if choices and value not in choices:
-                raise ValueError(f"invalid setting {item.name}={value!r} (choose one of "
-                                 f"{', '.join(repr(c) if c == '' else c for c in choices)})")
+                raise ValueError(
+                    f"invalid setting {item.name}={value!r} (choose one of "
+                    f"{', '.join(repr(c) if c == '' else c for c in choices)})"
+                )
         checks = [
             (self.T >= 1, f"T={self.T} (need >= 1)"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} (need >= 1)"),
             (self.epochs >= 1, f"epochs={self.epochs} (need >= 1)"),
-            (self.time_budget == "" or seconds(self.time_budget) > 0,
-             f"time_budget={self.time_budget!r} (need a duration such as 90s, 8m or 1.5h)"),
-            (not (self.time_budget and self.schedule == "cosine" and self.warmup_epochs == 0),
-             f"time_budget={self.time_budget!r} with a cosine schedule needs warmup_epochs > 0 (the speed is "
-             "measured during the warm-up, before the cosine's length is known)"),
-            (math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
-             f"warmup_epochs={self.warmup_epochs} (need 0 <= warmup_epochs <= epochs={self.epochs})"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay={self.weight_decay} (need a finite value >= 0)"),
-            (math.isfinite(self.output_floor) and self.output_floor >= 0,
-             f"output_floor={self.output_floor} (need a finite value >= 0; 0 means off)"),
-            (not (self.ann and self.output_floor), f"output_floor={self.output_floor} with ann=True "
-             "(the ANN twin has no threshold)"),
-            (not (self.ann and self.readout != "counts"), f"readout={self.readout!r} with ann=True (the ANN "
-             "twin is read by its logits)"),
+            (
+                self.time_budget == "" or seconds(self.time_budget) > 0,
+                f"time_budget={self.time_budget!r} (need a duration such as 90s, 8m or 1.5h)",
+            ),
+            (
+                not (self.time_budget and self.schedule == "cosine" and self.warmup_epochs == 0),
+                f"time_budget={self.time_budget!r} with a cosine schedule needs warmup_epochs > 0 (the speed is "
+                "measured during the warm-up, before the cosine's length is known)",
+            ),
+            (
+                math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
+                f"warmup_epochs={self.warmup_epochs} (need 0 <= warmup_epochs <= epochs={self.epochs})",
+            ),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                f"weight_decay={self.weight_decay} (need a finite value >= 0)",
+            ),
+            (
+                math.isfinite(self.output_floor) and self.output_floor >= 0,
+                f"output_floor={self.output_floor} (need a finite value >= 0; 0 means off)",
+            ),
+            (
+                not (self.ann and self.output_floor),
+                f"output_floor={self.output_floor} with ann=True (the ANN twin has no threshold)",
+            ),
+            (
+                not (self.ann and self.readout != "counts"),
+                f"readout={self.readout!r} with ann=True (the ANN twin is read by its logits)",
+            ),
             (self.val_holdout >= 0, f"val_holdout={self.val_holdout} (need >= 0; 0 means none)"),
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),
-            (math.isfinite(self.target_true) and math.isfinite(self.target_false),
-             f"target_true={self.target_true}, target_false={self.target_false} (need finite counts)"),
-            (_is_device(self.device), f"device={self.device!r} (need a torch device such as 'cpu', 'cuda' "
-             f"or 'cuda:1')"),
-            (not (self.ann and self.output_surrogate),
-             f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)"),
+            (
+                math.isfinite(self.target_true) and math.isfinite(self.target_false),
+                f"target_true={self.target_true}, target_false={self.target_false} (need finite counts)",
+            ),
+            (
+                _is_device(self.device),
+                f"device={self.device!r} (need a torch device such as 'cpu', 'cuda' or 'cuda:1')",
+            ),
+            (
+                not (self.ann and self.output_surrogate),
+                f"output_surrogate={self.output_surrogate!r} with ann=True (the ANN twin has no surrogate)",
+            ),
         ]
         for ok, what in checks:
             if not ok:
@@ -145,14 +195,23 @@ class TrainConfig:
         return (3, 32, 32) if self.dataset == "cifar10" else (1, 28, 28)
 
     def neuron_kwargs(self) -> dict:
-        return dict(v_th=self.v_th, tau_m=self.tau_m, s_max=self.s_max, surrogate=self.surrogate,
-                    alpha_h=self.alpha_h, alpha_w=self.alpha_w, grad_mode=self.grad_mode)
+        return dict(
+            v_th=self.v_th,
+            tau_m=self.tau_m,
+            s_max=self.s_max,
+            surrogate=self.surrogate,
+            alpha_h=self.alpha_h,
+            alpha_w=self.alpha_w,
+            grad_mode=self.grad_mode,
+        )
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
-                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
+            raise ValueError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}; valid: "
+                f"{', '.join(f.name for f in dataclasses.fields(self))}"
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -194,14 +253,20 @@ def _is_device(name: str) -> bool:
 # (not measured here).
 PRESETS: dict[str, TrainConfig] = {
     "mnist-mlp": TrainConfig(preset="mnist-mlp", dataset="mnist", spec="784-800-10", lr=0.005, crop_padding=1),
-    "mnist-cnn": TrainConfig(preset="mnist-cnn", dataset="mnist", spec="15C5-P2-40C5-P2-300", lr=0.005,
-                             crop_padding=2),
-    "fmnist-mlp": TrainConfig(preset="fmnist-mlp", dataset="fashion-mnist", spec="784-400-400-10", lr=0.005,
-                              crop_padding=1),
-    "fmnist-cnn": TrainConfig(preset="fmnist-cnn", dataset="fashion-mnist", spec="32C5-P2-64C5-P2-1024",
-                              lr=0.005, crop_padding=2),
-    "cifar10-cnn": TrainConfig(preset="cifar10-cnn", dataset="cifar10",
-                               spec="96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", lr=0.0005, crop_padding=4),
+    "mnist-cnn": TrainConfig(preset="mnist-cnn", dataset="mnist", spec="15C5-P2-40C5-P2-300", lr=0.005, crop_padding=2),
+    "fmnist-mlp": TrainConfig(
+        preset="fmnist-mlp", dataset="fashion-mnist", spec="784-400-400-10", lr=0.005, crop_padding=1
+    ),
+    "fmnist-cnn": TrainConfig(
+        preset="fmnist-cnn", dataset="fashion-mnist", spec="32C5-P2-64C5-P2-1024", lr=0.005, crop_padding=2
+    ),
+    "cifar10-cnn": TrainConfig(
+        preset="cifar10-cnn",
+        dataset="cifar10",
+        spec="96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024",
+        lr=0.0005,
+        crop_padding=4,
+    ),
 }
 
 

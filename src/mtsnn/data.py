@@ -47,15 +47,35 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-__all__ = ["CHECKSUMS", "CLASSES", "DOWNLOADS", "DatasetError", "Dataset", "DeviceLoader",
-           "MIRRORS", "NORMALISATION", "UnverifiedDataWarning", "data_root", "load"]
+__all__ = [
+    "CHECKSUMS",
+    "CLASSES",
+    "DOWNLOADS",
+    "DatasetError",
+    "Dataset",
+    "DeviceLoader",
+    "MIRRORS",
+    "NORMALISATION",
+    "UnverifiedDataWarning",
+    "data_root",
+    "load",
+]
 
 CLASSES = {
     "mnist": [str(digit) for digit in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"],
+    "fashion-mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 SPLITS = ("train", "test")
 
@@ -67,8 +87,10 @@ NORMALISATION = {
 }
 
 IDX_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 IDX_IMAGE_SIZE = (28, 28)
 
 CIFAR_BIN, CIFAR_PY = "cifar-10-batches-bin", "cifar-10-batches-py"
@@ -97,20 +119,23 @@ CHECKSUMS = {
 
 # Base addresses tried in order, and the published md5 of each file as they serve it
 MIRRORS = {
-    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
-              "http://yann.lecun.com/exdb/mnist/"],
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
     "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
     "cifar10": ["https://www.cs.toronto.edu/~kriz/", "https://cave.cs.toronto.edu/kriz/"],
 }
 DOWNLOADS = {
-    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
-    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
     "cifar10": {CIFAR_ARCHIVE: "c32a1d4ab5d03f1284b67883e8d87530"},
 }
 
@@ -125,11 +150,11 @@ class Dataset:
 
     name: str
     split: str
-    images: torch.Tensor            # uint8, N x C x H x W
-    labels: torch.Tensor            # int64, N
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
     classes: list[str]
-    source: tuple[Path, ...]        # the files read
-    unverified: tuple[Path, ...] = ()   # those of them not checked against a known checksum
+    source: tuple[Path, ...]  # the files read
+    unverified: tuple[Path, ...] = ()  # those of them not checked against a known checksum
 
     @property
     def verified(self) -> bool:
@@ -149,19 +174,21 @@ class Dataset:
         random choice that depends on nothing but the data set's size, so every run, whatever
         its seed, holds out the same ones."""
         if not 1 <= n < len(self):
-            raise ValueError(f"cannot hold out {n} of the {len(self)} {self.name} {self.split} examples "
-                             f"(need 1 <= n < {len(self)})")
+            raise ValueError(
+                f"cannot hold out {n} of the {len(self)} {self.name} {self.split} examples (need 1 <= n < {len(self)})"
+            )
         order = torch.randperm(len(self), generator=_generator(_HOLD_OUT_KEY, len(self)))
         rest, held = order[:-n].sort().values, order[-n:].sort().values
         split = f"{self.split}-held-out"
-        return (replace(self, images=self.images[rest], labels=self.labels[rest]),
-                replace(self, split=split, images=self.images[held], labels=self.labels[held]))
+        return (
+            replace(self, images=self.images[rest], labels=self.labels[rest]),
+            replace(self, split=split, images=self.images[held], labels=self.labels[held]),
+        )
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.images.shape[1:]))
         trust = "verified" if self.verified else f"UNVERIFIED: {len(self.unverified)} file(s)"
-        return (f"Dataset({self.name} {self.split}: {len(self)} images of {shape}, "
-                f"{len(self.classes)} classes, {trust})")
+        return f"Dataset({self.name} {self.split}: {len(self)} images of {shape}, {len(self.classes)} classes, {trust})"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -169,8 +196,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("MTSNN_DATA") or _user_cache()).expanduser()
 
 
-def load(name: str, split: str, root: str | os.PathLike | None = None, *,
-         download: bool = False) -> Dataset:
+def load(name: str, split: str, root: str | os.PathLike | None = None, *, download: bool = False) -> Dataset:
     """Load a whole split of "mnist", "fashion-mnist" or "cifar10" ("train" or "test").
 
     With ``download=True`` missing files are fetched from MIRRORS first. Raises DatasetError
@@ -188,20 +214,29 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, *,
     checked = _CheckedFiles()
     unverified = tuple(f.path for f in files if not checked.verify(f))
     if unverified:
-        warnings.warn(f"{name} {split}: no known checksum to check "
-                      f"{', '.join(map(str, unverified))} against; loaded unverified",
-                      UnverifiedDataWarning, stacklevel=2)
+        warnings.warn(
+            f"{name} {split}: no known checksum to check {', '.join(map(str, unverified))} against; loaded unverified",
+            UnverifiedDataWarning,
+            stacklevel=2,
+        )
     images, labels = parse(name, files)
-    return Dataset(name, split, torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
-                   list(CLASSES[name]), tuple(f.path for f in files), unverified)
+    return Dataset(
+        name,
+        split,
+        torch.from_numpy(images),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(CLASSES[name]),
+        tuple(f.path for f in files),
+        unverified,
+    )
 
 
 @dataclass(frozen=True)
 class _File:
     path: Path
-    key: str                 # its path under the root, without .gz: the key into CHECKSUMS
-    content: bytes           # uncompressed
-    stat: os.stat_result     # taken before reading, so a later change shows
+    key: str  # its path under the root, without .gz: the key into CHECKSUMS
+    content: bytes  # uncompressed
+    stat: os.stat_result  # taken before reading, so a later change shows
 
 
 def _read_file(path: Path, key: str) -> _File:
@@ -218,15 +253,16 @@ def _read_file(path: Path, key: str) -> _File:
     return _File(path, key, content, stat)
 
 
-def _missing(name: str, split: str, folder: Path, files: list[str],
-             alternative: str = "") -> DatasetError:
+def _missing(name: str, split: str, folder: Path, files: list[str], alternative: str = "") -> DatasetError:
     return DatasetError(
         f"{name} {split}: {', '.join(files)} not found in {folder}{alternative}. Pass "
         f"download=True to fetch them, or put the files there (a torchvision download folder "
-        f"works as is).")
+        f"works as is)."
+    )
 
 
 # ---- MNIST and Fashion-MNIST: IDX files ----
+
 
 def _idx_files(name: str, split: str, root: Path, download: bool) -> list[_File]:
     """The split's images file, then its labels file."""
@@ -238,8 +274,7 @@ def _idx_files(name: str, split: str, root: Path, download: bool) -> list[_File]
                 fetch(stem + ".gz", MIRRORS[name], folder, DOWNLOADS[name][stem + ".gz"])
     paths = [_idx_path(folder, stem) for stem in stems]
     if None in paths:
-        raise _missing(name, split, folder,
-                       [stem + "[.gz]" for stem, path in zip(stems, paths) if path is None])
+        raise _missing(name, split, folder, [stem + "[.gz]" for stem, path in zip(stems, paths) if path is None])
     return [_read_file(path, f"{IDX_FOLDERS[name]}/{stem}") for path, stem in zip(paths, stems)]
 
 
@@ -248,11 +283,14 @@ def _parse_idx(name: str, files: list[_File]) -> tuple[np.ndarray, np.ndarray]:
     images = _idx_array(images_file, ndim=3)
     labels = _idx_array(labels_file, ndim=1)
     if images.shape[1:] != IDX_IMAGE_SIZE:
-        raise DatasetError(f"{images_file.path}: images are {images.shape[1]}x{images.shape[2]}, "
-                           f"expected {IDX_IMAGE_SIZE[0]}x{IDX_IMAGE_SIZE[1]}")
+        raise DatasetError(
+            f"{images_file.path}: images are {images.shape[1]}x{images.shape[2]}, "
+            f"expected {IDX_IMAGE_SIZE[0]}x{IDX_IMAGE_SIZE[1]}"
+        )
     if len(images) != len(labels):
-        raise DatasetError(f"{labels_file.path} holds {len(labels)} labels but "
-                           f"{images_file.path} holds {len(images)} images")
+        raise DatasetError(
+            f"{labels_file.path} holds {len(labels)} labels but {images_file.path} holds {len(images)} images"
+        )
     _check_labels(labels_file.path, labels, len(CLASSES[name]))
     # a copy, because frombuffer's view of the file's bytes is read-only
     return images[:, None].copy(), labels
@@ -273,18 +311,23 @@ def _idx_array(file: _File, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DatasetError(f"{file.path}: {len(data)} bytes is too short for an IDX header")
     magic, *dims = struct.unpack(f">{1 + ndim}I", data[:header])
-    expected_magic = 0x0800 + ndim   # two zero bytes, type 0x08 (unsigned byte), dimension count
+    expected_magic = 0x0800 + ndim  # two zero bytes, type 0x08 (unsigned byte), dimension count
     if magic != expected_magic:
-        raise DatasetError(f"{file.path}: IDX magic number is 0x{magic:08x}, expected "
-                           f"0x{expected_magic:08x} (unsigned bytes in {ndim} dimensions)")
+        raise DatasetError(
+            f"{file.path}: IDX magic number is 0x{magic:08x}, expected "
+            f"0x{expected_magic:08x} (unsigned bytes in {ndim} dimensions)"
+        )
     size = math.prod(dims)
     if len(data) - header != size:
-        raise DatasetError(f"{file.path}: the header promises {size} bytes for dimensions "
-                           f"{tuple(dims)} but {len(data) - header} follow (truncated or padded)")
+        raise DatasetError(
+            f"{file.path}: the header promises {size} bytes for dimensions "
+            f"{tuple(dims)} but {len(data) - header} follow (truncated or padded)"
+        )
     return np.frombuffer(data, np.uint8, size, header).reshape(dims)
 
 
 # ---- CIFAR-10: binary or python batches ----
+
 
 def _cifar_files(name: str, split: str, root: Path, download: bool) -> list[_File]:
     """The split's batches, in order, in the python layout if only it is complete, else in
@@ -298,15 +341,15 @@ def _cifar_files(name: str, split: str, root: Path, download: bool) -> list[_Fil
         _download_cifar(root)
     missing = [p.name for p in binary if not p.is_file()]
     if missing:
-        raise _missing(name, split, root / CIFAR_BIN, missing,
-                       f" (nor is the python layout complete in {root / CIFAR_PY})")
+        raise _missing(
+            name, split, root / CIFAR_BIN, missing, f" (nor is the python layout complete in {root / CIFAR_PY})"
+        )
     return [_read_file(p, f"{CIFAR_BIN}/{p.name}") for p in binary]
 
 
 def _parse_cifar(name: str, files: list[_File]) -> tuple[np.ndarray, np.ndarray]:
     parsed = [_cifar_python_batch(f) if _is_pickle(f) else _cifar_binary_batch(f) for f in files]
-    return (np.concatenate([images for images, _ in parsed]),
-            np.concatenate([labels for _, labels in parsed]))
+    return (np.concatenate([images for images, _ in parsed]), np.concatenate([labels for _, labels in parsed]))
 
 
 def _is_pickle(file: _File) -> bool:
@@ -318,11 +361,11 @@ def _cifar_binary_batch(file: _File) -> tuple[np.ndarray, np.ndarray]:
     record = 1 + math.prod(CIFAR_SHAPE)
     size = len(file.content)
     if size % record:
-        raise DatasetError(f"{file.path}: {size} bytes is not a whole number of "
-                           f"{record}-byte records (truncated or damaged)")
+        raise DatasetError(
+            f"{file.path}: {size} bytes is not a whole number of {record}-byte records (truncated or damaged)"
+        )
     if size // record != CIFAR_RECORDS_PER_BATCH:
-        raise DatasetError(f"{file.path}: {size // record} records, "
-                           f"expected {CIFAR_RECORDS_PER_BATCH}")
+        raise DatasetError(f"{file.path}: {size // record} records, expected {CIFAR_RECORDS_PER_BATCH}")
     records = np.frombuffer(file.content, np.uint8).reshape(-1, record)
     _check_labels(file.path, records[:, 0], len(CLASSES["cifar10"]))
     return records[:, 1:].reshape(-1, *CIFAR_SHAPE), records[:, 0]
@@ -333,7 +376,7 @@ class _CifarUnpickler(pickle.Unpickler):
     arrays), so that a crafted file cannot make unpickling call anything else."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # as numpy 1 writes it
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # as numpy 1 writes it
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # as numpy 2 writes it
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -353,14 +396,14 @@ def _cifar_python_batch(file: _File) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # a damaged or crafted pickle can fail in any way; none may pass
         raise DatasetError(f"{file.path}: not a readable CIFAR-10 python batch: {exc}") from exc
     if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
-        raise DatasetError(f"{file.path}: not a CIFAR-10 python batch "
-                           f"(expected a dict with b'data' and b'labels')")
+        raise DatasetError(f"{file.path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
     images, labels = batch[b"data"], np.asarray(batch[b"labels"])
     pixels = math.prod(CIFAR_SHAPE)
     expected = (CIFAR_RECORDS_PER_BATCH, pixels)
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape != expected:
-        found = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
-                 else type(images).__name__)
+        found = (
+            f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        )
         raise DatasetError(f"{file.path}: b'data' is a {found}, expected uint8 of shape {expected}")
     if labels.shape != (CIFAR_RECORDS_PER_BATCH,) or labels.dtype.kind not in "iu":
         raise DatasetError(f"{file.path}: b'labels' must be {CIFAR_RECORDS_PER_BATCH} integers")
@@ -388,11 +431,11 @@ def _download_cifar(root: Path) -> None:
 
 # ---- checks shared by all formats ----
 
+
 def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
-        raise DatasetError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside "
-                           f"0..{num_classes - 1}")
+        raise DatasetError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1}")
 
 
 def _user_cache() -> Path:
@@ -429,26 +472,24 @@ class _CheckedFiles:
                 f"{file.path}: checksum mismatch: the md5 of its "
                 f"{'uncompressed ' if file.path.suffix == '.gz' else ''}content is {actual}, "
                 f"expected {expected}. The file is damaged or not the official release; "
-                f"delete it and load with download=True, or replace it.")
+                f"delete it and load with download=True, or replace it."
+            )
         self.add(file.path, stat=file.stat, md5=expected)
         return True
 
     def _entry(self, path: Path, stat: os.stat_result) -> dict:
         """What is recorded for ``path``, if it still has the size and time it had then."""
         entry = self.entries.get(str(path.resolve()))
-        if isinstance(entry, dict) and entry.get("size") == stat.st_size \
-                and entry.get("mtime_ns") == stat.st_mtime_ns:
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
             return entry
         return {}
 
     def add(self, path: Path, stat: os.stat_result | None = None, **proof: str) -> None:
         stat = stat or path.stat()
-        self.entries[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                             **proof}
+        self.entries[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **proof}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp",
-                                             delete=False) as tmp:
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as tmp:
                 json.dump(self.entries, tmp, indent=1)
             os.replace(tmp.name, self.path)
         except OSError:
@@ -482,10 +523,19 @@ class DeviceLoader:
     Iterating the loader itself runs epoch 0, then 1, and so on.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, train: bool,
-                 device: str | torch.device = "cpu", seed: int = 0, crop_padding: int = 4,
-                 flip: bool = False, mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None, drop_last: bool = False):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        train: bool,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        crop_padding: int = 4,
+        flip: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        drop_last: bool = False,
+    ):
         for name, value, least in (("batch_size", batch_size, 1), ("seed", seed, 0), ("crop_padding", crop_padding, 0)):
             if value < least:
                 raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
@@ -508,8 +558,7 @@ class DeviceLoader:
         self.next_epoch += 1
         return self.epoch(self.next_epoch - 1)
 
-    def epoch(self, epoch: int,
-              start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) for batches ``start_batch``.. of epoch ``epoch``."""
         if epoch < 0 or not 0 <= start_batch <= len(self):
             raise ValueError(f"need epoch >= 0 and 0 <= start_batch <= {len(self)}")
@@ -535,8 +584,8 @@ class DeviceLoader:
         pad = self.crop_padding
         top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = top[:, None] + torch.arange(height)          # n x height, in the padded image
-        cols = left[:, None] + torch.arange(width)          # n x width
+        rows = top[:, None] + torch.arange(height)  # n x height, in the padded image
+        cols = left[:, None] + torch.arange(width)  # n x width
         if self.flip:
             flipped = torch.rand(n, generator=generator) < 0.5
             cols = torch.where(flipped[:, None], cols.flip(1), cols)

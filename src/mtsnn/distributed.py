@@ -33,7 +33,7 @@ class Processes:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device: torch.device) -> "Processes":
+    def from_environment(cls, device: torch.device) -> Processes:
         """Join the process group that torchrun describes in the environment, if any."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
@@ -43,8 +43,9 @@ class Processes:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank,
-                   f"cuda:{local_rank}" if device.type == "cuda" else "cpu")
+        return cls(
+            dist.get_rank(), dist.get_world_size(), local_rank, f"cuda:{local_rank}" if device.type == "cuda" else "cpu"
+        )
 
     def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """This process's contiguous share of the global batch."""

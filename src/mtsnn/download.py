@@ -29,8 +29,9 @@ def md5_of(data) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def fetch(filename: str, mirrors: list[str], folder: Path, md5: str, *,
-          timeout: float = 30.0, progress: bool = True) -> Path:
+def fetch(
+    filename: str, mirrors: list[str], folder: Path, md5: str, *, timeout: float = 30.0, progress: bool = True
+) -> Path:
     """Download ``filename`` into ``folder`` from the first mirror that serves it intact.
 
     Each mirror is a base address ending in "/". A file already in place with the right md5
@@ -54,8 +55,10 @@ def fetch(filename: str, mirrors: list[str], folder: Path, md5: str, *,
         except (OSError, http.client.HTTPException, _BadDownload) as exc:
             failures.append(f"{url}: {_reason(exc)}")
     raise DatasetError(
-        f"could not download {filename}; tried:\n  " + "\n  ".join(failures or ["(no mirrors)"])
-        + f"\nDownload it by hand (md5 {md5}) and put it in {folder}")
+        f"could not download {filename}; tried:\n  "
+        + "\n  ".join(failures or ["(no mirrors)"])
+        + f"\nDownload it by hand (md5 {md5}) and put it in {folder}"
+    )
 
 
 class _BadDownload(Exception):
@@ -63,8 +66,7 @@ class _BadDownload(Exception):
 
 
 def _download(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> None:
-    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part",
-                                      delete=False)
+    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
     try:
         with tmp, urllib.request.urlopen(url, timeout=timeout) as response:
             expected_size = int(response.headers.get("Content-Length") or 0) or None
@@ -139,7 +141,7 @@ def extract_tar(archive: Path, folder: Path) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(archive, member)
-            if hasattr(tarfile, "data_filter"):   # Python >= 3.11.4 / 3.10.12: a second guard
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12: a second guard
                 tar.extractall(folder, members, filter="data")
             else:
                 tar.extractall(folder, members)
@@ -152,7 +154,7 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = PureWindowsPath(member.name)
     if not (member.isfile() or member.isdir()):
         problem = "a link" if member.issym() or member.islnk() else "a device or other special file"
-    elif name.anchor:   # a root (/ or \) or a drive
+    elif name.anchor:  # a root (/ or \) or a drive
         problem = "an absolute path"
     elif ".." in name.parts:
         problem = "a path with '..'"

@@ -68,13 +68,19 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
                 macs = 0.0
                 spikes = layer(x)
             neurons = spikes[0, 0].numel()
-            layers.append({
-                "layer": type(layer).__name__, "neurons": neurons,
-                "firing_rate": spikes.sum().item() / spikes.numel(),
-                "spikes_per_neuron": spikes.sum().item() / (batch * neurons),
-                "dense_macs": macs, "acs": acs, "event_macs": event_macs,
-                "neuron_updates": float(neurons * steps), "ann_macs": ann_macs,
-            })
+            layers.append(
+                {
+                    "layer": type(layer).__name__,
+                    "neurons": neurons,
+                    "firing_rate": spikes.sum().item() / spikes.numel(),
+                    "spikes_per_neuron": spikes.sum().item() / (batch * neurons),
+                    "dense_macs": macs,
+                    "acs": acs,
+                    "event_macs": event_macs,
+                    "neuron_updates": float(neurons * steps),
+                    "ann_macs": ann_macs,
+                }
+            )
             x, direct, pooled_area = spikes, False, 1
         else:
             x = layer(x)
@@ -82,20 +88,27 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
                 pooled_area *= layer.size * layer.size
             elif not isinstance(layer, (TimePool2d, FlattenFeatures)):
                 raise TypeError(f"cannot count operations through {type(layer).__name__}")
-    total = {key: sum(row[key] for row in layers) for key in
-             ("neurons", "dense_macs", "acs", "event_macs", "neuron_updates", "ann_macs")}
+    total = {
+        key: sum(row[key] for row in layers)
+        for key in ("neurons", "dense_macs", "acs", "event_macs", "neuron_updates", "ann_macs")
+    }
     total["spikes_per_neuron"] = sum(r["spikes_per_neuron"] * r["neurons"] for r in layers) / total["neurons"]
     total["firing_rate"] = total["spikes_per_neuron"] / steps
     energy_ac = total["dense_macs"] * E_MAC_PJ + total["acs"] * E_ADD_PJ
     energy_mac = (total["dense_macs"] + total["event_macs"]) * E_MAC_PJ
     energy_ann = total["ann_macs"] * E_MAC_PJ
-    return {"T": steps, "layers": layers, "total": total,
-            "energy_pj": {"snn_accumulate_hardware": energy_ac, "snn_mac_hardware": energy_mac,
-                          "ann_twin": energy_ann},
-            "energy_ratio_to_ann": {"snn_accumulate_hardware": energy_ac / energy_ann,
-                                    "snn_mac_hardware": energy_mac / energy_ann},
-            "assumptions": "45 nm: 0.9 pJ per 32-bit float add, 4.6 pJ per 32-bit float MAC "
-                           "(Horowitz, ISSCC 2014); memory access and neuron updates not counted"}
+    return {
+        "T": steps,
+        "layers": layers,
+        "total": total,
+        "energy_pj": {"snn_accumulate_hardware": energy_ac, "snn_mac_hardware": energy_mac, "ann_twin": energy_ann},
+        "energy_ratio_to_ann": {
+            "snn_accumulate_hardware": energy_ac / energy_ann,
+            "snn_mac_hardware": energy_mac / energy_ann,
+        },
+        "assumptions": "45 nm: 0.9 pJ per 32-bit float add, 4.6 pJ per 32-bit float MAC "
+        "(Horowitz, ISSCC 2014); memory access and neuron updates not counted",
+    }
 
 
 def count_over_loader(model: SpikingNetwork, loader, num_steps: int | None = None) -> dict:
@@ -137,5 +150,9 @@ def ann_operations(spec: str, input_shape: tuple[int, ...], num_classes: int = 1
         else:
             x = layer(x)
     macs = sum(row["ann_macs"] for row in layers)
-    return {"layers": layers, "total": {"ann_macs": macs}, "energy_pj": {"ann_twin": macs * E_MAC_PJ},
-            "assumptions": "45 nm: 4.6 pJ per 32-bit float MAC (Horowitz, ISSCC 2014); memory access not counted"}
+    return {
+        "layers": layers,
+        "total": {"ann_macs": macs},
+        "energy_pj": {"ann_twin": macs * E_MAC_PJ},
+        "assumptions": "45 nm: 4.6 pJ per 32-bit float MAC (Horowitz, ISSCC 2014); memory access not counted",
+    }

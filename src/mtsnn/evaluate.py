@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets, zoo
+from . import data as datasets
+from . import zoo
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
 from .config import TrainConfig, dump_toml, usable_device
 from .energy import ann_operations, count_over_loader
@@ -22,7 +23,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     """The model and config of a run directory, a checkpoint file, or a shipped model
     (``pretrained:NAME``, :mod:`mtsnn.zoo`: its sha256 checked)."""
     if str(path).startswith(zoo.PREFIX):
-        return zoo.load(str(path)[len(zoo.PREFIX):], device)
+        return zoo.load(str(path)[len(zoo.PREFIX) :], device)
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -35,8 +36,14 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     return model.to(usable_device(device)), cfg
 
 
-def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: str = "cpu",
-                        energy: bool = False, test_limit: int = 0, int8: bool = False) -> dict:
+def evaluate_checkpoint(
+    path: str | Path,
+    data_root: str | None = None,
+    device: str = "cpu",
+    energy: bool = False,
+    test_limit: int = 0,
+    int8: bool = False,
+) -> dict:
     """Test accuracy, spikes per neuron per layer, parameters; with ``energy``, the
     operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set
     (its first ``test_limit`` images if > 0); with ``int8``, also the accuracy of the
@@ -52,18 +59,25 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, device: 
     steps = 1 if cfg.ann else cfg.T
     extra = {}
     if energy:
-        extra["energy"] = (ann_operations(cfg.spec, cfg.input_shape) if cfg.ann
-                           else count_over_loader(model, loader))
+        extra["energy"] = ann_operations(cfg.spec, cfg.input_shape) if cfg.ann else count_over_loader(model, loader)
     if int8:
         if cfg.ann:
             raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
         extra["int8_test_acc"] = integer_accuracy(model, test_set)
     if str(path).startswith(zoo.PREFIX):  # what was measured when the weights were kept
-        extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX):])["test_acc"]
-    return {**extra, "preset": cfg.preset, "spec": cfg.spec, "T": None if cfg.ann else cfg.T, "ann": cfg.ann,
-            "test_acc": result["acc"], "test_images": len(test_set), "silent_outputs": result["silent_outputs"],
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]]}
+        extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX) :])["test_acc"]
+    return {
+        **extra,
+        "preset": cfg.preset,
+        "spec": cfg.spec,
+        "T": None if cfg.ann else cfg.T,
+        "ann": cfg.ann,
+        "test_acc": result["acc"],
+        "test_images": len(test_set),
+        "silent_outputs": result["silent_outputs"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "spikes_per_neuron": [rate * steps for rate in result["firing_rate"]],
+    }
 
 
 def integer_accuracy(model: torch.nn.Module, test_set: datasets.Dataset) -> float:
@@ -71,8 +85,8 @@ def integer_accuracy(model: torch.nn.Module, test_set: datasets.Dataset) -> floa
     integer = IntegerNetwork(model.cpu(), *datasets.NORMALISATION[test_set.name])
     correct = 0
     for begin in range(0, len(test_set), 1000):
-        counts = integer(test_set.images[begin:begin + 1000])
-        correct += (counts.sum(0).argmax(1) == test_set.labels[begin:begin + 1000]).sum().item()
+        counts = integer(test_set.images[begin : begin + 1000])
+        correct += (counts.sum(0).argmax(1) == test_set.labels[begin : begin + 1000]).sum().item()
     return 100.0 * correct / len(test_set)
 
 
@@ -88,8 +102,17 @@ def keep_weights(path: str | Path, out: str | Path, report: dict) -> dict:
     weights = out.with_name(out.name + ".safetensors")
     save_tensors(weights, model.state_dict(), {"mtsnn_config": json.dumps(config)})
     atomic_write(out.with_name(out.name + ".toml"), [dump_toml(config).encode()])
-    record = {"weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-              "preset": cfg.preset, "recipe": cfg.recipe, "ann": cfg.ann, "spec": cfg.spec, "T": cfg.T,
-              "test_acc": report["test_acc"], "silent_outputs": report["silent_outputs"], "source": str(path)}
+    record = {
+        "weights": weights.name,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "preset": cfg.preset,
+        "recipe": cfg.recipe,
+        "ann": cfg.ann,
+        "spec": cfg.spec,
+        "T": cfg.T,
+        "test_acc": report["test_acc"],
+        "silent_outputs": report["silent_outputs"],
+        "source": str(path),
+    }
     atomic_write(out.with_name(out.name + ".json"), [json.dumps(record, indent=2).encode()])
     return record

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -74,11 +75,14 @@ def _tau_m(alpha: float) -> float:
 def _walk(net: SpikingNetwork):
     """(kind, layer) for each part of ``net``; ExportError for a part with no counterpart."""
     if not isinstance(net, SpikingNetwork):
-        raise ExportError(f"expected a spiking network from mtsnn.from_spec, got {type(net).__name__} "
-                          "(the ANN twin has no neuron to export)")
+        raise ExportError(
+            f"expected a spiking network from mtsnn.from_spec, got {type(net).__name__} "
+            "(the ANN twin has no neuron to export)"
+        )
     for index, layer in enumerate(net.layers):
-        kind = {SpikingConv2d: "conv", SpikingLinear: "linear", TimePool2d: "pool",
-                FlattenFeatures: "flatten"}.get(type(layer))
+        kind = {SpikingConv2d: "conv", SpikingLinear: "linear", TimePool2d: "pool", FlattenFeatures: "flatten"}.get(
+            type(layer)
+        )
         if kind is None:
             raise ExportError(f"layer {index} ({type(layer).__name__}) has no counterpart outside mtsnn")
         yield kind, layer
@@ -117,11 +121,19 @@ def _conv_part(where: str, weight: np.ndarray, bias: np.ndarray | None, stride, 
     ``where`` unless it is a stride-1 'same' one with an odd square kernel, as mtsnn's are."""
     k = weight.shape[-1]
     same = padding == "same" if isinstance(padding, str) else bool(np.all(np.asarray(padding) == k // 2))
-    if (weight.shape[-2] != k or k % 2 == 0 or np.any(np.asarray(stride) != 1) or np.any(np.asarray(dilation) != 1)
-            or groups != 1 or not same):
-        raise ExportError(f"{where}: mtsnn's convolutions are stride-1 'same' ones with an odd square kernel, got "
-                          f"kernel {tuple(weight.shape[-2:])}, stride {stride}, padding {padding}, dilation "
-                          f"{dilation}, groups {groups}")
+    if (
+        weight.shape[-2] != k
+        or k % 2 == 0
+        or np.any(np.asarray(stride) != 1)
+        or np.any(np.asarray(dilation) != 1)
+        or groups != 1
+        or not same
+    ):
+        raise ExportError(
+            f"{where}: mtsnn's convolutions are stride-1 'same' ones with an odd square kernel, got "
+            f"kernel {tuple(weight.shape[-2:])}, stride {stride}, padding {padding}, dilation "
+            f"{dilation}, groups {groups}"
+        )
     return "conv", {"in": weight.shape[1], "out": weight.shape[0], "kernel": k, "weight": weight, "bias": bias}
 
 
@@ -129,13 +141,20 @@ def _pool_part(where: str, kernel, stride, padding, mode: str) -> tuple:
     """The ("pool", settings) part of a pooling another tool wrote; ExportError naming ``where``
     unless it pools k x k windows with stride k and no padding, as mtsnn does."""
     k = np.unique(np.asarray(kernel))
-    if k.size != 1 or np.any(np.asarray(kernel if stride is None else stride) != k[0]) or np.any(np.asarray(padding) != 0):
-        raise ExportError(f"{where}: mtsnn pools k x k windows with stride k and no padding, got kernel {kernel}, "
-                          f"stride {stride}, padding {padding}")
+    if (
+        k.size != 1
+        or np.any(np.asarray(kernel if stride is None else stride) != k[0])
+        or np.any(np.asarray(padding) != 0)
+    ):
+        raise ExportError(
+            f"{where}: mtsnn pools k x k windows with stride k and no padding, got kernel {kernel}, "
+            f"stride {stride}, padding {padding}"
+        )
     return "pool", {"size": int(k[0]), "mode": mode}
 
 
 # --- Sinabs ---------------------------------------------------------------------------------
+
 
 def _sinabs_layers(net: SpikingNetwork, num_steps: int) -> list[dict]:
     """What :func:`to_sinabs` builds, as plain data (the layer list :func:`save_sinabs` stores)."""
@@ -144,12 +163,21 @@ def _sinabs_layers(net: SpikingNetwork, num_steps: int) -> list[dict]:
         if kind in ("conv", "linear"):
             out_size, in_size = layer.weight.shape[:2]
             bias = layer.bias is not None
-            layers.append({"layer": "Conv2d", "in": in_size, "out": out_size, "kernel": layer.weight.shape[-1],
-                           "bias": bias} if kind == "conv" else
-                          {"layer": "Linear", "in": in_size, "out": out_size, "bias": bias})
+            layers.append(
+                {"layer": "Conv2d", "in": in_size, "out": out_size, "kernel": layer.weight.shape[-1], "bias": bias}
+                if kind == "conv"
+                else {"layer": "Linear", "in": in_size, "out": out_size, "bias": bias}
+            )
             p = layer.params
-            layers.append({"layer": "IAFSqueeze" if math.isinf(p.tau_m) else "LIFSqueeze", "v_th": float(p.v_th),
-                           "s_max": int(p.s_max), "alpha": float(p.decay), "num_timesteps": int(num_steps)})
+            layers.append(
+                {
+                    "layer": "IAFSqueeze" if math.isinf(p.tau_m) else "LIFSqueeze",
+                    "v_th": float(p.v_th),
+                    "s_max": int(p.s_max),
+                    "alpha": float(p.decay),
+                    "num_timesteps": int(num_steps),
+                }
+            )
         elif kind == "pool":
             layers.append({"layer": "AvgPool2d" if layer.mode == "avg" else "MaxPool2d", "size": layer.size})
         else:
@@ -170,8 +198,13 @@ def _sinabs_model(layers: list[dict]) -> nn.Sequential:
         elif kind == "Linear":
             modules.append(nn.Linear(d["in"], d["out"], bias=d["bias"]))
         elif kind in ("LIFSqueeze", "IAFSqueeze"):
-            common = dict(spike_threshold=torch.tensor(d["v_th"]), spike_fn=MaxSpike(d["s_max"]),
-                          reset_fn=MembraneSubtract(), min_v_mem=None, num_timesteps=d["num_timesteps"])
+            common = dict(
+                spike_threshold=torch.tensor(d["v_th"]),
+                spike_fn=MaxSpike(d["s_max"]),
+                reset_fn=MembraneSubtract(),
+                min_v_mem=None,
+                num_timesteps=d["num_timesteps"],
+            )
             if kind == "IAFSqueeze":
                 modules.append(sl.IAFSqueeze(**common))
                 continue
@@ -213,8 +246,7 @@ def save_sinabs(net: SpikingNetwork, path, num_steps: int | None = None) -> None
 
     steps = num_steps or net.num_steps
     model = to_sinabs(net, steps)
-    save_tensors(path, dict(model.named_parameters()),
-                 {"sinabs_layers": json.dumps(_sinabs_layers(net, steps))})
+    save_tensors(path, dict(model.named_parameters()), {"sinabs_layers": json.dumps(_sinabs_layers(net, steps))})
 
 
 def load_sinabs(path) -> nn.Sequential:
@@ -227,8 +259,9 @@ def load_sinabs(path) -> nn.Sequential:
     model = _sinabs_model(json.loads(metadata["sinabs_layers"]))
     names = dict(model.named_parameters())
     if set(names) != set(tensors):
-        raise CheckpointError(f"{path}: its tensors {sorted(tensors)} do not fit its layer list "
-                              f"(which needs {sorted(names)})")
+        raise CheckpointError(
+            f"{path}: its tensors {sorted(tensors)} do not fit its layer list (which needs {sorted(names)})"
+        )
     with torch.no_grad():
         for name, parameter in names.items():
             parameter.copy_(tensors[name])
@@ -249,8 +282,10 @@ def run_sinabs(model: nn.Sequential, images: torch.Tensor, num_steps: int | None
 def _sinabs_steps(modules: list[nn.Module]) -> int:
     steps = {m.num_timesteps for m in modules if getattr(m, "num_timesteps", -1) > 0}
     if len(steps) != 1:
-        raise ExportError(f"cannot tell the number of time steps from the Sinabs model's layers (found "
-                          f"{sorted(steps) or 'none'}); give num_steps")
+        raise ExportError(
+            f"cannot tell the number of time steps from the Sinabs model's layers (found "
+            f"{sorted(steps) or 'none'}); give num_steps"
+        )
     return steps.pop()
 
 
@@ -263,8 +298,11 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
     sl = sinabs.layers
     from sinabs.activation import MaxSpike, MembraneSubtract, SingleSpike
 
-    modules = [m for m in model.modules() if not isinstance(m, nn.Sequential)] if isinstance(model, nn.Sequential) \
+    modules = (
+        [m for m in model.modules() if not isinstance(m, nn.Sequential)]
+        if isinstance(model, nn.Sequential)
         else [model]
+    )
     steps = num_steps or _sinabs_steps(modules)
     parts, pending = [], None
     for index, m in enumerate(modules):
@@ -286,8 +324,10 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
             if m.min_v_mem is not None:
                 raise ExportError(f"{where}: clips the membrane at min_v_mem={m.min_v_mem.item()}; mtsnn's does not")
             if not isinstance(m, sl.IAF) and m.norm_input:
-                raise ExportError(f"{where}: norm_input=True scales the input by (1 - alpha); mtsnn's neuron "
-                                  "takes it whole (use norm_input=False, or fold the scale into the weights)")
+                raise ExportError(
+                    f"{where}: norm_input=True scales the input by (1 - alpha); mtsnn's neuron "
+                    "takes it whole (use norm_input=False, or fold the scale into the weights)"
+                )
             if not isinstance(m.reset_fn, MembraneSubtract) or m.reset_fn.subtract_value not in (None,):
                 raise ExportError(f"{where}: resets by {m.reset_fn!r}; mtsnn's neuron subtracts V_th per spike")
             if isinstance(m.spike_fn, MaxSpike) and m.spike_fn.max_num_spikes_per_bin:
@@ -295,27 +335,36 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
             elif m.spike_fn is SingleSpike:
                 s_max = 1
             else:
-                raise ExportError(f"{where}: spike_fn {getattr(m.spike_fn, '__name__', m.spike_fn)!r} has no "
-                                  "bound on spikes per step; mtsnn needs one (MaxSpike(S_max) or SingleSpike)")
+                raise ExportError(
+                    f"{where}: spike_fn {getattr(m.spike_fn, '__name__', m.spike_fn)!r} has no "
+                    "bound on spikes per step; mtsnn needs one (MaxSpike(S_max) or SingleSpike)"
+                )
             threshold = m.spike_threshold.detach().flatten().unique()
             alpha = m.alpha_mem_calculated.detach().flatten().unique()
             if threshold.numel() != 1 or alpha.numel() != 1:
-                raise ExportError(f"{where}: one threshold and one time constant per layer are needed, got "
-                                  f"{threshold.numel()} and {alpha.numel()}")
+                raise ExportError(
+                    f"{where}: one threshold and one time constant per layer are needed, got "
+                    f"{threshold.numel()} and {alpha.numel()}"
+                )
             pending[1]["neuron"] = _neuron_settings(threshold.item(), _tau_m(alpha.item()), s_max, neuron)
             parts.append(pending)
             pending = None
         elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
-            parts.append(_pool_part(where, m.kernel_size, m.stride, m.padding,
-                                    "avg" if isinstance(m, nn.AvgPool2d) else "max"))
+            parts.append(
+                _pool_part(where, m.kernel_size, m.stride, m.padding, "avg" if isinstance(m, nn.AvgPool2d) else "max")
+            )
         elif isinstance(m, nn.Flatten):
             if (m.start_dim, m.end_dim) != (1, -1):
-                raise ExportError(f"{where}: only a flatten of all features (start_dim=1, end_dim=-1) has a "
-                                  f"counterpart, got {m.start_dim}, {m.end_dim}")
+                raise ExportError(
+                    f"{where}: only a flatten of all features (start_dim=1, end_dim=-1) has a "
+                    f"counterpart, got {m.start_dim}, {m.end_dim}"
+                )
             parts.append(("flatten", {}))
         elif isinstance(m, sl.SumPool2d):
-            raise ExportError(f"{where}: sums spikes; mtsnn pools by average or maximum (scale the next layer's "
-                              "weights by 1/k^2 and use nn.AvgPool2d)")
+            raise ExportError(
+                f"{where}: sums spikes; mtsnn pools by average or maximum (scale the next layer's "
+                "weights by 1/k^2 and use nn.AvgPool2d)"
+            )
         else:
             raise ExportError(f"{where}: has no counterpart in mtsnn")
     if pending is not None:
@@ -325,15 +374,18 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
 
 # --- NIR ------------------------------------------------------------------------------------
 
+
 def _warn_metadata() -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn("mtsnn.to_nir: NIR's LIF and IF nodes emit one spike per step and (since nir 1.0.5) reset "
-                      "to v_reset; mtsnn's neuron emits up to S_max spikes and subtracts V_th per spike. The graph "
-                      f"keeps both in each neuron node's metadata ({S_MAX}, {RESET}): a consumer that ignores that "
-                      "metadata will run a single-spike, reset-to-zero neuron, a different network.",
-                      stacklevel=3)
+        warnings.warn(
+            "mtsnn.to_nir: NIR's LIF and IF nodes emit one spike per step and (since nir 1.0.5) reset "
+            "to v_reset; mtsnn's neuron emits up to S_max spikes and subtracts V_th per spike. The graph "
+            f"keeps both in each neuron node's metadata ({S_MAX}, {RESET}): a consumer that ignores that "
+            "metadata will run a single-spike, reset-to-zero neuron, a different network.",
+            stacklevel=3,
+        )
 
 
 def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] = (1, 28, 28)):
@@ -348,24 +400,33 @@ def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] = (1, 28, 28)):
         name = str(len(nodes) - 1)
         if kind in ("conv", "linear"):
             weight = layer.weight.detach().cpu().numpy()
-            bias = (layer.bias.detach().cpu().numpy() if layer.bias is not None
-                    else np.zeros(weight.shape[0], dtype=np.float32))
+            bias = (
+                layer.bias.detach().cpu().numpy()
+                if layer.bias is not None
+                else np.zeros(weight.shape[0], dtype=np.float32)
+            )
             if kind == "conv":
                 k = weight.shape[-1]
-                nodes[name] = nir.Conv2d(input_shape=shape[1:], weight=weight, stride=1, padding=k // 2, dilation=1,
-                                         groups=1, bias=bias)
+                nodes[name] = nir.Conv2d(
+                    input_shape=shape[1:], weight=weight, stride=1, padding=k // 2, dilation=1, groups=1, bias=bias
+                )
                 shape = (weight.shape[0], *shape[1:])
             else:
                 nodes[name] = nir.Affine(weight=weight, bias=bias)
                 shape = (weight.shape[0],)
             p = layer.params
-            full = lambda value: np.full(shape, value, dtype=np.float32)  # noqa: E731
+            full = partial(np.full, shape, dtype=np.float32)
             meta = {S_MAX: int(p.s_max), RESET: "subtract"}
             if math.isinf(p.tau_m):
                 neuron = nir.IF(r=full(1.0), v_threshold=full(p.v_th), metadata=meta)
             else:
-                neuron = nir.LIF(tau=full(-1.0 / math.log(p.decay)), r=full(1.0), v_leak=full(0.0),
-                                 v_threshold=full(p.v_th), metadata=meta)
+                neuron = nir.LIF(
+                    tau=full(-1.0 / math.log(p.decay)),
+                    r=full(1.0),
+                    v_leak=full(0.0),
+                    v_threshold=full(p.v_th),
+                    metadata=meta,
+                )
             nodes[str(len(nodes) - 1)] = neuron
         elif kind == "pool":
             if layer.mode != "avg":
@@ -378,8 +439,7 @@ def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] = (1, 28, 28)):
             shape = (math.prod(shape),)
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     names = list(nodes)
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])),
-                        metadata={NUM_STEPS: int(net.num_steps)})
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), metadata={NUM_STEPS: int(net.num_steps)})
 
 
 def write_nir(net: SpikingNetwork, path, input_shape: tuple[int, ...] = (1, 28, 28)) -> None:
@@ -416,8 +476,9 @@ def _chain(graph) -> list[tuple[str, object]]:
 def _uniform(node_name: str, what: str, value) -> float:
     values = np.unique(np.asarray(value, dtype=np.float64))
     if values.size != 1:
-        raise ExportError(f"node {node_name!r}: {what} differs between neurons ({values.size} values); an mtsnn "
-                          "layer has one")
+        raise ExportError(
+            f"node {node_name!r}: {what} differs between neurons ({values.size} values); an mtsnn layer has one"
+        )
     return float(values[0])
 
 
@@ -431,8 +492,9 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
         graph = nir.read(graph)
     steps = num_steps or graph.metadata.get(NUM_STEPS)
     if not steps:
-        raise ExportError("the graph does not say how many time steps it runs (no mtsnn_num_steps in its "
-                          "metadata); give num_steps")
+        raise ExportError(
+            "the graph does not say how many time steps it runs (no mtsnn_num_steps in its metadata); give num_steps"
+        )
     parts, pending, input_shape = [], None, None
     for name, node in _chain(graph):
         kind = type(node).__name__
@@ -446,8 +508,9 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
             weight = np.asarray(node.weight, dtype=np.float32)
             bias = np.asarray(node.bias, dtype=np.float32) if kind != "Linear" else None
             if kind == "Conv2d":
-                pending = _conv_part(f"node {name!r}", weight, bias, node.stride, node.padding, node.dilation,
-                                     node.groups)
+                pending = _conv_part(
+                    f"node {name!r}", weight, bias, node.stride, node.padding, node.dilation, node.groups
+                )
             else:
                 pending = ("linear", {"in": weight.shape[1], "out": weight.shape[0], "weight": weight, "bias": bias})
         elif kind in ("LIF", "IF"):
@@ -457,8 +520,10 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
             ours = meta.get(RESET) == "subtract"
             v_reset = getattr(node, "v_reset", None)
             if not ours and v_reset is not None:
-                raise ExportError(f"node {name!r}: resets to v_reset (NIR >= 1.0.5 semantics); mtsnn's neuron "
-                                  "subtracts V_th per spike and cannot represent a reset to a fixed potential")
+                raise ExportError(
+                    f"node {name!r}: resets to v_reset (NIR >= 1.0.5 semantics); mtsnn's neuron "
+                    "subtracts V_th per spike and cannot represent a reset to a fixed potential"
+                )
             if kind == "LIF" and _uniform(name, "v_leak", node.v_leak) != 0:
                 raise ExportError(f"node {name!r}: leaks towards v_leak != 0; mtsnn's neuron leaks towards 0")
             r = _uniform(name, "r", node.r)
@@ -468,20 +533,25 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
                     pending[1]["bias"] = pending[1]["bias"] * np.float32(r)
             tau_m = math.inf if kind == "IF" else _tau_m(math.exp(-1.0 / _uniform(name, "tau", node.tau)))
             s_max = int(meta.get(S_MAX, 1))
-            pending[1]["neuron"] = _neuron_settings(_uniform(name, "v_threshold", node.v_threshold), tau_m, s_max,
-                                                    neuron)
+            pending[1]["neuron"] = _neuron_settings(
+                _uniform(name, "v_threshold", node.v_threshold), tau_m, s_max, neuron
+            )
             parts.append(pending)
             pending = None
         elif kind == "AvgPool2d":
             parts.append(_pool_part(f"node {name!r}", node.kernel_size, node.stride, node.padding, "avg"))
         elif kind == "Flatten":
             if (node.start_dim, node.end_dim) != (0, -1):
-                raise ExportError(f"node {name!r}: only a flatten of all features (start_dim=0, end_dim=-1) has a "
-                                  f"counterpart, got {node.start_dim}, {node.end_dim}")
+                raise ExportError(
+                    f"node {name!r}: only a flatten of all features (start_dim=0, end_dim=-1) has a "
+                    f"counterpart, got {node.start_dim}, {node.end_dim}"
+                )
             parts.append(("flatten", {}))
         else:
-            raise ExportError(f"node {name!r}: NIR {kind} has no counterpart in mtsnn"
-                              + (" (it sums spikes; mtsnn pools by average or maximum)" if kind == "SumPool2d" else ""))
+            raise ExportError(
+                f"node {name!r}: NIR {kind} has no counterpart in mtsnn"
+                + (" (it sums spikes; mtsnn pools by average or maximum)" if kind == "SumPool2d" else "")
+            )
     if pending is not None:
         raise ExportError("the last weight layer has no neuron after it")
     return _build(parts, int(steps), input_shape)

@@ -30,6 +30,7 @@ def _pyplot():
         raise FigureError("figures need matplotlib: pip install 'mtsnn[report]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -49,8 +50,7 @@ def _simulate(currents: list[float], s_max: int) -> tuple[list[float], list[floa
 def fig1(out: Path) -> Path:
     """LIF (S_max = 1) and multi-threshold LIF (S_max = 15) driven by the same input."""
     plt = _pyplot()
-    inputs = {"(a) sparse input": [6.0, 0.0, 7.0, 0.0, 0.0, 12.0],
-              "(b) dense input": [34.0, 27.0, 0.0, 41.0, 0.0, 0.0]}
+    inputs = {"(a) sparse input": [6.0, 0.0, 7.0, 0.0, 0.0, 12.0], "(b) dense input": [34.0, 27.0, 0.0, 41.0, 0.0, 0.0]}
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
     steps = range(1, 7)
     for row, (label, currents) in enumerate(inputs.items()):
@@ -64,8 +64,9 @@ def fig1(out: Path) -> Path:
             twin.stem(steps, s, linefmt="tab:orange", markerfmt="o", basefmt=" ", label="spikes s[t]")
             twin.set_ylim(0, max(4, max(s) + 1))
             twin.set_ylabel("spikes per step")
-            ax.set_title(f"{label}: {name}, spikes {', '.join(str(int(x)) for x in s)} (total {int(sum(s))})",
-                         fontsize=9)
+            ax.set_title(
+                f"{label}: {name}, spikes {', '.join(str(int(x)) for x in s)} (total {int(sum(s))})", fontsize=9
+            )
             ax.set_ylabel("mV")
             if row == 1:
                 ax.set_xlabel("time step (1 ms)")
@@ -89,8 +90,9 @@ def fig4(out: Path) -> Path:
     left.legend(fontsize=8)
     left.set_title("(a) multi-step activation")
     for i in range(1, s_max + 1):
-        right.annotate("", xy=(i * v_th, 1.0), xytext=(i * v_th, 0.0),
-                       arrowprops={"arrowstyle": "->", "color": "tab:red"})
+        right.annotate(
+            "", xy=(i * v_th, 1.0), xytext=(i * v_th, 0.0), arrowprops={"arrowstyle": "->", "color": "tab:red"}
+        )
     right.plot([-10, 50], [0, 0], color="tab:red", label="ds/dv: 0, with Dirac pulses at v = n V_th")
     right.set_ylim(-0.05, 1.3)  # room above the pulses for the legend
     right.set_xlim(-10, 50)
@@ -98,7 +100,9 @@ def fig4(out: Path) -> Path:
     right.set_ylabel("ds/dv (pulses drawn as arrows)")
     right.legend(fontsize=8, loc="upper left")
     right.set_title("(b) its derivative")
-    fig.suptitle(f"Figure 4: spike activity of the multi-threshold LIF and its derivative (V_th = 10 mV, S_max = {s_max})")
+    fig.suptitle(
+        f"Figure 4: spike activity of the multi-threshold LIF and its derivative (V_th = 10 mV, S_max = {s_max})"
+    )
     return _save(fig, out / "fig4.png")
 
 
@@ -123,8 +127,7 @@ def _sweep_runs(sweeps: Path, figure: str) -> list[tuple[object, dict]]:
     runs = [(value, read_run(point_dir(sweeps, figure, value))) for value in values]
     found = [(value, run) for value, run in runs if run is not None]
     if not found:
-        raise FigureError(f"no runs of the {figure} sweep under {sweeps / figure}; "
-                                f"run `mtsnn sweep {figure}` first")
+        raise FigureError(f"no runs of the {figure} sweep under {sweeps / figure}; run `mtsnn sweep {figure}` first")
     return found
 
 
@@ -132,8 +135,10 @@ def _budget(runs) -> str:
     cfg = runs[0][1]["cfg"]
     epochs = sorted({len(run["rows"]) for _, run in runs})
     partial = any(not run["complete"] for _, run in runs)
-    return (f"{cfg['preset']} ({cfg['spec']}), {'/'.join(map(str, epochs))} epochs"
-            f"{' (partial)' if partial else ''}, CPU budget; the paper: CIFAR-10, 7-layer CNN")
+    return (
+        f"{cfg['preset']} ({cfg['spec']}), {'/'.join(map(str, epochs))} epochs"
+        f"{' (partial)' if partial else ''}, CPU budget; the paper: CIFAR-10, 7-layer CNN"
+    )
 
 
 def fig6(out: Path, sweeps: Path) -> Path:
@@ -151,8 +156,9 @@ def fig6(out: Path, sweeps: Path) -> Path:
     return _save(fig, out / "fig6.png")
 
 
-def _final_against(out: Path, sweeps: Path, figure: str, xlabel: str, title: str, log_x: bool = False,
-                   with_train: bool = False) -> Path:
+def _final_against(
+    out: Path, sweeps: Path, figure: str, xlabel: str, title: str, log_x: bool = False, with_train: bool = False
+) -> Path:
     plt = _pyplot()
     runs = _sweep_runs(sweeps, figure)
     x = [float(value) for value, _ in runs]
@@ -173,8 +179,9 @@ def _final_against(out: Path, sweeps: Path, figure: str, xlabel: str, title: str
 
 
 def fig7(out: Path, sweeps: Path) -> Path:
-    return _final_against(out, sweeps, "fig7", "alpha_W (alpha_H = 1)",
-                          "Figure 7: width of the surrogate (f2)", log_x=True)
+    return _final_against(
+        out, sweeps, "fig7", "alpha_W (alpha_H = 1)", "Figure 7: width of the surrogate (f2)", log_x=True
+    )
 
 
 def fig8(out: Path, sweeps: Path) -> Path:
@@ -182,8 +189,9 @@ def fig8(out: Path, sweeps: Path) -> Path:
 
 
 def fig9(out: Path, sweeps: Path) -> Path:
-    return _final_against(out, sweeps, "fig9", "time steps T",
-                          "Figure 9: impact of the number of time steps (S_max = 1)", with_train=True)
+    return _final_against(
+        out, sweeps, "fig9", "time steps T", "Figure 9: impact of the number of time steps (S_max = 1)", with_train=True
+    )
 
 
 def draw(names: list[str], out: Path, sweeps: Path):

@@ -63,7 +63,7 @@ class IntegerBlock:
         """int64 ``W x`` of integer ``x``, computed exactly (see the module docstring)."""
         w, x = self.weight.double(), x.double()
         acc = F.linear(x, w) if self.padding is None else F.conv2d(x, w, padding=self.padding)
-        if acc.abs().max() >= 2 ** 31:
+        if acc.abs().max() >= 2**31:
             raise OverflowError("an accumulator left int32")
         return acc.long()
 
@@ -98,8 +98,13 @@ class IntegerNetwork:
         counts = integer(test_images_uint8)          # predictions: counts.sum(0).argmax(1)
     """
 
-    def __init__(self, net: SpikingNetwork, mean: tuple[float, ...], std: tuple[float, ...],
-                 input_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        net: SpikingNetwork,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        input_shape: tuple[int, ...] | None = None,
+    ):
         shape = tuple(input_shape or net.input_shape)
         self.num_steps = net.num_steps
         self.layers: list[tuple[str, object]] = []
@@ -112,7 +117,7 @@ class IntegerNetwork:
                 b = None if layer.bias is None else layer.bias.detach().double()
                 conv = isinstance(layer, SpikingConv2d)
                 if first:  # pixels in: fold (p/255 - mean)/std, the mean as a constant input
-                    per_input = (factor if conv else factor.repeat_interleave(w.shape[1] // len(mean)))
+                    per_input = factor if conv else factor.repeat_interleave(w.shape[1] // len(mean))
                     constant = -mean_t / std_t
                     if conv:
                         image = constant.view(1, -1, 1, 1).expand(1, -1, *shape[1:])
@@ -125,15 +130,18 @@ class IntegerNetwork:
                 p = layer.params
                 q, scale, theta = _quantize(w, p.v_th)
                 view = (-1,) + (1,) * (b.dim() - 1) if b is not None else (-1,)
-                bias = torch.zeros(q.shape[0], dtype=torch.long) if b is None else torch.round(b / scale.view(view)).long()
+                bias = (
+                    torch.zeros(q.shape[0], dtype=torch.long) if b is None else torch.round(b / scale.view(view)).long()
+                )
                 leak = None if math.isinf(p.tau_m) else round(p.decay * (1 << LEAK_BITS))
-                self.layers.append(("block", IntegerBlock(q, bias, theta, leak, p.s_max,
-                                                          layer.padding if conv else None, scale)))
+                self.layers.append(
+                    ("block", IntegerBlock(q, bias, theta, leak, p.s_max, layer.padding if conv else None, scale))
+                )
                 factor, first = 1.0, False
                 shape = (q.shape[0], *shape[1:]) if conv else (q.shape[0],)
             elif isinstance(layer, TimePool2d):
                 if layer.mode == "avg":
-                    factor = factor / layer.size ** 2  # sum pooling here, the 1/k^2 in the next weights
+                    factor = factor / layer.size**2  # sum pooling here, the 1/k^2 in the next weights
                 self.layers.append(("pool", (layer.size, layer.mode)))
                 shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
             elif isinstance(layer, FlattenFeatures):
@@ -174,6 +182,5 @@ class IntegerNetwork:
         if kind == "flatten":
             return x.flatten(1)
         size, mode = settings
-        pooled = (F.avg_pool2d(x.double(), size, divisor_override=1) if mode == "avg"
-                  else F.max_pool2d(x.double(), size))
+        pooled = F.avg_pool2d(x.double(), size, divisor_override=1) if mode == "avg" else F.max_pool2d(x.double(), size)
         return pooled.long()

@@ -33,7 +33,7 @@ def check_init(init: str) -> None:
 
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, layer: "_SpikingBlock", p: LIFParams, num_steps):
+    def forward(ctx, x, weight, bias, layer: _SpikingBlock, p: LIFParams, num_steps):
         static = num_steps is not None
         current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
@@ -49,8 +49,10 @@ class _PaperBlockFunction(torch.autograd.Function):
         x, weight, flat = ctx.saved_tensors
         rows = ctx.rows
         # Direct input: x[t] is the same image at every step, so paper_backward sums over t.
-        delta, a = (rows.like_current(g) for g in
-                    fused(paper_backward)(rows.time_major(grad_spikes), flat, ctx.p, ctx.num_steps))
+        delta, a = (
+            rows.like_current(g)
+            for g in fused(paper_backward)(rows.time_major(grad_spikes), flat, ctx.p, ctx.num_steps)
+        )
         static = ctx.num_steps is not None
         if not static:
             delta, a = delta.flatten(0, 1), a.flatten(0, 1)
@@ -109,8 +111,10 @@ class _SpikingBlock(nn.Module):
         leading = 1 if num_steps is not None else 2
         size = getattr(self, names[0])
         if x.dim() != leading + len(names) or x.shape[leading] != size:
-            raise ValueError(f"{type(self).__name__}: input must be shaped [{lead}, {self.SAMPLE}] with "
-                             f"{names[0]}={size}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: input must be shaped [{lead}, {self.SAMPLE}] with "
+                f"{names[0]}={size}, got {tuple(x.shape)}"
+            )
 
 
 class SpikingLinear(_SpikingBlock):
@@ -146,8 +150,9 @@ class SpikingConv2d(_SpikingBlock):
             raise ValueError(f"kernel_size must be odd and >= 1 for 'same' padding, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.padding = kernel_size // 2
-        super().__init__((out_channels, in_channels, kernel_size, kernel_size),
-                         in_channels * kernel_size * kernel_size, bias, neuron)
+        super().__init__(
+            (out_channels, in_channels, kernel_size, kernel_size), in_channels * kernel_size * kernel_size, bias, neuron
+        )
 
     def synapse(self, x, weight, bias):
         return F.conv2d(x, weight, bias, padding=self.padding)
@@ -159,10 +164,22 @@ class SpikingConv2d(_SpikingBlock):
         # One oneDNN/cuDNN call for both: a separate sum over (N, H, W) of a channels-last
         # gradient takes longer than the weight gradient itself on a CPU.
         _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if has_bias else None,
-            [1, 1], [self.padding, self.padding], [1, 1], False, [0, 0], 1, [False, True, has_bias])
+            grad,
+            x,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            [1, 1],
+            [self.padding, self.padding],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [False, True, has_bias],
+        )
         return grad_w, grad_b
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"bias={self.bias is not None}, {self.params}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"bias={self.bias is not None}, {self.params}"
+        )

@@ -82,8 +82,10 @@ def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> lis
 
     if all(isinstance(layer, Dense) for layer in layers):  # MLP: the first number is the input size
         if layers[0].width != math.prod(input_shape):
-            raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: the input size is "
-                             f"{math.prod(input_shape)} for input shape {tuple(input_shape)}")
+            raise ValueError(
+                f"bad token {tokens[0]!r} in spec {spec!r}: the input size is "
+                f"{math.prod(input_shape)} for input shape {tuple(input_shape)}"
+            )
         hidden = layers[1:-1] if layers[-1].width == num_classes else layers[1:]
         return hidden + [Dense(num_classes)]
     if isinstance(layers[0], Pool):
@@ -111,7 +113,7 @@ class NetworkState(NamedTuple):
 
     potentials: tuple[torch.Tensor, ...]
 
-    def detach(self) -> "NetworkState":
+    def detach(self) -> NetworkState:
         """The same state cut from the autograd graph (between chunks of a long sequence)."""
         return NetworkState(tuple(u.detach() for u in self.potentials))
 
@@ -177,8 +179,10 @@ class SpikingNetwork(nn.Module):
         (default: the shape the network was built for)."""
         shape = tuple(input_shape or self.input_shape or ())
         if not shape:
-            raise ValueError("initial_state needs the input shape: this network was built without one; "
-                             "give input_shape=(C, H, W) or (features,)")
+            raise ValueError(
+                "initial_state needs the input shape: this network was built without one; "
+                "give input_shape=(C, H, W) or (features,)"
+            )
         weight = self.blocks()[0].weight
         potentials = []
         for layer in self.layers:
@@ -198,8 +202,10 @@ class SpikingNetwork(nn.Module):
         """One time step from ``state``: the input ``x`` ``[B, *sample]`` gives the output spike
         counts ``[B, classes]`` and the next state (eqs. 4-5 for each block, :func:`lif_step`)."""
         if len(state.potentials) != len(self.blocks()):
-            raise ValueError(f"state holds {len(state.potentials)} potentials for {len(self.blocks())} blocks; "
-                             "make it with initial_state")
+            raise ValueError(
+                f"state holds {len(state.potentials)} potentials for {len(self.blocks())} blocks; "
+                "make it with initial_state"
+            )
         potentials, after = iter(state.potentials), []
         for layer in self.layers:
             if _is_block(layer):
@@ -236,8 +242,9 @@ class _FlattenKeepingLayout(torch.autograd.Function):
     def forward(ctx, x):
         images = x.flatten(0, -4) if x.dim() >= 4 else x
         ctx.shape = x.shape
-        ctx.channels_last = images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(
-            memory_format=torch.channels_last)
+        ctx.channels_last = (
+            images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
+        )
         return x.flatten(-3)
 
     @staticmethod
@@ -278,9 +285,18 @@ def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=Non
     return modules
 
 
-def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, *,
-              ann: bool = False, pooling: str = "avg", init: str = "paper", num_steps: int = 2,
-              output_surrogate: str | None = None, **neuron) -> nn.Module:
+def from_spec(
+    spec: str,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    num_classes: int = 10,
+    *,
+    ann: bool = False,
+    pooling: str = "avg",
+    init: str = "paper",
+    num_steps: int = 2,
+    output_surrogate: str | None = None,
+    **neuron,
+) -> nn.Module:
     """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
 
     ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
@@ -304,11 +320,22 @@ def from_spec(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes
             given = sorted(neuron) + ["output_surrogate"] * (output_surrogate is not None)
             raise ValueError(f"the ANN twin takes no neuron settings, got {given}")
         ann_pool = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
-        modules = _build(layers, input_shape, lambda i, o, k: nn.Conv2d(i, o, k, padding=k // 2),
-                         nn.Linear, ann_pool, activation=nn.ReLU)
+        modules = _build(
+            layers,
+            input_shape,
+            lambda i, o, k: nn.Conv2d(i, o, k, padding=k // 2),
+            nn.Linear,
+            ann_pool,
+            activation=nn.ReLU,
+        )
         return nn.Sequential(*modules)
-    modules = _build(layers, input_shape, lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
-                     lambda i, o: SpikingLinear(i, o, **neuron), lambda size: TimePool2d(size, pooling))
+    modules = _build(
+        layers,
+        input_shape,
+        lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
+        lambda i, o: SpikingLinear(i, o, **neuron),
+        lambda size: TimePool2d(size, pooling),
+    )
     network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
         block.reset_parameters(init)

@@ -92,8 +92,9 @@ def lif_step(current: torch.Tensor, u: torch.Tensor, p: LIFParams) -> tuple[torc
     return s, v - s * p.v_th
 
 
-def _unroll(current: torch.Tensor, p: LIFParams, num_steps: int | None
-            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _unroll(
+    current: torch.Tensor, p: LIFParams, num_steps: int | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The recurrence from rest: per-step lists of spike counts ``s[t]`` and pre-reset potentials ``v[t]``."""
     if current.dtype in (torch.float16, torch.bfloat16):  # under autocast: integrate in float32
         current = current.float()
@@ -120,8 +121,9 @@ def lif_forward(current: torch.Tensor, p: LIFParams, num_steps: int | None = Non
     return torch.stack(_unroll(current, p, num_steps)[0])
 
 
-def bptt_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams,
-                  num_steps: int | None = None) -> torch.Tensor:
+def bptt_backward(
+    grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams, num_steps: int | None = None
+) -> torch.Tensor:
     """Gradient w.r.t. ``current`` (summed over the steps under direct input) for
     ``grad_mode`` ``"bptt"`` or ``"bptt-detach"``."""
     _, v = _unroll(current, p, num_steps)
@@ -140,8 +142,9 @@ def bptt_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams
     return sum(grads) if num_steps is not None else torch.stack(grads[::-1])
 
 
-def paper_backward(grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams,
-                   num_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def paper_backward(
+    grad_spikes: torch.Tensor, current: torch.Tensor, p: LIFParams, num_steps: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The neuron part of eqs. (7)-(13): ``(delta, a)``, both ``[T, ...]`` (summed over
     the steps under direct input, where the layer's input is the same at every step).
 
@@ -183,8 +186,10 @@ def neuron_backend() -> str:
                 torch.compile(lambda x: x * 2 + 1)(torch.ones(8))
                 _backend = "inductor"
             except Exception as e:  # any failure to compile means: run eagerly
-                warnings.warn(f"torch.compile is not usable here ({type(e).__name__}: {e}); "
-                              "the neuron runs eagerly (slower)")
+                warnings.warn(
+                    f"torch.compile is not usable here ({type(e).__name__}: {e}); the neuron runs eagerly (slower)",
+                    stacklevel=2,
+                )
                 _backend = "eager"
     return _backend
 
@@ -208,8 +213,10 @@ def fused(fn):
 
 
 def _signature(args) -> tuple:
-    return tuple((a.dtype, a.device.type, a.shape[0] if a.dim() > 1 else None) if isinstance(a, torch.Tensor)
-                 else a for a in args)
+    return tuple(
+        (a.dtype, a.device.type, a.shape[0] if a.dim() > 1 else None) if isinstance(a, torch.Tensor) else a
+        for a in args
+    )
 
 
 def _with_eager_fallback(compiled, eager):
@@ -226,9 +233,13 @@ def _with_eager_fallback(compiled, eager):
             # remembered; only if the eager call works was the compiler at fault
             result = eager(*args)
             _failed.add(key)
-            warnings.warn(f"compiling {eager.__name__} failed ({type(e).__name__}: {str(e)[:200]}); "
-                          "calls like this one run eagerly from now on")
+            warnings.warn(
+                f"compiling {eager.__name__} failed ({type(e).__name__}: {str(e)[:200]}); "
+                "calls like this one run eagerly from now on",
+                stacklevel=2,
+            )
             return result
+
     return call
 
 
@@ -272,7 +283,7 @@ class Rows:
 
     def spikes(self, flat: torch.Tensor) -> torch.Tensor:
         """``[T, M]`` back to ``[T, ...]``."""
-        return self._back(flat, [self.steps] + self.sizes[self.lead:], self.time_order)
+        return self._back(flat, [self.steps] + self.sizes[self.lead :], self.time_order)
 
     def like_current(self, flat: torch.Tensor) -> torch.Tensor:
         """A gradient ``[T, M]`` (or ``[M]``) back to the current's shape."""
@@ -300,8 +311,7 @@ class _LIFFunction(torch.autograd.Function):
 
 def check_time_major(x: torch.Tensor, what: str = "input") -> None:
     if x.dim() < 2:
-        raise ValueError(f"{what} must be shaped [T, B, ...] (time first, at least 2 dims), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(f"{what} must be shaped [T, B, ...] (time first, at least 2 dims), got shape {tuple(x.shape)}")
 
 
 class MultiThresholdLIF(nn.Module):
@@ -328,13 +338,23 @@ class MultiThresholdLIF(nn.Module):
     same shape and dtype (integer values). Every call starts from rest.
     """
 
-    def __init__(self, v_th: float = 10.0, tau_m: float = 10.0, s_max: int = 15, surrogate: str = "f2",
-                 alpha_h: float = 1.0, alpha_w: float = 20.0, grad_mode: str = "bptt-detach"):
+    def __init__(
+        self,
+        v_th: float = 10.0,
+        tau_m: float = 10.0,
+        s_max: int = 15,
+        surrogate: str = "f2",
+        alpha_h: float = 1.0,
+        alpha_w: float = 20.0,
+        grad_mode: str = "bptt-detach",
+    ):
         super().__init__()
         self.params = LIFParams(v_th, tau_m, s_max, surrogate, alpha_h, alpha_w, grad_mode)
         if grad_mode == "paper":
-            raise ValueError("grad_mode='paper' needs the weight layer that feeds the neuron "
-                             "(eq. 12's trace); use mtsnn.SpikingLinear or mtsnn.SpikingConv2d")
+            raise ValueError(
+                "grad_mode='paper' needs the weight layer that feeds the neuron "
+                "(eq. 12's trace); use mtsnn.SpikingLinear or mtsnn.SpikingConv2d"
+            )
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         check_time_major(current, "current")
@@ -346,5 +366,7 @@ class MultiThresholdLIF(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        return (f"v_th={p.v_th}, tau_m={p.tau_m}, s_max={p.s_max}, surrogate={p.surrogate!r}, "
-                f"alpha_h={p.alpha_h}, alpha_w={p.alpha_w}, grad_mode={p.grad_mode!r}")
+        return (
+            f"v_th={p.v_th}, tau_m={p.tau_m}, s_max={p.s_max}, surrogate={p.surrogate!r}, "
+            f"alpha_h={p.alpha_h}, alpha_w={p.alpha_w}, grad_mode={p.grad_mode!r}"
+        )

@@ -56,8 +56,14 @@ def read_run(run_dir: Path) -> dict | None:
     silent = rows[-1].get("silent_outputs")
     if silent is None and (run_dir / "eval.json").exists():
         silent = json.loads((run_dir / "eval.json").read_text()).get("silent_outputs")
-    return {"dir": run_dir, "cfg": cfg, "rows": rows, "summary": summary, "silent_outputs": silent or [],
-            "complete": len(rows) >= cfg["epochs"] and bool(summary)}
+    return {
+        "dir": run_dir,
+        "cfg": cfg,
+        "rows": rows,
+        "summary": summary,
+        "silent_outputs": silent or [],
+        "complete": len(rows) >= cfg["epochs"] and bool(summary),
+    }
 
 
 def collect(runs_root: Path) -> list[dict]:
@@ -68,8 +74,10 @@ def collect(runs_root: Path) -> list[dict]:
         if run is not None:
             cfg = run["cfg"]
             if cfg.get("test_limit"):
-                raise ValueError(f"{run_dir} was scored on only {cfg['test_limit']} test images (test_limit); "
-                                 "a report needs the whole test set")
+                raise ValueError(
+                    f"{run_dir} was scored on only {cfg['test_limit']} test images (test_limit); "
+                    "a report needs the whole test set"
+                )
             key = (cfg["preset"], bool(cfg["ann"]), cfg.get("output_surrogate", ""), cfg.get("recipe", "paper"))
             groups.setdefault(key, []).append(run)
     table = []
@@ -79,30 +87,47 @@ def collect(runs_root: Path) -> list[dict]:
         counted = [r for r in runs if r["complete"]] or runs
         accs = [r["rows"][-1]["test_acc"] for r in counted]
         paper = None if ann else PAPER.get(preset, (None,) * 4)[3]
-        table.append({
-            "preset": preset, "dataset": cfg["dataset"], "spec": cfg["spec"], "T": None if ann else cfg["T"],
-            "variant": _variant(ann, output_surrogate, recipe), "recipe": recipe,
-            "output_surrogate": output_surrogate or None,
-            "epochs": [len(r["rows"]) for r in counted], "planned_epochs": cfg["epochs"],
-            "partial": [not r["complete"] for r in counted],
-            "seeds": [r["cfg"]["seed"] for r in counted], "accs": accs,
-            "mean_acc": statistics.mean(accs), "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "paper_acc": paper,
-            "reached_paper": [_first_reaching(r, paper) for r in counted] if paper is not None else None,
-            "unfinished": [{"seed": r["cfg"]["seed"], "epochs": len(r["rows"]), "test_acc": r["rows"][-1]["test_acc"]}
-                           for r in runs if not r["complete"] and r not in counted],
-            "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in counted),
-            # median: robust to epochs slowed by other jobs on the machine
-            "seconds_per_epoch": statistics.median(row["epoch_seconds"] for r in runs for row in r["rows"]),
-            "silent_outputs": {r["cfg"]["seed"]: r["silent_outputs"] for r in counted if r["silent_outputs"]},
-            "machine": runs[0]["summary"].get("machine"),
-            # True: some run read unverified files; None: not recorded (unfinished or older runs)
-            "data_unverified": (True if any(r["summary"].get("unverified_data") for r in runs)
-                                else False if all(r["summary"].get("unverified_data") == [] for r in runs) else None),
-            "runs": [str(r["dir"]) for r in runs],
-            "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
-            "curve_seeds": [r["cfg"]["seed"] for r in runs],
-        })
+        table.append(
+            {
+                "preset": preset,
+                "dataset": cfg["dataset"],
+                "spec": cfg["spec"],
+                "T": None if ann else cfg["T"],
+                "variant": _variant(ann, output_surrogate, recipe),
+                "recipe": recipe,
+                "output_surrogate": output_surrogate or None,
+                "epochs": [len(r["rows"]) for r in counted],
+                "planned_epochs": cfg["epochs"],
+                "partial": [not r["complete"] for r in counted],
+                "seeds": [r["cfg"]["seed"] for r in counted],
+                "accs": accs,
+                "mean_acc": statistics.mean(accs),
+                "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "paper_acc": paper,
+                "reached_paper": [_first_reaching(r, paper) for r in counted] if paper is not None else None,
+                "unfinished": [
+                    {"seed": r["cfg"]["seed"], "epochs": len(r["rows"]), "test_acc": r["rows"][-1]["test_acc"]}
+                    for r in runs
+                    if not r["complete"] and r not in counted
+                ],
+                "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in counted),
+                # median: robust to epochs slowed by other jobs on the machine
+                "seconds_per_epoch": statistics.median(row["epoch_seconds"] for r in runs for row in r["rows"]),
+                "silent_outputs": {r["cfg"]["seed"]: r["silent_outputs"] for r in counted if r["silent_outputs"]},
+                "machine": runs[0]["summary"].get("machine"),
+                # True: some run read unverified files; None: not recorded (unfinished or older runs)
+                "data_unverified": (
+                    True
+                    if any(r["summary"].get("unverified_data") for r in runs)
+                    else False
+                    if all(r["summary"].get("unverified_data") == [] for r in runs)
+                    else None
+                ),
+                "runs": [str(r["dir"]) for r in runs],
+                "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
+                "curve_seeds": [r["cfg"]["seed"] for r in runs],
+            }
+        )
     return table
 
 
@@ -134,8 +159,7 @@ def _time_to_paper(row: dict) -> str:
             running.append(f"seed {seed} ({epochs}/{row['planned_epochs']} epochs)")
         else:
             missed.append(str(seed))
-    text = (f" The paper's {row['paper_acc']:.2f}% was reached by {', '.join(reached)} of training."
-            if reached else "")
+    text = f" The paper's {row['paper_acc']:.2f}% was reached by {', '.join(reached)} of training." if reached else ""
     text += f" Never reached by seed(s) {', '.join(missed)}." if missed else ""
     return text + (f" Not yet reached by {', '.join(running)}." if running else "")
 
@@ -143,6 +167,7 @@ def _time_to_paper(row: dict) -> str:
 def _plot(row: dict, path: Path) -> bool:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -167,14 +192,21 @@ def _plot(row: dict, path: Path) -> bool:
 
 def _fmt(row: dict) -> str:
     spread = f" ± {row['std_acc']:.2f}" if len(row["accs"]) > 1 else ""
-    partial = [f"seed {s}: {e}/{row['planned_epochs']} epochs" for s, e, p in
-               zip(row["seeds"], row["epochs"], row["partial"]) if p]
+    partial = [
+        f"seed {s}: {e}/{row['planned_epochs']} epochs"
+        for s, e, p in zip(row["seeds"], row["epochs"], row["partial"])
+        if p
+    ]
     note = f" (**partial**: {'; '.join(partial)})" if partial else ""
-    running = [f"seed {u['seed']} at epoch {u['epochs']}/{row['planned_epochs']}: {u['test_acc']:.2f}%"
-               for u in row["unfinished"]]
+    running = [
+        f"seed {u['seed']} at epoch {u['epochs']}/{row['planned_epochs']}: {u['test_acc']:.2f}%"
+        for u in row["unfinished"]
+    ]
     note += f"; not counted, unfinished: {'; '.join(running)}" if running else ""
-    silent = [f"seed {seed}: class(es) {', '.join(map(str, classes))} never predicted (silent output neuron)"
-              for seed, classes in row["silent_outputs"].items()]
+    silent = [
+        f"seed {seed}: class(es) {', '.join(map(str, classes))} never predicted (silent output neuron)"
+        for seed, classes in row["silent_outputs"].items()
+    ]
     note += f"; {'; '.join(silent)}" if silent else ""
     seeds = f" (by seed: {', '.join(f'{a:.2f}' for a in row['accs'])})" if len(row["accs"]) > 1 else ""
     return f"{row['mean_acc']:.2f}{spread}% over {len(row['accs'])} seed(s){seeds}{note}"
@@ -185,8 +217,12 @@ def _overview(table: list[dict]) -> list[str]:
     if not table:
         return []
     variants = sorted({row["variant"] for row in table}, key=lambda v: (v.startswith("ANN"), "fast" in v, v))
-    lines = ["## Overview", "", "| paper table | preset | paper | " + " | ".join(f"mtsnn {v}" for v in variants) + " |",
-             "|---" * (3 + len(variants)) + "|"]
+    lines = [
+        "## Overview",
+        "",
+        "| paper table | preset | paper | " + " | ".join(f"mtsnn {v}" for v in variants) + " |",
+        "|---" * (3 + len(variants)) + "|",
+    ]
     for preset, (table_name, _, _, paper_acc) in PAPER.items():
         rows = {row["variant"]: row for row in table if row["preset"] == preset}
         if not rows:
@@ -198,12 +234,19 @@ def _overview(table: list[dict]) -> list[str]:
                 cells.append("-")
                 continue
             seeds = len(row["accs"])
-            accuracy = (f"{row['mean_acc']:.2f} ± {row['std_acc']:.2f}% ({seeds} seeds)" if seeds > 1
-                        else f"{row['mean_acc']:.2f}% (1 seed)")
-            partial = (f", **partial**: {min(row['epochs'])}/{row['planned_epochs']} epochs"
-                       if any(row["partial"]) else "")
-            silent = (f", silent outputs in seed(s) {', '.join(map(str, row['silent_outputs']))}"
-                      if row["silent_outputs"] else "")
+            accuracy = (
+                f"{row['mean_acc']:.2f} ± {row['std_acc']:.2f}% ({seeds} seeds)"
+                if seeds > 1
+                else f"{row['mean_acc']:.2f}% (1 seed)"
+            )
+            partial = (
+                f", **partial**: {min(row['epochs'])}/{row['planned_epochs']} epochs" if any(row["partial"]) else ""
+            )
+            silent = (
+                f", silent outputs in seed(s) {', '.join(map(str, row['silent_outputs']))}"
+                if row["silent_outputs"]
+                else ""
+            )
             cells.append(accuracy + partial + silent)
         lines.append(f"| {table_name} | {preset} | {paper_acc:.2f}% | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -213,44 +256,63 @@ def build(results: Path = Path("results")) -> Path:
     """Write ``results/summary.json``, ``results/REPORT.md`` and the learning-curve PNGs.
     ValueError if ``results/runs`` is missing or holds no runs (nothing to report)."""
     if not (results / "runs").is_dir():
-        raise ValueError(f"{results / 'runs'}: no such folder (give --results the folder whose runs/ holds "
-                         "run directories as runs/PRESET/seedN)")
+        raise ValueError(
+            f"{results / 'runs'}: no such folder (give --results the folder whose runs/ holds "
+            "run directories as runs/PRESET/seedN)"
+        )
     table = collect(results / "runs")
     if not table:
-        raise ValueError(f"{results / 'runs'} holds no runs (run directories with config.toml and metrics.jsonl, "
-                         "as runs/PRESET/seedN); no report written")
+        raise ValueError(
+            f"{results / 'runs'} holds no runs (run directories with config.toml and metrics.jsonl, "
+            "as runs/PRESET/seedN); no report written"
+        )
     public = [{k: v for k, v in row.items() if k not in ("curves", "curve_seeds", "runs")} for row in table]
     (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
-    lines = ["# mtsnn against the paper", "",
-             "Regenerated by `mtsnn report` from the run logs under `results/runs/` "
-             "(each run's `config.toml`, `metrics.jsonl`, `summary.json`). Accuracy is the test "
-             "accuracy after the last epoch, mean ± sample std over seeds; the paper's figures are "
-             "means of 5 runs after 200 epochs on a V100. The ANN twin is the same network with ReLU "
-             "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
-             "the same cropping), not tuned for an ANN. Rows marked *fast recipe* use mtsnn's own recipe "
-             "(`--recipe fast`: warm-up and cosine decay, the output floor, 60 epochs for the MLPs; README); "
-             "its settings, and the tuned ANN twin's own learning rate and schedule, were chosen on 5,000 "
-             "training images held out for validation (`results/probes/recipe/`), and these runs, trained "
-             "on all training images, are scored on the test set once per epoch like the others but were "
-             "not used to choose anything. Minutes to the paper's figure are the run's "
-             "training time (evaluation excluded), including any slowdown from other jobs on the machine.", ""]
+    lines = [
+        "# mtsnn against the paper",
+        "",
+        "Regenerated by `mtsnn report` from the run logs under `results/runs/` "
+        "(each run's `config.toml`, `metrics.jsonl`, `summary.json`). Accuracy is the test "
+        "accuracy after the last epoch, mean ± sample std over seeds; the paper's figures are "
+        "means of 5 runs after 200 epochs on a V100. The ANN twin is the same network with ReLU "
+        "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
+        "the same cropping), not tuned for an ANN. Rows marked *fast recipe* use mtsnn's own recipe "
+        "(`--recipe fast`: warm-up and cosine decay, the output floor, 60 epochs for the MLPs; README); "
+        "its settings, and the tuned ANN twin's own learning rate and schedule, were chosen on 5,000 "
+        "training images held out for validation (`results/probes/recipe/`), and these runs, trained "
+        "on all training images, are scored on the test set once per epoch like the others but were "
+        "not used to choose anything. Minutes to the paper's figure are the run's "
+        "training time (evaluation excluded), including any slowdown from other jobs on the machine.",
+        "",
+    ]
     lines += _overview(table)
     for preset, (table_name, spec, steps, paper_acc) in PAPER.items():
-        rows = sorted((row for row in table if row["preset"] == preset),
-                      key=lambda row: (row["variant"].startswith("ANN"), row["recipe"] == "fast"))
+        rows = sorted(
+            (row for row in table if row["preset"] == preset),
+            key=lambda row: (row["variant"].startswith("ANN"), row["recipe"] == "fast"),
+        )
         if not rows:
             continue
-        lines += [f"## {table_name}: {preset} on {_dataset_label(rows[0]['dataset'], rows)}", "",
-                  "| | network | T | epochs | accuracy | seconds per epoch (median) |", "|---|---|---|---|---|---|",
-                  f"| paper, Proposed Method | {spec} | {steps} | 200 | {paper_acc:.2f}% (5 runs) | (V100) |"]
+        lines += [
+            f"## {table_name}: {preset} on {_dataset_label(rows[0]['dataset'], rows)}",
+            "",
+            "| | network | T | epochs | accuracy | seconds per epoch (median) |",
+            "|---|---|---|---|---|---|",
+            f"| paper, Proposed Method | {spec} | {steps} | 200 | {paper_acc:.2f}% (5 runs) | (V100) |",
+        ]
         for row in rows:
             epochs = "/".join(sorted({str(e) for e in row["epochs"]}))
-            lines.append(f"| mtsnn {row['variant']} | {row['spec']} | {row['T'] or '-'} | {epochs} | {_fmt(row)} | "
-                         f"{row['seconds_per_epoch']:.1f} |")
+            lines.append(
+                f"| mtsnn {row['variant']} | {row['spec']} | {row['T'] or '-'} | {epochs} | {_fmt(row)} | "
+                f"{row['seconds_per_epoch']:.1f} |"
+            )
         for row in rows:
             if row["paper_acc"] is not None:
-                lines += ["", f"mtsnn {row['variant']}: {row['mean_acc'] - paper_acc:+.2f} points from the paper."
-                          + _time_to_paper(row)]
+                lines += [
+                    "",
+                    f"mtsnn {row['variant']}: {row['mean_acc'] - paper_acc:+.2f} points from the paper."
+                    + _time_to_paper(row),
+                ]
         notes = results / "notes" / f"{preset}.md"
         if notes.exists():
             lines += ["", notes.read_text(encoding="utf-8").strip()]

@@ -34,8 +34,10 @@ def lock(run_dir: str | Path):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise RunDirBusy(f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
-                         "to end, stop it, or choose another --run-dir") from None
+        raise RunDirBusy(
+            f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
+            "to end, stop it, or choose another --run-dir"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

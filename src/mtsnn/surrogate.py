@@ -48,8 +48,8 @@ only the calling thread, not PyTorch's worker threads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -82,8 +82,9 @@ def nearest_threshold(v: torch.Tensor, v_th: float, s_max: int) -> torch.Tensor:
     return torch.clamp(torch.round(v / v_th), 1, s_max)
 
 
-def _gaussian_sum(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float,
-                  scale_with_index: bool, k: int) -> torch.Tensor:
+def _gaussian_sum(
+    v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float, scale_with_index: bool, k: int
+) -> torch.Tensor:
     """Sum of the ``2k + 1`` Gaussian terms around the nearest centre, or of all when that covers 1..s_max.
 
     The window's centre is clamped to ``[1 + k, s_max - k]`` so the window never
@@ -151,8 +152,9 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     factor, up, down = 1.0, 1.0, 1.0
     for j in range(1, k + 1):
         up, down = up * r, down * r_inv
-        factor = factor + math.exp(-rho * j * j) * (torch.where(c <= s_max - j, up, 0.0)
-                                                     + torch.where(c >= 1 + j, down, 0.0))
+        factor = factor + math.exp(-rho * j * j) * (
+            torch.where(c <= s_max - j, up, 0.0) + torch.where(c >= 1 + j, down, 0.0)
+        )
     nearest = torch.exp(torch.clamp(exponent, min=log_floor))
     return torch.where(exponent < log_floor, 0.0, nearest * factor)
 
@@ -170,8 +172,7 @@ def _trapezoid(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float) -> torc
     return alpha_h * torch.where(inside, rising_flat_falling, torch.zeros_like(x))
 
 
-def _nearest_bump(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float,
-                  shape: str) -> torch.Tensor:
+def _nearest_bump(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alpha_w: float, shape: str) -> torch.Tensor:
     d = v - nearest_threshold(v, v_th, s_max) * v_th
     area_width = math.sqrt(math.pi * alpha_w)  # area / height of one f2 Gaussian term
     if shape == "rectangular":
@@ -208,15 +209,16 @@ class Surrogate:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         if self.name in ("f1", "f2"):
-            return _gaussian_sum(v, self.v_th, self.s_max, self.alpha_h, self.alpha_w,
-                                 scale_with_index=self.name == "f1", k=self.window)
+            return _gaussian_sum(
+                v, self.v_th, self.s_max, self.alpha_h, self.alpha_w, scale_with_index=self.name == "f1", k=self.window
+            )
         if self.name == "f3":
             return _trapezoid(v, self.v_th, self.s_max, self.alpha_h)
         return _nearest_bump(v, self.v_th, self.s_max, self.alpha_h, self.alpha_w, self.name)
 
 
-def get(name: str, *, alpha_h: float = 1.0, alpha_w: float = 20.0, v_th: float = 10.0,
-        s_max: int = 15) -> Callable[[torch.Tensor], torch.Tensor]:
+def get(
+    name: str, *, alpha_h: float = 1.0, alpha_w: float = 20.0, v_th: float = 10.0, s_max: int = 15
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The surrogate curve ``name`` (one of :data:`NAMES`) with the given parameters."""
     return Surrogate(name, alpha_h, alpha_w, v_th, s_max)
-

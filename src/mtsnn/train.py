@@ -52,8 +52,16 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.ann:
         model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling)
     else:
-        model = from_spec(cfg.spec, cfg.input_shape, 10, pooling=cfg.pooling, init=cfg.init, num_steps=cfg.T,
-                          output_surrogate=cfg.output_surrogate or None, **cfg.neuron_kwargs())
+        model = from_spec(
+            cfg.spec,
+            cfg.input_shape,
+            10,
+            pooling=cfg.pooling,
+            init=cfg.init,
+            num_steps=cfg.T,
+            output_surrogate=cfg.output_surrogate or None,
+            **cfg.neuron_kwargs(),
+        )
     return model.to(memory_format=torch.channels_last)
 
 
@@ -64,8 +72,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     zeros in Adam's second moment, and torch.sqrt of zeros measured 20x slower there than of
     other values."""
     kind = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
-    return kind(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
-                fused=device.type in ("cpu", "cuda"))
+    return kind(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -92,8 +106,9 @@ SYNC_EVERY = 25  # steps between host syncs on a GPU (read back sums, check the 
 PROBE_STEPS = 20  # steps timed (after 2 left out for warming caches and compiling) to plan a time budget
 
 
-def plan_epochs(budget: float, spent: float, steps_done: int, steps_per_second: float, steps_per_epoch: int,
-                least: int, most: int) -> int:
+def plan_epochs(
+    budget: float, spent: float, steps_done: int, steps_per_second: float, steps_per_epoch: int, least: int, most: int
+) -> int:
     """Epochs of a run with ``budget`` seconds of training, ``spent`` of them gone on
     ``steps_done`` steps, at a measured ``steps_per_second``: the whole epochs that the budget
     holds, between ``least`` (the epoch under way) and ``most``."""
@@ -136,8 +151,9 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                  current: torch.Tensor | None = None) -> torch.Tensor:
+def sample_losses(
+    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
+) -> torch.Tensor:
     """The loss of each sample, ``[B]``.
 
     SNN, ``loss="mse"``: eq. (6) summed over the steps, ``1/2 sum_t sum_i (y_i - s_i[t])^2``,
@@ -167,8 +183,9 @@ def sample_losses(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
     return losses
 
 
-def loss_fn(output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-            current: torch.Tensor | None = None) -> torch.Tensor:
+def loss_fn(
+    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over the batch of :func:`sample_losses`."""
     return sample_losses(output, labels, cfg, current).mean()
 
@@ -205,7 +222,7 @@ class OutputCurrent:
     def remove(self) -> None:
         self.handle.remove()
 
-    def __enter__(self) -> "OutputCurrent":
+    def __enter__(self) -> OutputCurrent:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -260,6 +277,7 @@ class SpikeCounter:
         def hook(module, inputs, output):
             self.spikes[index] += output.detach().sum().item()
             self.slots[index] += output.numel()
+
         return hook
 
     def firing_rates(self) -> list[float]:
@@ -344,7 +362,7 @@ def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's state dict inside a checkpoint's tensors."""
-    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
 def _restore(model, optimizer, tensors, state) -> None:
@@ -356,8 +374,10 @@ def _restore(model, optimizer, tensors, state) -> None:
             optim_state.setdefault(int(index), {})[key] = value
     # The saved groups hold the training state (lr, betas, ...); how the update runs (fused or
     # not) is this process's choice, so a checkpoint from another device or version resumes.
-    groups = [{**saved, **{k: now[k] for k in ("fused", "foreach")}}
-              for saved, now in zip(state["param_groups"], optimizer.param_groups)]
+    groups = [
+        {**saved, **{k: now[k] for k in ("fused", "foreach")}}
+        for saved, now in zip(state["param_groups"], optimizer.param_groups)
+    ]
     optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
     # Checkpoints hold contiguous tensors; Adam's moments must take their parameter's layout
     # (channels-last convolutions), as the fused update walks them in memory order.
@@ -373,8 +393,9 @@ def saved_config(state: dict, path: Path) -> TrainConfig:
     try:
         return TrainConfig(**state["config"]).validate()
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its saved config is not a valid mtsnn config "
-                              f"({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: its saved config is not a valid mtsnn config ({type(e).__name__}: {e})"
+        ) from None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -431,7 +452,10 @@ class Run:
             train_set, test_set = train_set.hold_out(cfg.val_holdout)
         else:
             test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
-        for name, limit, dataset in (("train_limit", cfg.train_limit, train_set), ("test_limit", cfg.test_limit, test_set)):
+        for name, limit, dataset in (
+            ("train_limit", cfg.train_limit, train_set),
+            ("test_limit", cfg.test_limit, test_set),
+        ):
             if limit > len(dataset):
                 self.log(f"{name}={limit} is more than the {len(dataset)} images there are: using all of them")
         if cfg.train_limit:
@@ -439,8 +463,15 @@ class Run:
         if cfg.test_limit:
             test_set = test_set.subset(cfg.test_limit)
         self.train_size = len(train_set.labels)
-        self.train_loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, device=self.device,
-                                                  seed=cfg.seed, crop_padding=cfg.crop_padding, flip=cfg.flip)
+        self.train_loader = datasets.DeviceLoader(
+            train_set,
+            cfg.batch_size,
+            train=True,
+            device=self.device,
+            seed=cfg.seed,
+            crop_padding=cfg.crop_padding,
+            flip=cfg.flip,
+        )
         self.unverified_data = [str(path) for path in dict.fromkeys(train_set.unverified + test_set.unverified)]
         if self.procs.is_main:
             self.procs.barrier()
@@ -467,7 +498,7 @@ class Run:
         self.lock = None  # the run directory's lock (rank 0), held until fit returns
 
     @classmethod
-    def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> "Run":
+    def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> Run:
         """A fresh run; refuses a directory that already holds a run's files, whose results it
         would overwrite (resume a stopped run instead; a finished one is kept)."""
         run_dir = Path(run_dir)
@@ -479,8 +510,10 @@ class Run:
         if any(row["epoch"] > 1 for row in read_metrics(run_dir)):
             found.append("metrics.jsonl")
         if found == [CHECKPOINT]:
-            raise ValueError(f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
-                             "or choose another --run-dir")
+            raise ValueError(
+                f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
+                "or choose another --run-dir"
+            )
         if found:
             raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
         run = cls(cfg, run_dir, log)
@@ -488,7 +521,7 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, run_dir: str | Path, log=print, **overrides) -> "Run":
+    def resume(cls, run_dir: str | Path, log=print, **overrides) -> Run:
         """Reopen ``run_dir`` with its saved config; ``overrides`` may change the
         :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``) and repeat others."""
         path = Path(run_dir) / CHECKPOINT
@@ -498,26 +531,33 @@ class Run:
         tensors, state = load_checkpoint(path)
         saved = saved_config(state, path)
         cfg = saved.replace(**overrides)
-        changed = [f"{name}={old!r} to {new!r}"
-                   for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)]
+        changed = [
+            f"{name}={old!r} to {new!r}" for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)
+        ]
         if changed:
-            raise ValueError(f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
-                             f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them")
+            raise ValueError(
+                f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
+                f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them"
+            )
         _check_progress(state, path)
         if cfg.epochs < state["epoch"] + (state["batch"] > 0):
-            raise ValueError(f"{run_dir} has trained {state['epoch']} epochs and {state['batch']} batches; "
-                             f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)")
+            raise ValueError(
+                f"{run_dir} has trained {state['epoch']} epochs and {state['batch']} batches; "
+                f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)"
+            )
         bad = _non_finite(tensors)
         if bad:
-            raise CheckpointError(f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; "
-                                  "it cannot be resumed")
+            raise CheckpointError(
+                f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; it cannot be resumed"
+            )
         run = cls(cfg, run_dir, log)
         run.lock = held
         try:
             _restore(run.model, run.optimizer, tensors, state)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: its weights or optimizer state do not fit its config "
-                                  f"({type(e).__name__}: {str(e)[:300]})") from None
+            raise CheckpointError(
+                f"{path}: its weights or optimizer state do not fit its config ({type(e).__name__}: {str(e)[:300]})"
+            ) from None
         run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
         run.saved = (run.epoch, run.batch)
         run.planned = state.get("planned", not cfg.time_budget)
@@ -531,14 +571,22 @@ class Run:
         self._combine_accumulators()
         path = self.run_dir / CHECKPOINT
         if self.procs.is_main:
-            state = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "batch": self.batch,
-                     "acc": self.acc, "wall_seconds": self.wall_seconds, "planned": self.planned,
-                     "param_groups": self.optimizer.state_dict()["param_groups"]}
+            state = {
+                "config": dataclasses.asdict(self.cfg),
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "acc": self.acc,
+                "wall_seconds": self.wall_seconds,
+                "planned": self.planned,
+                "param_groups": self.optimizer.state_dict()["param_groups"],
+            }
             tensors = _state_tensors(self.model, self.optimizer)
             bad = _non_finite(tensors)
             if bad:  # never replace a good checkpoint with one that cannot be resumed
-                raise FloatingPointError(f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
-                                         f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}")
+                raise FloatingPointError(
+                    f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
+                    f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}"
+                )
             save_checkpoint(path, tensors, state)
         self.procs.barrier()
         self.saved = (self.epoch, self.batch)
@@ -571,8 +619,9 @@ class Run:
         try:
             return self._fit()
         except OSError as e:
-            raise StorageError(f"cannot write {e.filename or self.run_dir}: {e.strerror or e}. "
-                               f"{self.last_checkpoint()}") from None
+            raise StorageError(
+                f"cannot write {e.filename or self.run_dir}: {e.strerror or e}. {self.last_checkpoint()}"
+            ) from None
         finally:
             if self.lock is not None:
                 self.lock.close()
@@ -614,8 +663,7 @@ class Run:
     def _train_epoch(self, stop: StopRequested) -> None:
         self.trained.train()
         cfg, acc, procs = self.cfg, self.acc, self.procs
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp
-                    else contextlib.nullcontext())
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
         t0 = last = time.perf_counter()
         self.first_batch = self.batch
         sync_every = self.sync_every
@@ -632,8 +680,13 @@ class Run:
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 loss = losses.sum() * (procs.world / global_batch)
                 with torch.no_grad():  # summed on the device; read back every sync_every steps
-                    sums += torch.stack([losses.sum().double(), (predict(output, cfg, current) == labels).sum().double(),
-                                         (~torch.isfinite(loss)).double()])
+                    sums += torch.stack(
+                        [
+                            losses.sum().double(),
+                            (predict(output, cfg, current) == labels).sum().double(),
+                            (~torch.isfinite(loss)).double(),
+                        ]
+                    )
                 if (self.batch - self.first_batch) % sync_every == 0:
                     self._read_back(sums)  # before the update: on a CPU a NaN loss never reaches the weights
                 self.optimizer.zero_grad(set_to_none=True)
@@ -653,9 +706,11 @@ class Run:
                     self._probe(now - last)
                     last = now
                 bar.update(1)
-                bar.set_postfix(loss=f"{acc['loss_sum'] / max(acc['total'], 1):.3f}",
-                                acc=f"{100 * acc['correct'] / max(acc['total'], 1):.1f}%",
-                                img_s=f"{acc['total'] * procs.world / (time.perf_counter() - t0):.0f}")
+                bar.set_postfix(
+                    loss=f"{acc['loss_sum'] / max(acc['total'], 1):.3f}",
+                    acc=f"{100 * acc['correct'] / max(acc['total'], 1):.1f}%",
+                    img_s=f"{acc['total'] * procs.world / (time.perf_counter() - t0):.0f}",
+                )
                 signum = procs.max(stop.signal or 0)  # every process stops at the same batch
                 if signum:
                     self._read_back(sums)
@@ -671,8 +726,10 @@ class Run:
         loss_sum, correct, bad = sums.tolist()
         sums.zero_()
         if bad:
-            raise FloatingPointError(f"loss became non-finite (NaN or infinity) at epoch {self.epoch + 1}, by batch "
-                                     f"{self.batch}. {self.last_checkpoint()}")
+            raise FloatingPointError(
+                f"loss became non-finite (NaN or infinity) at epoch {self.epoch + 1}, by batch "
+                f"{self.batch}. {self.last_checkpoint()}"
+            )
         self.acc["loss_sum"] += loss_sum
         self.acc["correct"] += int(correct)
 
@@ -685,12 +742,21 @@ class Run:
             return
         rate = PROBE_STEPS / sum(self.step_times[2:])
         spe = len(self.train_loader)
-        spent = self.wall_seconds + sum(self.step_times[-(self.batch - self.first_batch):])  # before + this epoch
-        epochs = plan_epochs(seconds(self.cfg.time_budget), spent, self.epoch * spe + self.batch, rate, spe,
-                             self.epoch + 1, self.cfg.epochs)
+        spent = self.wall_seconds + sum(self.step_times[-(self.batch - self.first_batch) :])  # before + this epoch
+        epochs = plan_epochs(
+            seconds(self.cfg.time_budget),
+            spent,
+            self.epoch * spe + self.batch,
+            rate,
+            spe,
+            self.epoch + 1,
+            self.cfg.epochs,
+        )
         epochs = self.procs.max(epochs)
-        self.log(f"time budget {self.cfg.time_budget}: {rate:.2f} steps/s measured, {spe} steps an epoch: "
-                 f"{epochs} epochs (at most {self.cfg.epochs})")
+        self.log(
+            f"time budget {self.cfg.time_budget}: {rate:.2f} steps/s measured, {spe} steps an epoch: "
+            f"{epochs} epochs (at most {self.cfg.epochs})"
+        )
         self.cfg, self.planned = self.cfg.replace(epochs=epochs), True
         if self.procs.is_main:
             self._write_config()
@@ -715,14 +781,21 @@ class Run:
         t0 = time.perf_counter()
         if self.procs.is_main:
             test = evaluate(self.model, self.test_loader, self.cfg)
-            row = {"epoch": self.epoch + 1, "train_loss": acc["loss_sum"] / acc["total"],
-                   "train_acc": 100.0 * acc["correct"] / acc["total"], self.score: test["acc"],
-                   "firing_rate": test["firing_rate"], "silent_outputs": test["silent_outputs"],
-                   "epoch_seconds": acc["seconds"],
-                   "images_per_second": self.train_size / acc["seconds"]}
-            self.log(f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                     f"train {row['train_acc']:.2f}%  {SCORE_LABELS[self.score]} {row[self.score]:.2f}%  "
-                     f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+            row = {
+                "epoch": self.epoch + 1,
+                "train_loss": acc["loss_sum"] / acc["total"],
+                "train_acc": 100.0 * acc["correct"] / acc["total"],
+                self.score: test["acc"],
+                "firing_rate": test["firing_rate"],
+                "silent_outputs": test["silent_outputs"],
+                "epoch_seconds": acc["seconds"],
+                "images_per_second": self.train_size / acc["seconds"],
+            }
+            self.log(
+                f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_acc']:.2f}%  {SCORE_LABELS[self.score]} {row[self.score]:.2f}%  "
+                f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
+            )
             if test["silent_outputs"]:
                 self.log(f"  silent output neurons (classes never predicted): {test['silent_outputs']}")
         self.procs.barrier()
@@ -744,8 +817,12 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
         summary = json.loads((run_dir / "summary.json").read_text())
-        more = (f" (it has {summary['epochs']} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
-                f"{run_dir} --epochs {cfg.epochs})" if cfg.epochs > summary.get("epochs", cfg.epochs) else "")
+        more = (
+            f" (it has {summary['epochs']} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
+            f"{run_dir} --epochs {cfg.epochs})"
+            if cfg.epochs > summary.get("epochs", cfg.epochs)
+            else ""
+        )
         log(f"{run_dir}: finished before, kept{more}")
         return summary
     if (run_dir / CHECKPOINT).exists():
@@ -756,8 +833,11 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
 def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
     """(name, saved value, asked value) of each setting outside RESUMABLE_SETTINGS that ``asked`` changes."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # settings added since it was saved
-    return [(name, saved.get(name, defaults.get(name)), value) for name, value in asked.items()
-            if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value]
+    return [
+        (name, saved.get(name, defaults.get(name)), value)
+        for name, value in asked.items()
+        if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value
+    ]
 
 
 def _check_progress(state: dict, path: Path) -> None:
@@ -765,14 +845,21 @@ def _check_progress(state: dict, path: Path) -> None:
     numbers = {"epoch": int, "batch": int, "wall_seconds": (int, float)}
     sums = {"loss_sum": (int, float), "correct": (int, float), "total": (int, float), "seconds": (int, float)}
     acc = state.get("acc")
-    ok = (all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) and state[k] >= 0
-              for k, t in numbers.items())
-          and isinstance(acc, dict) and all(isinstance(acc.get(k), t) for k, t in sums.items())
-          and isinstance(state.get("param_groups"), list)
-          and all(isinstance(group, dict) for group in state["param_groups"]))
+    ok = (
+        all(
+            isinstance(state.get(k), t) and not isinstance(state.get(k), bool) and state[k] >= 0
+            for k, t in numbers.items()
+        )
+        and isinstance(acc, dict)
+        and all(isinstance(acc.get(k), t) for k, t in sums.items())
+        and isinstance(state.get("param_groups"), list)
+        and all(isinstance(group, dict) for group in state["param_groups"])
+    )
     if not ok:
-        raise CheckpointError(f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
-                              f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)")
+        raise CheckpointError(
+            f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
+            f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -788,19 +875,27 @@ def machine(device: torch.device, processes: int = 1, spiking: bool = True) -> d
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-                    platform.processor() or platform.machine())
-    return {"device": name, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "processes": processes, "torch": torch.__version__,
-            "neuron_backend": neuron_backend() if spiking else None}
+        name = next(
+            (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+            platform.processor() or platform.machine(),
+        )
+    return {
+        "device": name,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processes": processes,
+        "torch": torch.__version__,
+        "neuron_backend": neuron_backend() if spiking else None,
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:
     """The most memory this process has held: on a GPU, what torch allocated there; on a CPU,
     the process's peak resident set (which includes the data set held in memory)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

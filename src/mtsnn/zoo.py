@@ -42,8 +42,9 @@ def record(name: str) -> dict:
     """What ``NAME.json`` records of the shipped model ``name``: sha256, test accuracy, source run."""
     path = folder() / f"{name}.json"
     if not path.exists():
-        raise CheckpointError(f"no pretrained model {name!r} in {folder()} (available: "
-                              f"{', '.join(available()) or 'none'})")
+        raise CheckpointError(
+            f"no pretrained model {name!r} in {folder()} (available: {', '.join(available()) or 'none'})"
+        )
     return json.loads(path.read_text())
 
 
@@ -59,8 +60,10 @@ def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if digest != kept["sha256"]:
-        raise CheckpointError(f"{path}: sha256 {digest[:16]}... differs from {kept['sha256'][:16]}... that "
-                              f"{name}.json records; the weights were changed or damaged, refusing them")
+        raise CheckpointError(
+            f"{path}: sha256 {digest[:16]}... differs from {kept['sha256'][:16]}... that "
+            f"{name}.json records; the weights were changed or damaged, refusing them"
+        )
     tensors, metadata = load_tensors(path)
     try:
         cfg = TrainConfig(**json.loads(metadata["mtsnn_config"])).replace(device=device).validate()

@@ -54,8 +54,11 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = rate
         optimizer.step()
-        print(f"step {step:2d}  lr {rate:.5f}  "
-              + " ".join(f"{v:6.2f}" for v in highest_potentials(model, images).tolist()), flush=True)
+        print(
+            f"step {step:2d}  lr {rate:.5f}  "
+            + " ".join(f"{v:6.2f}" for v in highest_potentials(model, images).tolist()),
+            flush=True,
+        )
         if step == steps:
             break
 

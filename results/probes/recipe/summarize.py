@@ -24,8 +24,10 @@ def changes(cfg: dict) -> str:
 
 
 def main(presets):
-    print("| preset | run | settings changed from the base | epochs | final val % | best val % (epoch) "
-          "| final train % | silent outputs at the end | minutes |")
+    print(
+        "| preset | run | settings changed from the base | epochs | final val % | best val % (epoch) "
+        "| final train % | silent outputs at the end | minutes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for run in sorted(p.parent for name in presets for p in (HERE / name).glob("*/config.toml")):
         rows = read_metrics(run)
@@ -34,9 +36,11 @@ def main(presets):
         cfg = load_toml(run / "config.toml")
         best = max(rows, key=lambda r: r["val_acc"])
         status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
-        print(f"| {cfg['preset']} | {run.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1]['val_acc']:.2f} | "
-              f"{best['val_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | "
-              f"{rows[-1].get('silent_outputs') or '-'} | {sum(r['epoch_seconds'] for r in rows) / 60:.1f} |")
+        print(
+            f"| {cfg['preset']} | {run.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1]['val_acc']:.2f} | "
+            f"{best['val_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | "
+            f"{rows[-1].get('silent_outputs') or '-'} | {sum(r['epoch_seconds'] for r in rows) / 60:.1f} |"
+        )
 
 
 if __name__ == "__main__":
