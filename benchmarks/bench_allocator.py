@@ -1,4 +1,4 @@
-"""Training steps with glibc's default allocator settings against mtsnn.train.keep_freed_memory.
+"""Training steps with glibc's default allocator settings against mtsnn.experiments.train.keep_freed_memory.
 
     python benchmarks/bench_allocator.py [--rounds 5] [--steps 15] [--presets mnist-cnn,fmnist-cnn]
 
@@ -30,7 +30,7 @@ def measure(name: str, ann: bool, keep: bool, steps: int) -> dict:
     from bench_neuron import train_step
 
     from mtsnn.config import preset
-    from mtsnn.train import keep_freed_memory
+    from mtsnn.experiments.tuning import keep_freed_memory
 
     torch.set_flush_denormal(True)
     if keep and not keep_freed_memory():

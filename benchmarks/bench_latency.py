@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 from mtsnn import data, zoo
-from mtsnn.config import PRESETS
+from mtsnn.config import PRESETS, build_model
 from mtsnn.integer import IntegerNetwork
 from mtsnn.models import from_spec
-from mtsnn.train import build_model
 
 HERE = Path(__file__).parent
 NAMES = ("mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn")

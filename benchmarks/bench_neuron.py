@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from mtsnn.config import preset
+from mtsnn.config import build_model, preset
+from mtsnn.experiments.train import loss_fn, make_optimizer
+from mtsnn.experiments.tuning import tune_process
 from mtsnn.neuron import LIFParams, bptt_backward, fused, lif_forward, neuron_backend, paper_backward
-from mtsnn.train import build_model, keep_freed_memory, loss_fn, make_optimizer
 
 HERE = Path(__file__).parent
 
@@ -232,8 +233,7 @@ def main():
     parser.add_argument("--out", default=str(HERE), help="where the results go (default: benchmarks/)")
     args = parser.parse_args()
     device, out = torch.device(args.device), Path(args.out)
-    torch.set_flush_denormal(True)
-    keep_freed_memory()  # as training does
+    tune_process()  # as training from the command line does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
     results = {"machine": machine(device), "repeats": args.repeats, "neuron": {}, "presets": {}, "linear_784_4096": {}}

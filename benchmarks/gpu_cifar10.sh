@@ -70,7 +70,7 @@ options=(--recipe fast --device "$DEVICE" --amp --time-budget "${BUDGET:-8m}" --
 [ -n "${EPOCHS:-}" ] && options+=(--epochs "$EPOCHS")
 [ -n "${TRAIN_LIMIT:-}" ] && options+=(--train-limit "$TRAIN_LIMIT")
 [ -n "${TEST_LIMIT:-}" ] && options+=(--test-limit "$TEST_LIMIT")
-"$PY" -m mtsnn.cli train cifar10-cnn "${options[@]}" || echo "training stopped with exit code $?"
+"$PY" -m mtsnn.experiments.cli train cifar10-cnn "${options[@]}" || echo "training stopped with exit code $?"
 cp "$run"/metrics.jsonl "$run"/config.toml "$OUT"/ 2>/dev/null || true
 cp "$run"/summary.json "$OUT"/ 2>/dev/null || true
 "$PY" - "$OUT" <<'PYEOF'

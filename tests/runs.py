@@ -26,7 +26,7 @@ def cli_env(**extra) -> dict:
 def mtsnn(*args, **kwargs) -> subprocess.Popen:
     """``mtsnn ARGS`` in a subprocess, stdout and stderr together in ``.stdout``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "mtsnn.cli", *map(str, args)],
+        [sys.executable, "-m", "mtsnn.experiments.cli", *map(str, args)],
         env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -67,7 +67,7 @@ SMALL = ["--train-limit", "512", "--test-limit", "500", "--deterministic", "--se
 
 def copy_run(run_dir: Path, to: Path) -> Path:
     """A copy of a run directory, without the lock file of whoever held it."""
-    from mtsnn.rundir import LOCK
+    from mtsnn.experiments.rundir import LOCK
 
     shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(LOCK))
     return to

@@ -13,11 +13,12 @@ import pytest
 import torch
 from runs import SHARED, SMALL, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
-from mtsnn import __version__, cli
+from mtsnn import __version__
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, dump_toml, load_toml, preset
-from mtsnn.rundir import LOCK, lock
-from mtsnn.train import Run, finish, sample_losses
+from mtsnn.experiments import cli
+from mtsnn.experiments.rundir import LOCK, lock
+from mtsnn.experiments.train import Run, finish, sample_losses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def test_a_read_only_run_directory_is_refused_naming_the_file(one_epoch, tmp_pat
         for args in "train fmnist-mlp --epochs 1 --run-dir {tmp_path}/ro/new" \\
                     "train fmnist-mlp --epochs 1 --run-dir {tmp_path}/ro/new/sub" \\
                     "train --resume {tmp_path}/ro/stopped --epochs 2"; do
-            $PY -m mtsnn.cli $args 2>&1 && exit 9 || echo "rc=$?"
+            $PY -m mtsnn.experiments.cli $args 2>&1 && exit 9 || echo "rc=$?"
         done""")
     out = result.stdout
     assert result.returncode == 0 and out.count("rc=1") == 3 and "Traceback" not in out, out + result.stderr
@@ -95,7 +96,7 @@ def test_after_a_nan_loss_the_message_says_which_epoch_the_kept_checkpoint_holds
         losses = sample_losses(output, labels, cfg, current)
         return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
-    monkeypatch.setattr("mtsnn.train.sample_losses", poisoned)
+    monkeypatch.setattr("mtsnn.experiments.train.sample_losses", poisoned)
     with pytest.raises(
         FloatingPointError,
         match=r"at epoch 2, by batch 2\. The last checkpoint, .*checkpoint"
@@ -190,7 +191,9 @@ def test_run_keeps_the_callers_folder_so_relative_paths_work(tmp_path):
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
-    p = subprocess.Popen([sys.executable, "-m", "mtsnn.cli", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mtsnn.experiments.cli", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     p.stdout.close()  # the reader goes away before anything is written, as `| head -0` would
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and err == ""

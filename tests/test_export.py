@@ -11,11 +11,12 @@ import pytest
 import torch
 from runs import SHARED
 
-from mtsnn import cli, data, from_spec, pretrained, zoo
+from mtsnn import data, from_spec, pretrained, zoo
 from mtsnn.checkpoint import CheckpointError
 from mtsnn.config import preset
+from mtsnn.experiments import cli
+from mtsnn.experiments.train import Run
 from mtsnn.export import RESET, S_MAX, ExportError, from_nir, from_sinabs, load_sinabs, run_sinabs, to_nir, to_sinabs
-from mtsnn.train import Run
 
 sinabs = pytest.importorskip("sinabs")
 nir = pytest.importorskip("nir")

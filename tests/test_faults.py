@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done
 
-from mtsnn import cli
-from mtsnn.rundir import LOCK
+from mtsnn.experiments import cli
+from mtsnn.experiments.rundir import LOCK
 
 CHECKPOINT = "checkpoint.safetensors"
 OUTCOMES: dict[str, list[str]] = {"resumed exactly": [], "refused clearly": []}
@@ -111,7 +111,7 @@ def test_a_full_disk_stops_the_run_keeps_its_checkpoint_and_it_resumes_exactly(o
     result = in_namespace(f"""
         mount -t tmpfs -o size={size + 256 * 1024} tmpfs {disk}
         cp -r {one_epoch} {disk}/run && rm -f {disk}/run/{LOCK}
-        $PY -m mtsnn.cli train --resume {disk}/run --epochs 2 2>&1 && exit 9 || echo "rc=$?"
+        $PY -m mtsnn.experiments.cli train --resume {disk}/run --epochs 2 2>&1 && exit 9 || echo "rc=$?"
         cmp {one_epoch}/{CHECKPOINT} {disk}/run/{CHECKPOINT} && echo "checkpoint intact"
         ls -A {disk}/run
         cp -r {disk}/run {out}""")
@@ -134,7 +134,7 @@ def test_a_simulated_full_disk_is_said_and_the_checkpoint_kept(one_epoch, two_ep
     def full(path, *args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("mtsnn.train.save_checkpoint", full)
+    monkeypatch.setattr("mtsnn.experiments.train.save_checkpoint", full)
     code, out = resume(run_dir, capsys)
     assert code == 1 and "No space left on device. The last checkpoint" in out and "Traceback" not in out, out
     assert (run_dir / CHECKPOINT).read_bytes() == before

@@ -7,11 +7,11 @@ import pytest
 import torch
 from runs import SHARED
 
-from mtsnn import cli
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
-from mtsnn.sweep import SWEEPS, point_dir, run_sweep
-from mtsnn.train import Run
+from mtsnn.experiments import cli
+from mtsnn.experiments.sweep import SWEEPS, point_dir, run_sweep
+from mtsnn.experiments.train import Run
 
 pytest.importorskip("matplotlib")
 
@@ -49,7 +49,7 @@ def data_boxes(fig):
 
 @pytest.mark.parametrize("name", ["fig1", "fig4", "fig5"])
 def test_no_legend_covers_what_the_figure_draws(tmp_path, monkeypatch, name):
-    from mtsnn import figures
+    from mtsnn.experiments import figures
 
     seen = []
     save = figures._save

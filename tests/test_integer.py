@@ -9,7 +9,8 @@ import pytest
 import torch
 from runs import SHARED
 
-from mtsnn import cli, data, from_spec, zoo
+from mtsnn import data, from_spec, zoo
+from mtsnn.experiments import cli
 from mtsnn.integer import IntegerNetwork
 
 needs_data = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
@@ -73,7 +74,7 @@ def test_quantities_of_a_one_layer_network_by_hand():
         net.blocks()[0].weight.copy_(torch.tensor([[0.5, -0.25], [1.0, 2.0], [-0.5, 0.125]]))
         net.blocks()[0].bias.copy_(torch.tensor([0.2, 0.0, -0.3]))
     # one input channel of "pixels" with mean 0 and std 1/255: the pixel value is the input itself
-    block = IntegerNetwork(net, mean=(0.0,), std=(1 / 255,), input_shape=(2,)).layers[0][1]
+    block = IntegerNetwork(net, mean=(0.0,), std=(1 / 255,), input_shape=(2,)).layers[0]
     # round(w / (max|w_c| / 127)), ties to even: -63.5 -> -64, 63.5 -> 64, 31.75 -> 32
     assert block.weight.tolist() == [[127, -64], [64, 127], [-127, 32]]
     assert block.scale.tolist() == pytest.approx([0.5 / 127, 2 / 127, 0.5 / 127])

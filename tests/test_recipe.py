@@ -10,16 +10,15 @@ import pytest
 import torch
 from runs import SHARED
 
-from mtsnn import cli, data
+from mtsnn import data
 from mtsnn.checkpoint import save_checkpoint
-from mtsnn.config import FAST, PRESETS, TrainConfig, dump_toml, load_toml, preset
-from mtsnn.evaluate import keep_weights
-from mtsnn.models import from_spec
-from mtsnn.train import (
+from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, load_toml, preset
+from mtsnn.experiments import cli
+from mtsnn.experiments.evaluate import keep_weights
+from mtsnn.experiments.train import (
     OutputCurrent,
     Run,
     _state_tensors,
-    build_model,
     finish,
     learning_rate,
     loss_fn,
@@ -27,6 +26,7 @@ from mtsnn.train import (
     predict,
     read_metrics,
 )
+from mtsnn.models import from_spec
 
 
 def test_the_paper_recipe_keeps_one_constant_rate():
@@ -300,7 +300,7 @@ def test_durations_are_read_in_seconds_minutes_or_hours(text, value):
 
 
 def test_a_time_budget_holds_the_whole_epochs_that_fit_between_bounds():
-    from mtsnn.train import plan_epochs
+    from mtsnn.experiments.train import plan_epochs
 
     # 100 s, 10 s spent on 50 steps, 5 steps/s: 50 + 450 = 500 steps, 100 an epoch -> 5 epochs
     assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=30) == 5

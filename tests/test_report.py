@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mtsnn import cli
 from mtsnn.config import dump_toml, preset
+from mtsnn.experiments import cli
 
 
 def make_run(

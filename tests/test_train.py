@@ -13,21 +13,21 @@ import pytest
 import torch
 from runs import SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
 
-from mtsnn import cli, data
+from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
-from mtsnn.config import TrainConfig, preset
-from mtsnn.models import from_spec
-from mtsnn.train import (
+from mtsnn.config import TrainConfig, build_model, preset
+from mtsnn.experiments import cli
+from mtsnn.experiments.train import (
     Run,
     _restore,
     _state_tensors,
-    build_model,
     evaluate,
     loss_fn,
     make_optimizer,
     predict,
     read_metrics,
 )
+from mtsnn.models import from_spec
 
 
 def test_eq6_loss_by_hand():
@@ -301,7 +301,7 @@ def torchrun(*args):
             "--nproc_per_node",
             "2",
             "-m",
-            "mtsnn.cli",
+            "mtsnn.experiments.cli",
             *args,
         ],
         env=env,
@@ -314,7 +314,7 @@ def torchrun(*args):
 @needs_fmnist
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_0_downloads_and_the_others_load_after_it(monkeypatch, tmp_path, rank):
-    from mtsnn.distributed import Processes
+    from mtsnn.experiments.distributed import Processes
 
     events = []
 
@@ -423,7 +423,7 @@ def test_compiled_block_matches_eager():
 
 
 def test_flush_subnormal_state_zeroes_only_subnormals():
-    from mtsnn.train import flush_subnormal_state
+    from mtsnn.experiments.train import flush_subnormal_state
 
     tiny = torch.finfo(torch.float32).tiny
     weight = torch.nn.Parameter(torch.zeros(5))
@@ -439,7 +439,7 @@ def test_flush_subnormal_state_zeroes_only_subnormals():
 
 PAGE_FAULTS_PER_CYCLE = """
 import resource, sys, torch
-from mtsnn.train import keep_freed_memory
+from mtsnn.experiments.tuning import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = []
@@ -477,7 +477,7 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_blocks():
 )
 def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, state, problem):
     from mtsnn.checkpoint import CheckpointError
-    from mtsnn.evaluate import load_trained
+    from mtsnn.experiments.evaluate import load_trained
 
     save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, state)
     for load in (Run.resume, load_trained):
@@ -614,7 +614,7 @@ def test_a_runs_own_config_file_repeats_its_settings(tmp_path):
 
 @pytest.mark.parametrize("local_rank", [0, 1])
 def test_each_cuda_process_selects_its_own_gpu_before_joining(monkeypatch, local_rank):
-    from mtsnn import distributed
+    from mtsnn.experiments import distributed
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -7,8 +7,7 @@ scaled Kaiming init, on 256 training images of the CIFAR-10 JPEG proxy (forward 
 import torch
 
 from mtsnn import data
-from mtsnn.config import preset
-from mtsnn.train import build_model
+from mtsnn.config import build_model, preset
 
 images = data.load("cifar10", "train").subset(256)
 x, _ = next(iter(data.DeviceLoader(images, 256, train=False).epoch(0)))

@@ -15,8 +15,8 @@ import sys
 import torch
 
 from mtsnn import data as datasets
-from mtsnn.config import preset
-from mtsnn.train import OutputCurrent, build_model, learning_rate, loss_fn, make_optimizer
+from mtsnn.config import build_model, preset
+from mtsnn.experiments.train import OutputCurrent, learning_rate, loss_fn, make_optimizer
 
 CHECKED_STEPS = (5, 10, 20, 50, 100, 200, 300)
 
@@ -32,16 +32,16 @@ def probe(name: str, seed: int, overrides: dict) -> list[tuple[int, list[int]]]:
     train_set = datasets.load(cfg.dataset, "train", root=cfg.data_root or None)
     loader = datasets.DeviceLoader(train_set, cfg.batch_size, train=True, seed=seed, crop_padding=cfg.crop_padding)
     images = next(iter(datasets.DeviceLoader(train_set, 1000, train=False).epoch(0)))[0]
-    torch.manual_seed(seed)  # as mtsnn.train.Run does before building the model
+    torch.manual_seed(seed)  # as mtsnn.experiments.train.Run does before building the model
     model = build_model(cfg)
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     history = [(0, silent_classes(model, images))]
     for step, (x, y) in enumerate(loader.epoch(0), start=1):
-        with OutputCurrent(model) as output_current:  # for the output_floor term, as mtsnn.train.Run does
+        with OutputCurrent(model) as output_current:  # for the output_floor term, as mtsnn.experiments.train.Run does
             loss = loss_fn(model(x), y, cfg, output_current.current())
         optimizer.zero_grad()
         loss.backward()
-        for group in optimizer.param_groups:  # as mtsnn.train.Run does (a no-op for a constant rate)
+        for group in optimizer.param_groups:  # as mtsnn.experiments.train.Run does (a no-op for a constant rate)
             group["lr"] = learning_rate(cfg, step - 1, len(loader))
         optimizer.step()
         if step in CHECKED_STEPS or step == len(loader):

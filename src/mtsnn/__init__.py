@@ -5,7 +5,7 @@ spiking neural networks with multi-threshold" (Xu et al., Symmetry 2022).
 """
 
 from . import data, layers, models, neuron, surrogate
-from .layers import SpikingConv2d, SpikingLinear
+from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
 from .models import from_spec
 from .neuron import GRAD_MODES, LIFParams, MultiThresholdLIF, lif_step
 from .zoo import pretrained
@@ -14,6 +14,7 @@ __all__ = [
     "GRAD_MODES",
     "LIFParams",
     "MultiThresholdLIF",
+    "SpikingBlock",
     "SpikingConv2d",
     "SpikingLinear",
     "data",

@@ -45,7 +45,7 @@ from .download import DatasetError, extract_tar, fetch, md5_of
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 __all__ = [
     "CHECKSUMS",
@@ -272,10 +272,11 @@ def _idx_files(name: str, split: str, root: Path, download: bool) -> list[_File]
         for stem in stems:
             if _idx_path(folder, stem) is None:
                 fetch(stem + ".gz", MIRRORS[name], folder, DOWNLOADS[name][stem + ".gz"])
-    paths = [_idx_path(folder, stem) for stem in stems]
-    if None in paths:
-        raise _missing(name, split, folder, [stem + "[.gz]" for stem, path in zip(stems, paths) if path is None])
-    return [_read_file(path, f"{IDX_FOLDERS[name]}/{stem}") for path, stem in zip(paths, stems)]
+    found = {stem: _idx_path(folder, stem) for stem in stems}
+    missing = [stem + "[.gz]" for stem, path in found.items() if path is None]
+    if missing:
+        raise _missing(name, split, folder, missing)
+    return [_read_file(path, f"{IDX_FOLDERS[name]}/{stem}") for stem, path in found.items() if path is not None]
 
 
 def _parse_idx(name: str, files: list[_File]) -> tuple[np.ndarray, np.ndarray]:

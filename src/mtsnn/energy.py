@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layers import SpikingConv2d, SpikingLinear
+from .layers import SpikingBlock, SpikingLinear
 from .models import FlattenFeatures, SpikingNetwork, TimePool2d, from_spec
 
 E_ADD_PJ = 0.9
@@ -53,7 +53,7 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
     x, direct, pooled_area = images, True, 1
     layers = []
     for layer in model.layers:
-        if isinstance(layer, (SpikingLinear, SpikingConv2d)):
+        if isinstance(layer, SpikingBlock):
             dense_input = torch.ones_like(x[0] if not direct else x)
             ann_macs = synapse_count(layer, dense_input).item() / dense_input.shape[0]
             if direct:
@@ -114,12 +114,15 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
 def count_over_loader(model: SpikingNetwork, loader, num_steps: int | None = None) -> dict:
     """:func:`count_operations` averaged over every batch of ``loader`` (weighted by batch size)."""
     model.eval()
-    acc, seen = None, 0
+    acc: dict = {}
+    seen = 0
     for images, _ in loader.epoch(0):
         part = count_operations(model, images, num_steps)
         n = images.shape[0]
-        acc = part if acc is None else _weighted_sum(acc, part, seen, n)
+        acc = _weighted_sum(acc, part, seen, n) if seen else part
         seen += n
+    if not seen:
+        raise ValueError("count_over_loader: the loader gave no batches")
     return acc
 
 
@@ -141,10 +144,11 @@ def _weighted_sum(a, b, na: int, nb: int):
 def ann_operations(spec: str, input_shape: tuple[int, ...], num_classes: int = 10) -> dict:
     """Multiply-accumulates and energy per image of the ANN twin of ``spec`` (same synapse count)."""
     snn = from_spec(spec, input_shape, num_classes)
+    assert isinstance(snn, SpikingNetwork)  # (from_spec builds an SNN unless ann=True)
     x = torch.zeros(1, *input_shape)
-    layers = []
+    layers: list[dict] = []
     for layer in snn.layers:
-        if isinstance(layer, (SpikingLinear, SpikingConv2d)):
+        if isinstance(layer, SpikingBlock):
             layers.append({"layer": type(layer).__name__, "ann_macs": synapse_count(layer, torch.ones_like(x)).item()})
             x = layer(x, num_steps=1)[0]
         else:

@@ -70,10 +70,10 @@ def moving_bars(n: int, size: int = 16, seed: int = 0, noise: float = 0.1) -> li
         across += rng.integers(0, size, k).tolist()
         t += rng.integers(0, moves * 1000, k).tolist()
         p += rng.integers(0, 2, k).tolist()
-        along, across = np.array(along), np.array(across)
+        forward, sideways = np.array(along), np.array(across)
         if DIRECTIONS[label] in ("left", "up"):  # the same motion mirrored
-            along = size - 1 - along
-        x, y = (along, across) if DIRECTIONS[label] in ("right", "left") else (across, along)
+            forward = size - 1 - forward
+        x, y = (forward, sideways) if DIRECTIONS[label] in ("right", "left") else (sideways, forward)
         events = np.zeros(len(t), dtype=EVENT_DTYPE)
         events["x"], events["y"], events["t"], events["p"] = x, y, t, p
         out.append((events[np.argsort(events["t"], kind="stable")], label))

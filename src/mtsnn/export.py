@@ -40,12 +40,13 @@ import json
 import math
 import warnings
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .layers import SpikingConv2d, SpikingLinear
+from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
 from .models import FlattenFeatures, SpikingNetwork, TimePool2d
 
 S_MAX, RESET, NUM_STEPS = "mtsnn_s_max", "mtsnn_reset", "mtsnn_num_steps"  # NIR metadata keys
@@ -90,7 +91,8 @@ def _walk(net: SpikingNetwork):
 
 def _build(parts: list, num_steps: int, input_shape: tuple[int, ...] | None = None) -> SpikingNetwork:
     """A SpikingNetwork from (kind, settings) parts, as from_spec builds them."""
-    modules = []
+    modules: list[nn.Module] = []
+    block: SpikingBlock
     for kind, s in parts:
         if kind == "conv":
             block = SpikingConv2d(s["in"], s["out"], s["kernel"], bias=s["bias"] is not None, **s["neuron"])
@@ -104,7 +106,7 @@ def _build(parts: list, num_steps: int, input_shape: tuple[int, ...] | None = No
             continue
         with torch.no_grad():
             block.weight.copy_(torch.as_tensor(np.asarray(s["weight"]), dtype=torch.float32))
-            if s["bias"] is not None:
+            if block.bias is not None:
                 block.bias.copy_(torch.as_tensor(np.asarray(s["bias"]), dtype=torch.float32))
         modules.append(block)
     return SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
@@ -234,7 +236,7 @@ def to_sinabs(net: SpikingNetwork, num_steps: int | None = None) -> nn.Sequentia
     with torch.no_grad():
         for synapse, block in zip(synapses, net.blocks()):
             synapse.weight.copy_(block.weight)
-            if block.bias is not None:
+            if block.bias is not None and synapse.bias is not None:
                 synapse.bias.copy_(block.bias)
     return model
 
@@ -280,7 +282,11 @@ def run_sinabs(model: nn.Sequential, images: torch.Tensor, num_steps: int | None
 
 
 def _sinabs_steps(modules: list[nn.Module]) -> int:
-    steps = {m.num_timesteps for m in modules if getattr(m, "num_timesteps", -1) > 0}
+    steps = set()
+    for m in modules:
+        n = getattr(m, "num_timesteps", None)
+        if isinstance(n, int) and n > 0:
+            steps.add(n)
     if len(steps) != 1:
         raise ExportError(
             f"cannot tell the number of time steps from the Sinabs model's layers (found "
@@ -451,7 +457,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _chain(graph) -> list[tuple[str, object]]:
+def _chain(graph) -> list[tuple[str, Any]]:  # NIR nodes: many classes, read by field
     """The graph's nodes from input to output; ExportError unless it is a single chain."""
     following = {}
     for a, b in graph.edges:
@@ -461,7 +467,8 @@ def _chain(graph) -> list[tuple[str, object]]:
     starts = [name for name, node in graph.nodes.items() if type(node).__name__ == "Input"]
     if len(starts) != 1:
         raise ExportError(f"the graph needs exactly one Input node, found {len(starts)}")
-    order, name = [], starts[0]
+    order: list[tuple[str, Any]] = []
+    name = starts[0]
     while name is not None:
         if name in dict(order):
             raise ExportError(f"the graph has a cycle through node {name!r}")

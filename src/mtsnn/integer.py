@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import SpikingConv2d, SpikingLinear
+from .layers import SpikingBlock, SpikingConv2d
 from .models import FlattenFeatures, SpikingNetwork, TimePool2d
 
 LEAK_BITS = 16  # fractional bits of the leak multiplier
@@ -79,6 +79,27 @@ class IntegerBlock:
         return spikes, potential - spikes * theta
 
 
+@dataclass(frozen=True)
+class IntegerPool:
+    """Pooling of integer spike counts: a sum (``mode="avg"``, its ``1/size^2`` folded into the
+    next weights) or a max."""
+
+    size: int
+    mode: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avg":
+            return F.avg_pool2d(x.double(), self.size, divisor_override=1).long()
+        return F.max_pool2d(x.double(), self.size).long()
+
+
+class IntegerFlatten:
+    """``[B, C, H, W]`` to ``[B, C * H * W]``."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 def _quantize(weight: torch.Tensor, v_th: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(int8 weight, per-output-channel scale, int64 threshold) of a float64 ``weight``."""
     dims = tuple(range(1, weight.dim()))
@@ -105,26 +126,31 @@ class IntegerNetwork:
         std: tuple[float, ...],
         input_shape: tuple[int, ...] | None = None,
     ):
-        shape = tuple(input_shape or net.input_shape)
+        if not (input_shape or net.input_shape):
+            raise ValueError("IntegerNetwork needs the input shape: give input_shape=(C, H, W) or (features,)")
+        shape = tuple(input_shape or net.input_shape or ())
         self.num_steps = net.num_steps
-        self.layers: list[tuple[str, object]] = []
+        self.layers: list[IntegerBlock | IntegerPool | IntegerFlatten] = []
         mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-        factor: torch.Tensor | float = 1.0 / (255.0 * std_t)  # per input channel, first block
+        per_channel = 1.0 / (255.0 * std_t)  # of the input, folded into the first block
+        factor = 1.0  # of a later block's input: 1/k^2 after sum pooling
         first = True
         for layer in net.layers:
-            if isinstance(layer, (SpikingConv2d, SpikingLinear)):
+            if isinstance(layer, SpikingBlock):
                 w = layer.weight.detach().double()
                 b = None if layer.bias is None else layer.bias.detach().double()
-                conv = isinstance(layer, SpikingConv2d)
+                conv = layer if isinstance(layer, SpikingConv2d) else None
                 if first:  # pixels in: fold (p/255 - mean)/std, the mean as a constant input
-                    per_input = factor if conv else factor.repeat_interleave(w.shape[1] // len(mean))
+                    per_input = (
+                        per_channel if conv is not None else per_channel.repeat_interleave(w.shape[1] // len(mean))
+                    )
                     constant = -mean_t / std_t
-                    if conv:
+                    if conv is not None:
                         image = constant.view(1, -1, 1, 1).expand(1, -1, *shape[1:])
-                        b = F.conv2d(image, w, b, padding=layer.padding)[0]
+                        b = F.conv2d(image, w, b, padding=conv.padding)[0]
                     else:
                         b = (0 if b is None else b) + w @ constant.repeat_interleave(w.shape[1] // len(mean))
-                    w = w * (per_input.view(1, -1, 1, 1) if conv else per_input)
+                    w = w * (per_input.view(1, -1, 1, 1) if conv is not None else per_input)
                 else:
                     w = w * factor
                 p = layer.params
@@ -135,17 +161,17 @@ class IntegerNetwork:
                 )
                 leak = None if math.isinf(p.tau_m) else round(p.decay * (1 << LEAK_BITS))
                 self.layers.append(
-                    ("block", IntegerBlock(q, bias, theta, leak, p.s_max, layer.padding if conv else None, scale))
+                    IntegerBlock(q, bias, theta, leak, p.s_max, None if conv is None else conv.padding, scale)
                 )
                 factor, first = 1.0, False
-                shape = (q.shape[0], *shape[1:]) if conv else (q.shape[0],)
+                shape = (q.shape[0], *shape[1:]) if conv is not None else (q.shape[0],)
             elif isinstance(layer, TimePool2d):
                 if layer.mode == "avg":
                     factor = factor / layer.size**2  # sum pooling here, the 1/k^2 in the next weights
-                self.layers.append(("pool", (layer.size, layer.mode)))
+                self.layers.append(IntegerPool(layer.size, layer.mode))
                 shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
             elif isinstance(layer, FlattenFeatures):
-                self.layers.append(("flatten", None))
+                self.layers.append(IntegerFlatten())
                 shape = (math.prod(shape),)
             else:
                 raise ValueError(f"no integer form for {type(layer).__name__}")
@@ -167,20 +193,10 @@ class IntegerNetwork:
         if pixels.dtype != torch.uint8:
             raise TypeError(f"IntegerNetwork takes raw uint8 pixels, got {pixels.dtype}")
         x, after = pixels.long(), list(state)
-        for index, (kind, layer) in enumerate(self.layers):
-            if kind != "block":
-                x = self._apply((kind, layer), x)
+        for index, layer in enumerate(self.layers):
+            if not isinstance(layer, IntegerBlock):
+                x = layer(x)
                 continue
             acc = layer.accumulate(x)
             x, after[index] = layer.neuron(acc, state[index] if state[index] is not None else torch.zeros_like(acc))
         return x, after
-
-    @staticmethod
-    def _apply(layer: tuple[str, object], x: torch.Tensor) -> torch.Tensor:
-        """A pooling (integer sum or max) or a flatten."""
-        kind, settings = layer
-        if kind == "flatten":
-            return x.flatten(1)
-        size, mode = settings
-        pooled = F.avg_pool2d(x.double(), size, divisor_override=1) if mode == "avg" else F.max_pool2d(x.double(), size)
-        return pooled.long()

@@ -24,6 +24,7 @@ from torch import nn
 from .neuron import LIFParams, Rows, _LIFFunction, fused, lif_forward, paper_backward
 
 INITS = ("kaiming", "paper")
+BLOCK_GRAD_MODE = "paper"  # a block's default: the paper's eqs. (7)-(13), which need the weight layer
 
 
 def check_init(init: str) -> None:
@@ -33,7 +34,7 @@ def check_init(init: str) -> None:
 
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, layer: _SpikingBlock, p: LIFParams, num_steps):
+    def forward(ctx, x, weight, bias, layer: SpikingBlock, p: LIFParams, num_steps):
         static = num_steps is not None
         current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
@@ -65,12 +66,20 @@ class _PaperBlockFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-class _SpikingBlock(nn.Module):
-    """Shared logic of the blocks; subclasses define the synapse and its gradients."""
+class SpikingBlock(nn.Module):
+    """A weight layer and its multi-threshold LIF neurons: what every block shares.
+
+    A subclass defines the synapse (:meth:`synapse`) and, for ``grad_mode="paper"``, its two
+    gradients (:meth:`input_grad`, :meth:`weight_and_bias_grad`), and names its input's
+    per-sample dims in ``INPUT`` (the first one, an attribute of the block, is checked).
+    ``isinstance(m, SpikingBlock)`` is how the rest of mtsnn finds blocks in a network.
+    """
+
+    INPUT: tuple[str, ...] = ()
 
     def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
         super().__init__()
-        self.params = LIFParams(**{"grad_mode": "paper", **neuron})  # blocks default to the paper's method
+        self.params = LIFParams(**{"grad_mode": BLOCK_GRAD_MODE, **neuron})
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if bias else None
         self.fan_in = fan_in
@@ -106,21 +115,34 @@ class _SpikingBlock(nn.Module):
     def _check_input(self, x: torch.Tensor, num_steps: int | None) -> None:
         """ValueError naming the shape unless ``x`` is ``[T, B, SAMPLE]``, or ``[B, SAMPLE]``
         with ``num_steps``."""
-        names = self.SAMPLE.split(", ")
         lead = "B" if num_steps is not None else "T, B"
         leading = 1 if num_steps is not None else 2
-        size = getattr(self, names[0])
-        if x.dim() != leading + len(names) or x.shape[leading] != size:
+        size = getattr(self, self.INPUT[0])
+        if x.dim() != leading + len(self.INPUT) or x.shape[leading] != size:
             raise ValueError(
-                f"{type(self).__name__}: input must be shaped [{lead}, {self.SAMPLE}] with "
-                f"{names[0]}={size}, got {tuple(x.shape)}"
+                f"{type(self).__name__}: input must be shaped [{lead}, {', '.join(self.INPUT)}] with "
+                f"{self.INPUT[0]}={size}, got {tuple(x.shape)}"
             )
 
+    def synapse(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The input current of a batch ``x`` (samples first)."""
+        raise NotImplementedError
 
-class SpikingLinear(_SpikingBlock):
+    def input_grad(self, grad: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """``dL/dx`` from ``grad = dL/dcurrent``: the error sent to the layer below (eq. 10)."""
+        raise NotImplementedError
+
+    def weight_and_bias_grad(
+        self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(dL/dweight, dL/dbias or None)`` from the cotangent ``grad`` of the current."""
+        raise NotImplementedError
+
+
+class SpikingLinear(SpikingBlock):
     """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF."""
 
-    SAMPLE = "in_features"
+    INPUT = ("in_features",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **neuron):
         self.in_features, self.out_features = in_features, out_features
@@ -140,10 +162,10 @@ class SpikingLinear(_SpikingBlock):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {self.params}"
 
 
-class SpikingConv2d(_SpikingBlock):
+class SpikingConv2d(SpikingBlock):
     """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron."""
 
-    SAMPLE = "in_channels, H, W"
+    INPUT = ("in_channels", "H", "W")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, **neuron):
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -167,14 +189,14 @@ class SpikingConv2d(_SpikingBlock):
             grad,
             x,
             weight,
-            [weight.shape[0]] if has_bias else None,
-            [1, 1],
-            [self.padding, self.padding],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [False, True, has_bias],
+            bias_sizes=[weight.shape[0]] if has_bias else None,
+            stride=[1, 1],
+            padding=[self.padding, self.padding],
+            dilation=[1, 1],
+            transposed=False,
+            output_padding=[0, 0],
+            groups=1,
+            output_mask=[False, True, has_bias],  # no input gradient here: input_grad gives it
         )
         return grad_w, grad_b
 

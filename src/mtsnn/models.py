@@ -18,7 +18,6 @@ with ReLU and no time; its output layer gives logits.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpikingConv2d, SpikingLinear, check_init
+from .layers import SpikingBlock, SpikingConv2d, SpikingLinear, check_init
 from .neuron import lif_step
 
 POOLINGS = ("avg", "max")
@@ -62,6 +61,7 @@ def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> lis
     """Parse ``spec`` into layers, checking it against ``input_shape`` (C, H, W) and ``num_classes``."""
     tokens = spec.split("-")
     layers: list[Conv | Pool | Dense] = []
+    layer: Conv | Pool | Dense
     for token in tokens:
         m = _TOKEN.match(token.strip())
         if m is None:
@@ -80,29 +80,30 @@ def parse_spec(spec: str, input_shape: tuple[int, ...], num_classes: int) -> lis
                 raise ValueError(f"bad token {token!r} in spec {spec!r}: a layer needs at least 1 unit")
         layers.append(layer)
 
-    if all(isinstance(layer, Dense) for layer in layers):  # MLP: the first number is the input size
-        if layers[0].width != math.prod(input_shape):
+    dense = [layer for layer in layers if isinstance(layer, Dense)]
+    if len(dense) == len(layers):  # MLP: the first number is the input size
+        if dense[0].width != math.prod(input_shape):
             raise ValueError(
                 f"bad token {tokens[0]!r} in spec {spec!r}: the input size is "
                 f"{math.prod(input_shape)} for input shape {tuple(input_shape)}"
             )
-        hidden = layers[1:-1] if layers[-1].width == num_classes else layers[1:]
-        return hidden + [Dense(num_classes)]
+        hidden = dense[1:-1] if dense[-1].width == num_classes else dense[1:]
+        return [*hidden, Dense(num_classes)]
     if isinstance(layers[0], Pool):
         raise ValueError(f"bad token {tokens[0]!r} in spec {spec!r}: a spec cannot start with pooling")
 
-    height, width = input_shape[-2:] if len(input_shape) == 3 else (None, None)
+    image = input_shape[-2:] if len(input_shape) == 3 else None  # (H, W) as pooling shrinks it
     seen_dense = False
     for token, layer in zip(tokens, layers):
         if isinstance(layer, Dense):
             seen_dense = True
         elif seen_dense:
             raise ValueError(f"bad token {token!r} in spec {spec!r}: convolution or pooling after a dense layer")
-        elif height is None:
+        elif image is None:
             raise ValueError(f"bad token {token!r} in spec {spec!r}: convolution needs a (C, H, W) input shape")
         elif isinstance(layer, Pool):
-            height, width = height // layer.size, width // layer.size
-            if height < 1 or width < 1:
+            image = (image[0] // layer.size, image[1] // layer.size)
+            if min(image) < 1:
                 raise ValueError(f"bad token {token!r} in spec {spec!r}: pooling shrinks the image to nothing")
     return layers + [Dense(num_classes)]
 
@@ -116,10 +117,6 @@ class NetworkState(NamedTuple):
     def detach(self) -> NetworkState:
         """The same state cut from the autograd graph (between chunks of a long sequence)."""
         return NetworkState(tuple(u.detach() for u in self.potentials))
-
-
-def _is_block(layer: nn.Module) -> bool:
-    return isinstance(layer, (SpikingLinear, SpikingConv2d))
 
 
 class SpikingNetwork(nn.Module):
@@ -145,6 +142,8 @@ class SpikingNetwork(nn.Module):
     ``initial_state`` again; ``state.detach()`` cuts the autograd graph.
     """
 
+    layers: nn.ModuleList
+
     def __init__(self, layers: nn.ModuleList, num_steps: int = 2, input_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.layers = layers
@@ -160,7 +159,7 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         direct = not sequence
         for layer in self.layers:
-            if _is_block(layer):
+            if isinstance(layer, SpikingBlock):
                 x = layer(x, num_steps=steps if direct else None)
                 direct = False
             else:  # pooling or flattening (of the images themselves, before the first block)
@@ -170,9 +169,9 @@ class SpikingNetwork(nn.Module):
     def _sample_dims(self) -> int:
         return 1 if isinstance(self.layers[0], SpikingLinear) else 3
 
-    def blocks(self) -> list[nn.Module]:
+    def blocks(self) -> list[SpikingBlock]:
         """The weight+neuron blocks, input to output."""
-        return [layer for layer in self.layers if _is_block(layer)]
+        return [layer for layer in self.layers if isinstance(layer, SpikingBlock)]
 
     def initial_state(self, batch_size: int, input_shape: tuple[int, ...] | None = None) -> NetworkState:
         """Every block's potential at rest (zeros) for ``batch_size`` inputs of ``input_shape``
@@ -194,7 +193,7 @@ class SpikingNetwork(nn.Module):
                 shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
             else:
                 shape = (math.prod(shape),)
-            if _is_block(layer):
+            if isinstance(layer, SpikingBlock):
                 potentials.append(torch.zeros(batch_size, *shape, dtype=torch.float32, device=weight.device))
         return NetworkState(tuple(potentials))
 
@@ -208,7 +207,7 @@ class SpikingNetwork(nn.Module):
             )
         potentials, after = iter(state.potentials), []
         for layer in self.layers:
-            if _is_block(layer):
+            if isinstance(layer, SpikingBlock):
                 current = layer.synapse(x, layer.weight, layer.bias)
                 x, u = lif_step(current, next(potentials), layer.params)
                 after.append(u)
@@ -262,11 +261,12 @@ class FlattenFeatures(nn.Module):
         return _FlattenKeepingLayout.apply(x)
 
 
-def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=None) -> list[nn.Module]:
+def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=None, make_output=None) -> list[nn.Module]:
+    """The modules of parsed ``layers``; ``make_output`` (default ``make_dense``) makes the last one."""
     modules: list[nn.Module] = []
     channels = input_shape[0]
     features = None if len(input_shape) == 3 else math.prod(input_shape)
-    height, width = (input_shape[1], input_shape[2]) if len(input_shape) == 3 else (None, None)
+    height, width = input_shape[1:] if len(input_shape) == 3 else (1, 1)  # an MLP never uses them
     for index, layer in enumerate(layers):
         if isinstance(layer, Conv):
             modules.append(make_conv(channels, layer.channels, layer.kernel))
@@ -278,7 +278,8 @@ def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=Non
             if features is None:
                 modules.append(FlattenFeatures())
                 features = channels * height * width
-            modules.append(make_dense(features, layer.width))
+            last = index == len(layers) - 1
+            modules.append((make_output if last and make_output is not None else make_dense)(features, layer.width))
             features = layer.width
         if activation is not None and not isinstance(layer, Pool) and index < len(layers) - 1:
             modules.append(activation())
@@ -329,17 +330,16 @@ def from_spec(
             activation=nn.ReLU,
         )
         return nn.Sequential(*modules)
+    output_neuron = neuron if output_surrogate is None else {**neuron, "surrogate": output_surrogate}
     modules = _build(
         layers,
         input_shape,
         lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
         lambda i, o: SpikingLinear(i, o, **neuron),
         lambda size: TimePool2d(size, pooling),
+        make_output=lambda i, o: SpikingLinear(i, o, **output_neuron),
     )
     network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
         block.reset_parameters(init)
-    if output_surrogate is not None:
-        output = network.blocks()[-1]
-        output.params = dataclasses.replace(output.params, surrogate=output_surrogate)
     return network

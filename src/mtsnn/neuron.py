@@ -54,14 +54,17 @@ BACKENDS = ("auto", "inductor", "eager")
 
 @dataclass(frozen=True)
 class LIFParams:
-    """Validated neuron settings (defaults: the paper's Table 1)."""
+    """Validated neuron settings. Defaults: the paper's Table 1 (tau_m here, the rest from
+    :class:`~mtsnn.surrogate.Surrogate`), and ``"bptt-detach"``: a neuron alone cannot have
+    the paper's gradient, which needs its weight layer (blocks default to it:
+    :data:`mtsnn.layers.BLOCK_GRAD_MODE`)."""
 
-    v_th: float = 10.0
+    v_th: float = surrogates.Surrogate.v_th
     tau_m: float = 10.0
-    s_max: int = 15
-    surrogate: str = "f2"
-    alpha_h: float = 1.0
-    alpha_w: float = 20.0
+    s_max: int = surrogates.Surrogate.s_max
+    surrogate: str = surrogates.Surrogate.name
+    alpha_h: float = surrogates.Surrogate.alpha_h
+    alpha_w: float = surrogates.Surrogate.alpha_w
     grad_mode: str = "bptt-detach"
     surrogate_fn: surrogates.Surrogate = field(init=False, compare=False, repr=False)
 
@@ -139,7 +142,7 @@ def bptt_backward(
             g_v = f * grad_spikes[t] + g_u
         grads.append(g_v)
         g_u = p.decay * g_v
-    return sum(grads) if num_steps is not None else torch.stack(grads[::-1])
+    return sum(grads[1:], grads[0]) if num_steps is not None else torch.stack(grads[::-1])
 
 
 def paper_backward(
@@ -164,7 +167,7 @@ def paper_backward(
         deltas.append(delta)
         traces.append(a_next)
     if num_steps is not None:
-        return sum(deltas), sum(traces)
+        return sum(deltas[1:], deltas[0]), sum(traces[1:], traces[0])
     return torch.stack(deltas[::-1]), torch.stack(traces[::-1])
 
 
@@ -256,7 +259,7 @@ class Rows:
 
     def __init__(self, current: torch.Tensor, num_steps: int | None):
         self.lead = 0 if num_steps is not None else 1  # dims kept in front: time, unless direct
-        rest = sorted(range(self.lead, current.dim()), key=lambda d: -current.stride(d))
+        rest = sorted(range(self.lead, current.dim()), key=lambda d: -current.stride()[d])
         self.order = list(range(self.lead)) + rest
         self.sizes = [current.shape[d] for d in self.order]
         self.steps = num_steps if num_steps is not None else current.shape[0]
@@ -329,7 +332,8 @@ class MultiThresholdLIF(nn.Module):
         s_max: most spikes per step (Table 1: 15). ``1`` is the ordinary LIF.
         surrogate: ``"f1"``, ``"f2"`` (Table 1), ``"f3"``, ``"rectangular"``,
             ``"sigmoid"`` or ``"arctan"``; see :mod:`mtsnn.surrogate`.
-        alpha_h, alpha_w: surrogate height and width (Table 1: 1 and 20).
+        alpha_h: surrogate height (Table 1: 1).
+        alpha_w: surrogate width (Table 1: 20).
         grad_mode: ``"bptt-detach"`` or ``"bptt"``. ``"paper"`` needs the
             weight layer that feeds the neuron: use
             :class:`mtsnn.layers.SpikingLinear` or :class:`mtsnn.layers.SpikingConv2d`.
@@ -340,13 +344,13 @@ class MultiThresholdLIF(nn.Module):
 
     def __init__(
         self,
-        v_th: float = 10.0,
-        tau_m: float = 10.0,
-        s_max: int = 15,
-        surrogate: str = "f2",
-        alpha_h: float = 1.0,
-        alpha_w: float = 20.0,
-        grad_mode: str = "bptt-detach",
+        v_th: float = LIFParams.v_th,
+        tau_m: float = LIFParams.tau_m,
+        s_max: int = LIFParams.s_max,
+        surrogate: str = LIFParams.surrogate,
+        alpha_h: float = LIFParams.alpha_h,
+        alpha_w: float = LIFParams.alpha_w,
+        grad_mode: str = LIFParams.grad_mode,
     ):
         super().__init__()
         self.params = LIFParams(v_th, tau_m, s_max, surrogate, alpha_h, alpha_w, grad_mode)

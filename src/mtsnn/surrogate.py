@@ -97,7 +97,7 @@ def _gaussian_sum(
         return alpha_h * _f2_window(x, s_max, rho, k)
     if 2 * k + 1 >= s_max:
         offsets = [x - i for i in range(1, s_max + 1)]
-        centres = [float(i) for i in range(1, s_max + 1)]
+        centres: list[float | torch.Tensor] = [float(i) for i in range(1, s_max + 1)]
     else:
         c = torch.clamp(torch.round(x), 1 + k, s_max - k)
         d = x - c
@@ -149,7 +149,9 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     reach = _reach(rho, x.dtype)
     r = torch.exp(torch.clamp(d, -reach, reach) * (2 * rho))
     r_inv = 1 / r
-    factor, up, down = 1.0, 1.0, 1.0
+    factor: torch.Tensor | float = 1.0
+    up: torch.Tensor | float = 1.0
+    down: torch.Tensor | float = 1.0
     for j in range(1, k + 1):
         up, down = up * r, down * r_inv
         factor = factor + math.exp(-rho * j * j) * (
@@ -186,9 +188,13 @@ def _nearest_bump(v: torch.Tensor, v_th: float, s_max: int, alpha_h: float, alph
 
 @dataclass(frozen=True)
 class Surrogate:
-    """A named surrogate curve with its parameters; call it on membrane potentials."""
+    """A named surrogate curve with its parameters; call it on membrane potentials.
 
-    name: str
+    The defaults are the paper's Table 1, and the only place mtsnn writes them (the neuron's
+    :class:`~mtsnn.neuron.LIFParams` and the training settings take theirs from here).
+    """
+
+    name: str = "f2"
     alpha_h: float = 1.0
     alpha_w: float = 20.0
     v_th: float = 10.0
@@ -208,7 +214,7 @@ class Surrogate:
         object.__setattr__(self, "window", window)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        if self.name in ("f1", "f2"):
+        if self.window is not None:  # f1, f2
             return _gaussian_sum(
                 v, self.v_th, self.s_max, self.alpha_h, self.alpha_w, scale_with_index=self.name == "f1", k=self.window
             )
@@ -218,7 +224,12 @@ class Surrogate:
 
 
 def get(
-    name: str, *, alpha_h: float = 1.0, alpha_w: float = 20.0, v_th: float = 10.0, s_max: int = 15
+    name: str,
+    *,
+    alpha_h: float = Surrogate.alpha_h,
+    alpha_w: float = Surrogate.alpha_w,
+    v_th: float = Surrogate.v_th,
+    s_max: int = Surrogate.s_max,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The surrogate curve ``name`` (one of :data:`NAMES`) with the given parameters."""
     return Surrogate(name, alpha_h, alpha_w, v_th, s_max)

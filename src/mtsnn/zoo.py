@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import CheckpointError, load_tensors
-from .config import TrainConfig
+from .config import TrainConfig, build_model
 
 PREFIX = "pretrained:"  # how the command line names a shipped model: mtsnn eval pretrained:mnist-mlp
 
@@ -51,8 +51,6 @@ def record(name: str) -> dict:
 def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
     """(model in eval mode, its config) of the shipped model ``name``; CheckpointError naming
     the file if it is missing, or differs from the sha256 its record holds."""
-    from .train import build_model  # the experiment side builds a config's network
-
     kept = record(name)
     path = folder() / kept["weights"]
     try:

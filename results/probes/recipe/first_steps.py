@@ -16,8 +16,8 @@ import sys
 import torch
 
 from mtsnn import data as datasets
-from mtsnn.config import preset
-from mtsnn.train import OutputCurrent, build_model, learning_rate, loss_fn, make_optimizer
+from mtsnn.config import build_model, preset
+from mtsnn.experiments.train import OutputCurrent, learning_rate, loss_fn, make_optimizer
 
 
 def highest_potentials(model, images) -> torch.Tensor:
@@ -46,7 +46,7 @@ def main():
     print(f"{name} seed {seed} {overrides or 'preset'}: highest v[1]/V_th per output neuron (classes 0-9)")
     print(f"step  0  lr {0:.5f}  " + " ".join(f"{v:6.2f}" for v in highest_potentials(model, images).tolist()))
     for step, (x, y) in enumerate(loader.epoch(0), start=1):
-        with OutputCurrent(model) as output_current:  # for the output_floor term, as mtsnn.train.Run does
+        with OutputCurrent(model) as output_current:  # for the output_floor term, as mtsnn.experiments.train.Run does
             loss = loss_fn(model(x), y, cfg, output_current.current())
         optimizer.zero_grad()
         loss.backward()

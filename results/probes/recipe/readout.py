@@ -12,8 +12,8 @@ import sys
 import torch
 
 from mtsnn import data as datasets
-from mtsnn.evaluate import load_trained
-from mtsnn.train import evaluate
+from mtsnn.experiments.evaluate import load_trained
+from mtsnn.experiments.train import evaluate
 
 
 def tied(model, loader) -> float:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mtsnn.config import PRESETS, load_toml
-from mtsnn.train import read_metrics
+from mtsnn.experiments.train import read_metrics
 
 HERE = Path(__file__).parent
 SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile", "amp", "recipe", "ann"}

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .config import PRESETS, TrainConfig, dump_toml, load_toml, preset
+from .. import __version__
+from ..config import PRESETS, TrainConfig, dump_toml, load_toml, preset
 from .distributed import is_main_process
 
 # Settings that are not command-line options of `train`.
@@ -176,6 +176,9 @@ def _accuracy(summary: dict, cfg: TrainConfig) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import RESUMABLE_SETTINGS, SCORE_LABELS, Run, score_name
+    from .tuning import tune_process
+
+    tune_process()
 
     if args.resume:
         extra = [
@@ -268,7 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import warnings
 
-    from . import export
+    from .. import export
     from .evaluate import load_trained
 
     model, cfg = load_trained(args.run)
@@ -331,6 +334,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
+    from .tuning import tune_process
+
+    tune_process()
 
     for run_dir in run_sweep(args.figure, args.preset, Path(args.out), log=_say, **_settings(args)):
         _say(f"{run_dir}")
@@ -358,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         valid = sorted(a for action in commands[args.command]._actions for a in action.option_strings)
         parser.error(f"unknown option(s) {' '.join(unknown)}; valid options of '{args.command}': {', '.join(valid)}")
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
+    from ..checkpoint import CheckpointError
+    from ..data import DatasetError
     from .distributed import shutdown
     from .figures import FigureError
     from .train import Interrupted, StorageError

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets
-from . import zoo
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
-from .config import TrainConfig, dump_toml, usable_device
-from .energy import ann_operations, count_over_loader
-from .integer import IntegerNetwork
-from .train import CHECKPOINT, build_model, evaluate, model_state, saved_config
+from .. import data as datasets
+from .. import zoo
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
+from ..config import TrainConfig, build_model, dump_toml, usable_device
+from ..energy import ann_operations, count_over_loader
+from ..integer import IntegerNetwork
+from .train import CHECKPOINT, evaluate, model_state, saved_config
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:

@@ -1,7 +1,7 @@
 """The paper's figures, regenerated: ``mtsnn figures [NAMES] --out DIR``.
 
 fig1, fig4 and fig5 are computed from the equations. fig6-fig9 plot training sweeps
-(:mod:`mtsnn.sweep`) read from their run directories. Needs matplotlib (``pip install
+(:mod:`mtsnn.experiments.sweep`) read from their run directories. Needs matplotlib (``pip install
 mtsnn[report]``).
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .neuron import LIFParams, lif_step, spike_count
+from ..neuron import LIFParams, lif_step, spike_count
+from ..surrogate import get as surrogate
 from .report import read_run
-from .surrogate import get as surrogate
 from .sweep import SWEEPS, point_dir
 
 NAMES = ("fig1", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9")

@@ -19,16 +19,17 @@ import json
 import statistics
 from pathlib import Path
 
-from .config import load_toml
+from ..config import PRESETS, load_toml
 from .train import read_metrics
 
-# "Proposed Method" rows of the paper: (table, preset, network, T, mean accuracy over 5 runs)
+# "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
+# are the preset's (mtsnn.config.PRESETS)
 PAPER = {
-    "mnist-mlp": ("Table 2", "784-800-10", 2, 99.15),
-    "mnist-cnn": ("Table 3", "15C5-P2-40C5-P2-300", 2, 99.56),
-    "fmnist-mlp": ("Table 4", "784-400-400-10", 2, 91.08),
-    "fmnist-cnn": ("Table 5", "32C5-P2-64C5-P2-1024", 2, 93.08),
-    "cifar10-cnn": ("Table 6", "96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", 2, 87.90),
+    "mnist-mlp": ("Table 2", 99.15),
+    "mnist-cnn": ("Table 3", 99.56),
+    "fmnist-mlp": ("Table 4", 91.08),
+    "fmnist-cnn": ("Table 5", 93.08),
+    "cifar10-cnn": ("Table 6", 87.90),
 }
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
@@ -86,7 +87,7 @@ def collect(runs_root: Path) -> list[dict]:
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r["complete"]] or runs
         accs = [r["rows"][-1]["test_acc"] for r in counted]
-        paper = None if ann else PAPER.get(preset, (None,) * 4)[3]
+        paper = None if ann else PAPER.get(preset, (None, None))[1]
         table.append(
             {
                 "preset": preset,
@@ -223,7 +224,7 @@ def _overview(table: list[dict]) -> list[str]:
         "| paper table | preset | paper | " + " | ".join(f"mtsnn {v}" for v in variants) + " |",
         "|---" * (3 + len(variants)) + "|",
     ]
-    for preset, (table_name, _, _, paper_acc) in PAPER.items():
+    for preset, (table_name, paper_acc) in PAPER.items():
         rows = {row["variant"]: row for row in table if row["preset"] == preset}
         if not rows:
             continue
@@ -286,7 +287,8 @@ def build(results: Path = Path("results")) -> Path:
         "",
     ]
     lines += _overview(table)
-    for preset, (table_name, spec, steps, paper_acc) in PAPER.items():
+    for preset, (table_name, paper_acc) in PAPER.items():
+        spec, steps = PRESETS[preset].spec, PRESETS[preset].T
         rows = sorted(
             (row for row in table if row["preset"] == preset),
             key=lambda row: (row["variant"].startswith("ANN"), row["recipe"] == "fast"),

@@ -1,7 +1,7 @@
 """``mtsnn sweep NAME``: the training sweeps behind Figures 6-9, one run directory per point.
 
 A point whose run finished is kept, one with a checkpoint resumes, the others start
-(:func:`mtsnn.train.finish`); so an interrupted sweep continues where it stopped. The paper ran these on
+(:func:`mtsnn.experiments.train.finish`); so an interrupted sweep continues where it stopped. The paper ran these on
 CIFAR-10 with the 7-layer network for 100-200 epochs (a GPU's work); on a CPU use a
 smaller preset and budget, which the figures state.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import preset
+from ..config import preset
 from .train import RESUMABLE_SETTINGS, finish
 
 # figure -> (what varies, its values, settings held for the whole sweep)

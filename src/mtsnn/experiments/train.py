@@ -17,8 +17,6 @@ run sees the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import hashlib
 import json
@@ -34,35 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as datasets
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_toml, load_toml, seconds, usable_device
+from .. import data as datasets
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ..config import TrainConfig, build_model, dump_toml, load_toml, seconds, usable_device
+from ..layers import SpikingBlock
+from ..neuron import LIFParams, lif_step, neuron_backend
 from .distributed import Processes, is_main_process
-from .layers import SpikingConv2d, SpikingLinear
-from .models import from_spec
-from .neuron import LIFParams, lif_step, neuron_backend
 from .rundir import lock
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """The preset's network (SNN or ANN twin). Convolution weights are channels-last, so
-    activations follow: oneDNN (CPU) and cuDNN convolutions run 10-20% faster that way."""
-    if cfg.ann:
-        model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling)
-    else:
-        model = from_spec(
-            cfg.spec,
-            cfg.input_shape,
-            10,
-            pooling=cfg.pooling,
-            init=cfg.init,
-            num_steps=cfg.T,
-            output_surrogate=cfg.output_surrogate or None,
-            **cfg.neuron_kwargs(),
-        )
-    return model.to(memory_format=torch.channels_last)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -130,25 +108,6 @@ def flush_subnormal_state(optimizer: torch.optim.Optimizer) -> None:
         for value in state.values():
             if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0:
                 value.masked_fill_(value.abs() < torch.finfo(value.dtype).tiny, 0.0)
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
-
-    By default glibc serves each block over its mmap threshold (128 KiB, adapting up to
-    32 MiB) with a fresh mapping and unmaps it on free, so every training step faults in
-    and zeroes its activations afresh. Measured on a fmnist-cnn SNN step on this 2-core CPU:
-    about 15,000 page faults and 10-30% of the step (``benchmarks/bench_allocator.py``).
-    Raising both thresholds keeps blocks up to 32 MiB in the heap, costing only the peak
-    memory staying reserved. Affects the whole process; returns False where the C library
-    has no ``mallopt`` (not glibc), leaving the allocator as it was.
-    """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def sample_losses(
@@ -268,7 +227,7 @@ class SpikeCounter:
     """Forward hooks adding up each block's spikes: firing rate = spikes per neuron per step."""
 
     def __init__(self, model: nn.Module):
-        self.blocks = [m for m in model.modules() if isinstance(m, (SpikingLinear, SpikingConv2d))]
+        self.blocks = [m for m in model.modules() if isinstance(m, SpikingBlock)]
         self.spikes = [0.0] * len(self.blocks)
         self.slots = [0] * len(self.blocks)  # neuron-steps seen
         self.handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
@@ -427,7 +386,7 @@ class Run:
     """One training run in ``run_dir``: fresh, or resumed from its checkpoint.
 
     Under ``torchrun`` each process trains on its shard of every batch (see
-    :mod:`mtsnn.distributed`); rank 0 evaluates and writes the run directory.
+    :mod:`mtsnn.experiments.distributed`); rank 0 evaluates and writes the run directory.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, log=print):
@@ -613,9 +572,6 @@ class Run:
 
     def fit(self) -> dict:
         """Train to ``cfg.epochs``; return the summary (also written to ``summary.json``)."""
-        # Denormal floats (tiny surrogate x gradient products) make CPU matmuls several times slower.
-        torch.set_flush_denormal(True)
-        keep_freed_memory()
         try:
             return self._fit()
         except OSError as e:

@@ -1,0 +1,54 @@
+"""The tutorials of the documentation site run as written: every code block, in order."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runs import cli_env, needs_fmnist
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "docs" / "tutorials"
+BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: str) -> tuple[str, str]:
+    """(language, the page's code blocks joined in order); a page keeps to one language."""
+    found = BLOCK.findall((TUTORIALS / page).read_text())
+    languages = {language for language, _ in found}
+    assert len(found) >= 3 and len(languages) == 1, f"{page}: {len(found)} blocks in {languages}"
+    return languages.pop(), "\n".join(code for _, code in found)
+
+
+def run(page: str, cwd: Path) -> str:
+    language, code = blocks(page)
+    command = [sys.executable, "-c", code] if language == "python" else ["bash", "-euo", "pipefail", "-c", code]
+    env = cli_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    out = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{page} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def test_the_neuron_tutorial_runs(tmp_path):
+    assert "loss" in run("neuron.md", tmp_path)
+
+
+@needs_fmnist
+def test_the_training_tutorial_runs_and_reports_its_run(tmp_path):
+    out = run("train.md", tmp_path)
+    assert "fmnist-mlp" in out and (tmp_path / "tutorial" / "REPORT.md").exists()
+
+
+def test_the_gradient_modes_tutorial_runs(tmp_path):
+    out = run("gradient-modes.md", tmp_path)
+    assert all(f"{mode:12s} test accuracy" in out for mode in ("paper", "bptt", "bptt-detach"))
+
+
+@pytest.mark.parametrize("page", ["neuron.md", "train.md", "gradient-modes.md"])
+def test_a_failing_block_fails_the_tutorial(tmp_path, page, monkeypatch):
+    language, code = blocks(page)
+    broken = code + ("\nassert False, 'the last block failed'\n" if language == "python" else "\nfalse\n")
+    monkeypatch.setattr(sys.modules[__name__], "blocks", lambda page: (language, broken))
+    with pytest.raises(AssertionError, match="failed"):
+        run(page, tmp_path)
