@@ -52,3 +52,15 @@ def test_a_failing_block_fails_the_tutorial(tmp_path, page, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "blocks", lambda page: (language, broken))
     with pytest.raises(AssertionError, match="failed"):
         run(page, tmp_path)
+
+
+LIBRARY = ["neuron", "surrogate", "layers", "models", "config", "data"]  # the modules with >>> examples
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_the_docstring_examples_of_the_library_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"mtsnn.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -11,7 +11,7 @@ from runs import SHARED
 
 from mtsnn import data, from_spec, zoo
 from mtsnn.experiments import cli
-from mtsnn.integer import IntegerNetwork
+from mtsnn.integer import IntegerBlock, IntegerFlatten, IntegerNetwork, IntegerPool
 
 needs_data = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
 
@@ -21,11 +21,11 @@ def reference(integer: IntegerNetwork, pixels: np.ndarray, steps: int) -> np.nda
     potentials, outputs = {}, []
     for _ in range(steps):
         x = pixels.astype(np.int64)
-        for index, (kind, layer) in enumerate(integer.layers):
-            if kind == "flatten":
+        for index, layer in enumerate(integer.layers):
+            if isinstance(layer, IntegerFlatten):
                 x = x.reshape(len(x), -1)
-            elif kind == "pool":
-                k, mode = layer
+            elif isinstance(layer, IntegerPool):
+                k, mode = layer.size, layer.mode
                 b, c, h, w = x.shape
                 windows = x[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k)
                 x = windows.sum((3, 5)) if mode == "avg" else windows.max((3, 5))
@@ -63,8 +63,8 @@ def test_the_integer_path_equals_a_slow_integer_reference(name):
     got = integer(test.images, num_steps=3)
     assert got.dtype == torch.int64 and got.sum() > 0
     assert np.array_equal(got.numpy(), reference(integer, test.images.numpy(), 3))
-    for kind, layer in integer.layers:
-        if kind == "block":
+    for layer in integer.layers:
+        if isinstance(layer, IntegerBlock):
             assert layer.weight.dtype == torch.int8 and layer.weight.abs().max() == 127
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 import mtsnn
 from mtsnn.layers import SpikingConv2d, SpikingLinear
-from mtsnn.models import TimePool2d
+from mtsnn.models import TimePool2d, calibrate, from_spec
 
 # (spec, input shape, weight shapes in order, total parameters) -- totals summed by hand:
 # 784-800-10: 784*800+800 + 800*10+10 = 636010
@@ -193,3 +193,58 @@ def test_flatten_features_gradient_equals_a_plain_flatten(make_input, channels_l
 def test_blocks_name_the_input_shape_they_need(block, shape, num_steps, expected):
     with pytest.raises(ValueError, match=expected):
         block(torch.zeros(shape), num_steps=num_steps)
+
+
+def _currents_after(net, images):
+    """Each block's input current on ``images`` (no bias), computed here with torch.nn.functional."""
+    import torch.nn.functional as F
+
+    from mtsnn.layers import SpikingConv2d
+
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for b in net.blocks()]
+    net(images)
+    for h in hooks:
+        h.remove()
+    currents = []
+    for block, x in zip(net.blocks(), inputs):
+        x = x if x.dim() == len(block.INPUT) + 1 else x.flatten(0, 1)
+        if isinstance(block, SpikingConv2d):
+            currents.append(F.conv2d(x, block.weight, padding=block.kernel_size // 2))
+        else:
+            currents.append(x @ block.weight.T)
+    return currents
+
+
+def test_calibrate_gives_every_block_a_current_of_the_asked_spread_in_thresholds():
+
+    torch.manual_seed(0)
+    net = from_spec("8C3-16C3-P2-32C3-P2-64", (3, 16, 16), 10, v_th=2.0)
+    images = torch.rand(32, 3, 16, 16)
+    calibrate(net, images, 1.5)
+    with torch.no_grad():
+        spreads = [c.std().item() for c in _currents_after(net, images)]
+    assert spreads == pytest.approx([1.5 * 2.0] * 5, rel=1e-4)
+
+
+def test_calibrate_undoes_a_scaling_of_the_weights_exactly():
+
+    torch.manual_seed(0)
+    a = from_spec("784-100-100-10", (1, 28, 28), 10)
+    b = from_spec("784-100-100-10", (1, 28, 28), 10)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.blocks()[0].weight.mul_(3.0)
+    images = torch.rand(16, 1, 28, 28)
+    factors_a, factors_b = calibrate(a, images, 1.0), calibrate(b, images, 1.0)
+    assert factors_b[0] == pytest.approx(factors_a[0] / 3.0, rel=1e-5)  # current is linear in the weights
+    assert factors_b[1:] == pytest.approx(factors_a[1:], rel=1e-5)  # so the blocks above see the same spikes
+    for wa, wb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(wa, wb, rtol=1e-5, atol=1e-6)
+
+
+def test_calibrate_refuses_a_block_that_gets_no_input():
+
+    net = from_spec("784-100-10", (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="block 0 gets no input"):
+        calibrate(net, torch.zeros(4, 1, 28, 28), 1.0)

@@ -107,6 +107,8 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
         ({"device": "gpu"}, "device='gpu'"),
         ({"init": "xavier"}, "init='xavier'"),
         ({"pooling": "sum"}, "pooling='sum'"),
+        ({"calibrate": -1.0}, "calibrate=-1.0"),
+        ({"calibrate": 1.0, "ann": True}, "calibrate=1.0 with ann=True"),
     ],
 )
 def test_invalid_settings_are_named(override, message):

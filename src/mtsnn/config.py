@@ -38,7 +38,14 @@ def setting(default, help: str, choices: tuple = ()):
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. Defaults are Table 1's where the paper gives one."""
+    """Every setting of a training run. Defaults are Table 1's where the paper gives one.
+
+    >>> cfg = preset("mnist-cnn", recipe="fast")        # the preset, then the fast recipe
+    >>> cfg.spec, cfg.T, cfg.lr, cfg.epochs
+    ('15C5-P2-40C5-P2-300', 2, 0.01, 30)
+    >>> cfg.replace(lr=0.02).validate().lr
+    0.02
+    """
 
     preset: str = setting("fmnist-mlp", "the preset this config started from")
     dataset: str = setting("fashion-mnist", "the data set", DATASETS)
@@ -70,6 +77,12 @@ class TrainConfig:
         0.0,
         "not in the paper: > 0 adds a term pulling the true class's output current up to the threshold "
         "where it is below, so that no output neuron goes silent (mtsnn.experiments.train.sample_losses)",
+    )
+    calibrate: float = setting(
+        0.0,
+        "not in the paper: > 0 scales each block's initial weights, input to output, so that its "
+        "current on the first training images has this standard deviation in thresholds "
+        "(mtsnn.models.calibrate; for deep networks)",
     )
     readout: str = setting(
         "counts",
@@ -168,6 +181,11 @@ class TrainConfig:
                 not (self.ann and self.output_floor),
                 f"output_floor={self.output_floor} with ann=True (the ANN twin has no threshold)",
             ),
+            (
+                math.isfinite(self.calibrate) and self.calibrate >= 0,
+                f"calibrate={self.calibrate} (need a finite value >= 0; 0 means off)",
+            ),
+            (not (self.ann and self.calibrate), f"calibrate={self.calibrate} with ann=True (no threshold to scale to)"),
             (
                 not (self.ann and self.readout != "counts"),
                 f"readout={self.readout!r} with ann=True (the ANN twin is read by its logits)",

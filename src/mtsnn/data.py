@@ -146,7 +146,8 @@ class UnverifiedDataWarning(UserWarning):
 
 @dataclass(frozen=True, repr=False)
 class Dataset:
-    """One split of a data set, whole, as tensors."""
+    """One split of a data set, whole, as tensors: ``images`` uint8 ``[N, C, H, W]``,
+    ``labels`` int64 ``[N]``. :func:`load` reads one (``load("mnist", "train")``)."""
 
     name: str
     split: str
@@ -521,7 +522,14 @@ class DeviceLoader:
 
     All randomness is a pure function of (seed, epoch, batch index), so ``epoch(e,
     start_batch=k)`` resumes an interrupted epoch with exactly the batches it would have had.
-    Iterating the loader itself runs epoch 0, then 1, and so on.
+    Iterating the loader itself runs epoch 0, then 1, and so on. A batch is ``(float32
+    images [B, C, H, W], int64 labels [B])``.
+
+    >>> digits = Dataset("mnist", "train", torch.zeros(10, 1, 28, 28, dtype=torch.uint8),
+    ...                  torch.arange(10), [str(i) for i in range(10)], ())
+    >>> images, labels = next(iter(DeviceLoader(digits, 4, train=False).epoch(0)))
+    >>> images.shape, labels.tolist()
+    (torch.Size([4, 1, 28, 28]), [0, 1, 2, 3])
     """
 
     def __init__(

@@ -140,7 +140,17 @@ class SpikingBlock(nn.Module):
 
 
 class SpikingLinear(SpikingBlock):
-    """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF."""
+    """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF.
+
+    Input: spikes ``[T, B, in_features]``, or one input ``[B, in_features]`` with
+    ``num_steps``. Output: spike counts ``[T, B, out_features]``.
+
+    >>> block = SpikingLinear(784, 100)
+    >>> block(torch.rand(2, 8, 784)).shape
+    torch.Size([2, 8, 100])
+    >>> block(torch.rand(8, 784), num_steps=4).shape     # direct input: the layer runs once
+    torch.Size([4, 8, 100])
+    """
 
     INPUT = ("in_features",)
 
@@ -163,7 +173,15 @@ class SpikingLinear(SpikingBlock):
 
 
 class SpikingConv2d(SpikingBlock):
-    """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron."""
+    """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron.
+
+    Input: spikes ``[T, B, in_channels, H, W]``, or images ``[B, in_channels, H, W]`` with
+    ``num_steps``. Output: spike counts ``[T, B, out_channels, H, W]``.
+
+    >>> block = SpikingConv2d(1, 15, 5)
+    >>> block(torch.rand(8, 1, 28, 28), num_steps=2).shape
+    torch.Size([2, 8, 15, 28, 28])
+    """
 
     INPUT = ("in_channels", "H", "W")
 

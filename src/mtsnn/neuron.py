@@ -57,7 +57,12 @@ class LIFParams:
     """Validated neuron settings. Defaults: the paper's Table 1 (tau_m here, the rest from
     :class:`~mtsnn.surrogate.Surrogate`), and ``"bptt-detach"``: a neuron alone cannot have
     the paper's gradient, which needs its weight layer (blocks default to it:
-    :data:`mtsnn.layers.BLOCK_GRAD_MODE`)."""
+    :data:`mtsnn.layers.BLOCK_GRAD_MODE`).
+
+    >>> p = LIFParams()
+    >>> p.decay, p.surrogate_fn.window     # leak 1 - 1/tau_m; f2 sums the 2 * 2 + 1 nearest terms
+    (0.9, 2)
+    """
 
     v_th: float = surrogates.Surrogate.v_th
     tau_m: float = 10.0
@@ -340,6 +345,12 @@ class MultiThresholdLIF(nn.Module):
 
     Input: currents ``[T, B, ...]``, time first. Output: spike counts of the
     same shape and dtype (integer values). Every call starts from rest.
+
+    Example (25 fires 2 and keeps 5, then 0.9 * 5 + 25 = 29.5 fires 2; 160 is clipped at 15):
+
+    >>> neuron = MultiThresholdLIF()
+    >>> neuron(torch.tensor([[[25.0, 4.0, 160.0]], [[25.0, 4.0, 160.0]]])).tolist()
+    [[[2.0, 0.0, 15.0]], [[2.0, 0.0, 15.0]]]
     """
 
     def __init__(

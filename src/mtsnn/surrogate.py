@@ -192,6 +192,11 @@ class Surrogate:
 
     The defaults are the paper's Table 1, and the only place mtsnn writes them (the neuron's
     :class:`~mtsnn.neuron.LIFParams` and the training settings take theirs from here).
+    Input: potentials of any shape; output: the curve's values, same shape.
+
+    >>> f2 = Surrogate("f2")
+    >>> [round(x, 6) for x in f2(torch.tensor([10.0, 15.0])).tolist()]   # at a threshold; midway
+    [1.006738, 0.573023]
     """
 
     name: str = "f2"

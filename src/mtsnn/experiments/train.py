@@ -36,6 +36,7 @@ from .. import data as datasets
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, build_model, dump_toml, load_toml, seconds, usable_device
 from ..layers import SpikingBlock
+from ..models import calibrate
 from ..neuron import LIFParams, lif_step, neuron_backend
 from .distributed import Processes, is_main_process
 from .rundir import lock
@@ -81,6 +82,7 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
 SYNC_EVERY = 25  # steps between host syncs on a GPU (read back sums, check the loss is finite)
+CALIBRATION_IMAGES = 128  # training images that --calibrate scales the initial weights on
 PROBE_STEPS = 20  # steps timed (after 2 left out for warming caches and compiling) to plan a time budget
 
 
@@ -438,6 +440,11 @@ class Run:
         self.score = score_name(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
+        if cfg.calibrate:  # the same first images on every process, so that all start alike
+            calibration = datasets.DeviceLoader(
+                train_set.subset(CALIBRATION_IMAGES), CALIBRATION_IMAGES, train=False, device=self.device
+            )
+            calibrate(self.model, next(iter(calibration.epoch(0)))[0], cfg.calibrate)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
