@@ -15,6 +15,7 @@ from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, load_toml, preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.evaluate import keep_weights
+from mtsnn.experiments.rundir import read_metrics
 from mtsnn.experiments.train import (
     OutputCurrent,
     Run,
@@ -24,7 +25,6 @@ from mtsnn.experiments.train import (
     loss_fn,
     make_optimizer,
     predict,
-    read_metrics,
 )
 from mtsnn.models import from_spec
 

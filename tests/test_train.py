@@ -17,6 +17,7 @@ from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments import cli
+from mtsnn.experiments.rundir import read_metrics
 from mtsnn.experiments.train import (
     Run,
     _restore,
@@ -25,7 +26,6 @@ from mtsnn.experiments.train import (
     loss_fn,
     make_optimizer,
     predict,
-    read_metrics,
 )
 from mtsnn.models import from_spec
 

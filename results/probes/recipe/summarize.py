@@ -8,8 +8,8 @@ results/probes/recipe/PRESET/NAME/, with the settings each changed from the scre
 import sys
 from pathlib import Path
 
-from mtsnn.config import PRESETS, load_toml
-from mtsnn.experiments.train import read_metrics
+from mtsnn.config import PRESETS
+from mtsnn.experiments.rundir import read_config, read_metrics
 
 HERE = Path(__file__).parent
 SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile", "amp", "recipe", "ann"}
@@ -33,7 +33,7 @@ def main(presets):
         rows = read_metrics(run)
         if not rows:
             continue
-        cfg = load_toml(run / "config.toml")
+        cfg = read_config(run)
         best = max(rows, key=lambda r: r["val_acc"])
         status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
         print(

@@ -19,8 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
-from ..config import PRESETS, load_toml
-from .train import read_metrics
+from ..config import PRESETS
+from .rundir import CONFIG, read_config, read_metrics, read_summary
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
 # are the preset's (mtsnn.config.PRESETS)
@@ -46,14 +46,13 @@ def _dataset_label(name: str, rows: list[dict]) -> str:
 
 
 def read_run(run_dir: Path) -> dict | None:
-    if not (run_dir / "config.toml").exists():
+    if not (run_dir / CONFIG).exists():
         return None
     rows = read_metrics(run_dir)
     if not rows:
         return None
-    cfg = load_toml(run_dir / "config.toml")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    cfg = read_config(run_dir)
+    summary = read_summary(run_dir) or {}
     silent = rows[-1].get("silent_outputs")
     if silent is None and (run_dir / "eval.json").exists():
         silent = json.loads((run_dir / "eval.json").read_text()).get("silent_outputs")

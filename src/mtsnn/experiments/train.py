@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import platform
@@ -33,15 +32,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as datasets
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from ..config import TrainConfig, build_model, dump_toml, load_toml, seconds, usable_device
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..config import TrainConfig, build_model, seconds, usable_device
 from ..layers import SpikingBlock
 from ..models import calibrate
 from ..neuron import LIFParams, lif_step, neuron_backend
 from .distributed import Processes, is_main_process
-from .rundir import lock
-
-CHECKPOINT = "checkpoint.safetensors"
+from .rundir import (
+    CHECKPOINT,
+    METRICS,
+    SUMMARY,
+    lock,
+    read_config,
+    read_metrics,
+    read_summary,
+    write_config,
+    write_metrics,
+    write_summary,
+)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -359,26 +367,6 @@ def saved_config(state: dict, path: Path) -> TrainConfig:
         ) from None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl`` (none if it is missing); ValueError naming the
-    file and line if one is not a JSON object with an ``epoch``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
-        if not isinstance(row, dict) or type(row.get("epoch")) is not int:
-            raise ValueError(f"{path}, line {number}: not a metrics row (a JSON object with an integer epoch)")
-        rows.append(row)
-    return rows
-
-
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
 # break the promise that it sees the batches and takes the steps of an uninterrupted run.
 RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
@@ -470,11 +458,11 @@ class Run:
         run_dir = Path(run_dir)
         usable_device(cfg.device)  # before anything is written
         held = lock(run_dir) if is_main_process() else None
-        found = [name for name in (CHECKPOINT, "summary.json") if (run_dir / name).exists()]
+        found = [name for name in (CHECKPOINT, SUMMARY) if (run_dir / name).exists()]
         # Metrics of epoch 1 alone, without a checkpoint, are those of a run killed before its
         # first save: nothing to keep. More are results of their own.
         if any(row["epoch"] > 1 for row in read_metrics(run_dir)):
-            found.append("metrics.jsonl")
+            found.append(METRICS)
         if found == [CHECKPOINT]:
             raise ValueError(
                 f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
@@ -566,16 +554,9 @@ class Run:
         where = f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
         return f"The last checkpoint, {self.run_dir / CHECKPOINT}, holds the run at {where}"
 
-    def _write_config(self) -> None:
-        atomic_write(self.run_dir / "config.toml", [dump_toml(dataclasses.asdict(self.cfg)).encode()])
-
     def _keep_metrics_up_to(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written before a kill, redone after the resume)."""
-        self._write_metrics([row for row in read_metrics(self.run_dir) if row["epoch"] <= epoch])
-
-    def _write_metrics(self, rows: list[dict]) -> None:
-        """The whole file, atomically: a kill leaves the old rows or the new, never a torn line."""
-        atomic_write(self.run_dir / "metrics.jsonl", ["".join(json.dumps(row) + "\n" for row in rows).encode()])
+        write_metrics(self.run_dir, [row for row in read_metrics(self.run_dir) if row["epoch"] <= epoch])
 
     def fit(self) -> dict:
         """Train to ``cfg.epochs``; return the summary (also written to ``summary.json``)."""
@@ -595,7 +576,7 @@ class Run:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._keep_metrics_up_to(self.epoch)
-            self._write_config()
+            write_config(self.run_dir, self.cfg)
         board = _tensorboard(self.run_dir) if main else None
         if not self.cfg.ann:
             self.log(f"neuron backend: {neuron_backend()}")
@@ -605,7 +586,7 @@ class Run:
                     self._train_epoch(stop)
                     row = self._finish_epoch()
                     if main:
-                        self._write_metrics(read_metrics(self.run_dir) + [row])
+                        write_metrics(self.run_dir, read_metrics(self.run_dir) + [row])
                         if board is not None:
                             for key in ("train_loss", "train_acc", self.score, "images_per_second"):
                                 board.add_scalar(key, row[key], row["epoch"])
@@ -620,7 +601,7 @@ class Run:
             summary["machine"] = machine(self.device, self.procs.world, spiking=not self.cfg.ann)
             summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
             summary["peak_memory_mb"] = peak_memory_mb(self.device)
-            atomic_write(self.run_dir / "summary.json", [json.dumps(summary, indent=2).encode()])
+            write_summary(self.run_dir, summary)
         return summary
 
     def _train_epoch(self, stop: StopRequested) -> None:
@@ -722,7 +703,7 @@ class Run:
         )
         self.cfg, self.planned = self.cfg.replace(epochs=epochs), True
         if self.procs.is_main:
-            self._write_config()
+            write_config(self.run_dir, self.cfg)
 
     def _add_time(self, t0: float) -> None:
         seconds = time.perf_counter() - t0
@@ -774,12 +755,12 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
     others started. A run there with other settings is refused, naming them."""
     run_dir = Path(run_dir)
     fixed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUMABLE_SETTINGS}
-    if (run_dir / "summary.json").exists():
-        saved = load_toml(run_dir / "config.toml")
+    summary = read_summary(run_dir)
+    if summary is not None:
+        saved = read_config(run_dir)
         changed = [f"{name}={old!r}, not {new!r}" for name, old, new in _fixed_changes(saved, fixed)]
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
-        summary = json.loads((run_dir / "summary.json").read_text())
         more = (
             f" (it has {summary['epochs']} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
             f"{run_dir} --epochs {cfg.epochs})"
