@@ -15,11 +15,10 @@ from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, load_toml, preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.evaluate import keep_weights
-from mtsnn.experiments.rundir import read_metrics
+from mtsnn.experiments.rundir import read_metrics, state_tensors
 from mtsnn.experiments.train import (
     OutputCurrent,
     Run,
-    _state_tensors,
     finish,
     learning_rate,
     loss_fn,
@@ -230,7 +229,7 @@ def test_kept_weights_load_alone_with_the_safetensors_package_and_give_the_runs_
     model = build_model(cfg)
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     save_checkpoint(
-        tmp_path / "checkpoint.safetensors", _state_tensors(model, optimizer), {"config": dataclasses.asdict(cfg)}
+        tmp_path / "checkpoint.safetensors", state_tensors(model, optimizer), {"config": dataclasses.asdict(cfg)}
     )
     record = keep_weights(tmp_path, tmp_path / "models" / "tiny", {"test_acc": 12.5, "silent_outputs": [3]})
     kept = tmp_path / "models" / "tiny.safetensors"

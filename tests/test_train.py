@@ -17,11 +17,9 @@ from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments import cli
-from mtsnn.experiments.rundir import read_metrics
+from mtsnn.experiments.rundir import read_metrics, restore, state_tensors
 from mtsnn.experiments.train import (
     Run,
-    _restore,
-    _state_tensors,
     evaluate,
     loss_fn,
     make_optimizer,
@@ -79,9 +77,10 @@ def test_a_restored_cnn_takes_the_same_adam_steps_as_the_uninterrupted_one(tmp_p
     model, optimizer = fresh()
     step(model, optimizer, 0)
     path = tmp_path / "checkpoint.safetensors"
-    save_checkpoint(path, _state_tensors(model, optimizer), {"param_groups": optimizer.state_dict()["param_groups"]})
+    save_checkpoint(path, state_tensors(model, optimizer), {"param_groups": optimizer.state_dict()["param_groups"]})
     resumed, resumed_optimizer = fresh()
-    _restore(resumed, resumed_optimizer, *load_checkpoint(path))
+    tensors, state = load_checkpoint(path)
+    restore(resumed, resumed_optimizer, tensors, state["param_groups"])
     for i in (1, 2):
         step(model, optimizer, i)
         step(resumed, resumed_optimizer, i)

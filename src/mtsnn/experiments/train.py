@@ -42,10 +42,15 @@ from .rundir import (
     CHECKPOINT,
     METRICS,
     SUMMARY,
+    Progress,
     lock,
+    non_finite,
     read_config,
     read_metrics,
     read_summary,
+    restore,
+    saved_config,
+    state_tensors,
     write_config,
     write_metrics,
     write_summary,
@@ -315,58 +320,6 @@ class Interrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"optim/{index}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    tensors["rng/torch"] = torch.get_rng_state()
-    return tensors
-
-
-def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """The names of the floating-point tensors holding a NaN or an infinity."""
-    return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-
-
-def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's state dict inside a checkpoint's tensors."""
-    return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-
-
-def _restore(model, optimizer, tensors, state) -> None:
-    model.load_state_dict(model_state(tensors))
-    optim_state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            _, index, key = name.split("/", 2)
-            optim_state.setdefault(int(index), {})[key] = value
-    # The saved groups hold the training state (lr, betas, ...); how the update runs (fused or
-    # not) is this process's choice, so a checkpoint from another device or version resumes.
-    groups = [
-        {**saved, **{k: now[k] for k in ("fused", "foreach")}}
-        for saved, now in zip(state["param_groups"], optimizer.param_groups)
-    ]
-    optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-    # Checkpoints hold contiguous tensors; Adam's moments must take their parameter's layout
-    # (channels-last convolutions), as the fused update walks them in memory order.
-    for param, param_state in optimizer.state.items():
-        for key, value in param_state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-    torch.set_rng_state(tensors["rng/torch"])
-
-
-def saved_config(state: dict, path: Path) -> TrainConfig:
-    """The config a checkpoint's state holds; CheckpointError naming ``path`` if it is not a valid one."""
-    try:
-        return TrainConfig(**state["config"]).validate()
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: its saved config is not a valid mtsnn config ({type(e).__name__}: {e})"
-        ) from None
-
-
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
 # break the promise that it sees the batches and takes the steps of an uninterrupted run.
 RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
@@ -493,13 +446,13 @@ class Run:
                 f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
                 f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them"
             )
-        _check_progress(state, path)
-        if cfg.epochs < state["epoch"] + (state["batch"] > 0):
+        progress = Progress.from_state(state, path)
+        if cfg.epochs < progress.epoch + (progress.batch > 0):
             raise ValueError(
-                f"{run_dir} has trained {state['epoch']} epochs and {state['batch']} batches; "
+                f"{run_dir} has trained {progress.epoch} epochs and {progress.batch} batches; "
                 f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)"
             )
-        bad = _non_finite(tensors)
+        bad = non_finite(tensors)
         if bad:
             raise CheckpointError(
                 f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; it cannot be resumed"
@@ -507,16 +460,16 @@ class Run:
         run = cls(cfg, run_dir, log)
         run.lock = held
         try:
-            _restore(run.model, run.optimizer, tensors, state)
+            restore(run.model, run.optimizer, tensors, progress.param_groups)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"{path}: its weights or optimizer state do not fit its config ({type(e).__name__}: {str(e)[:300]})"
             ) from None
-        run.epoch, run.batch, run.wall_seconds = state["epoch"], state["batch"], state["wall_seconds"]
+        run.epoch, run.batch, run.wall_seconds = progress.epoch, progress.batch, progress.wall_seconds
         run.saved = (run.epoch, run.batch)
-        run.planned = state.get("planned", not cfg.time_budget)
+        run.planned = progress.planned
         if run.procs.is_main:  # the saved sums are global: one process carries them on
-            run.acc = state["acc"]
+            run.acc = progress.acc
         run.log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
         return run
 
@@ -525,23 +478,23 @@ class Run:
         self._combine_accumulators()
         path = self.run_dir / CHECKPOINT
         if self.procs.is_main:
-            state = {
-                "config": dataclasses.asdict(self.cfg),
-                "epoch": self.epoch,
-                "batch": self.batch,
-                "acc": self.acc,
-                "wall_seconds": self.wall_seconds,
-                "planned": self.planned,
-                "param_groups": self.optimizer.state_dict()["param_groups"],
-            }
-            tensors = _state_tensors(self.model, self.optimizer)
-            bad = _non_finite(tensors)
+            progress = Progress(
+                config=dataclasses.asdict(self.cfg),
+                epoch=self.epoch,
+                batch=self.batch,
+                acc=self.acc,
+                wall_seconds=self.wall_seconds,
+                planned=self.planned,
+                param_groups=self.optimizer.state_dict()["param_groups"],
+            )
+            tensors = state_tensors(self.model, self.optimizer)
+            bad = non_finite(tensors)
             if bad:  # never replace a good checkpoint with one that cannot be resumed
                 raise FloatingPointError(
                     f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
                     f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}"
                 )
-            save_checkpoint(path, tensors, state)
+            save_checkpoint(path, tensors, progress.to_state())
         self.procs.barrier()
         self.saved = (self.epoch, self.batch)
         return path
@@ -782,28 +735,6 @@ def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
         for name, value in asked.items()
         if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value
     ]
-
-
-def _check_progress(state: dict, path: Path) -> None:
-    """CheckpointError naming ``path`` unless ``state`` says where the run stopped."""
-    numbers = {"epoch": int, "batch": int, "wall_seconds": (int, float)}
-    sums = {"loss_sum": (int, float), "correct": (int, float), "total": (int, float), "seconds": (int, float)}
-    acc = state.get("acc")
-    ok = (
-        all(
-            isinstance(state.get(k), t) and not isinstance(state.get(k), bool) and state[k] >= 0
-            for k, t in numbers.items()
-        )
-        and isinstance(acc, dict)
-        and all(isinstance(acc.get(k), t) for k, t in sums.items())
-        and isinstance(state.get("param_groups"), list)
-        and all(isinstance(group, dict) for group in state["param_groups"])
-    )
-    if not ok:
-        raise CheckpointError(
-            f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
-            f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)"
-        )
 
 
 def _sha256(path: Path) -> str:
