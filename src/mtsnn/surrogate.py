@@ -139,13 +139,11 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
     below sqrt(tiny) and the result is 0, so ``r`` is computed from ``d`` clamped there:
     within it the sum is exact, and ``r^(+-j)`` stays finite (:func:`_two_exponentials_suffice`).
     The result is the nearest term (>= sqrt(tiny)) times a factor >= 1, so it is never
-    subnormal. Measured at T = 32 (neuron forward and backward, 2 threads, quiet machine):
-    1.8x ReLU, against 2.1x with a check for underflow on each term.
+    subnormal. Measured at T = 32 (neuron forward and backward, B = 4, 2 threads, quiet
+    machine): 1.7x ReLU, against 2.0x with a check for underflow on each term.
     """
     c = torch.clamp(torch.round(x), 1, s_max)
     d = x - c
-    log_floor = _log_floor(x.dtype)
-    exponent = d * d * -rho
     reach = _reach(rho, x.dtype)
     r = torch.exp(torch.clamp(d, -reach, reach) * (2 * rho))
     r_inv = 1 / r
@@ -157,8 +155,7 @@ def _f2_window(x: torch.Tensor, s_max: int, rho: float, k: int) -> torch.Tensor:
         factor = factor + math.exp(-rho * j * j) * (
             torch.where(c <= s_max - j, up, 0.0) + torch.where(c >= 1 + j, down, 0.0)
         )
-    nearest = torch.exp(torch.clamp(exponent, min=log_floor))
-    return torch.where(exponent < log_floor, 0.0, nearest * factor)
+    return _exp_or_zero(d * d * -rho) * factor
 
 
 def _exp_or_zero(exponent: torch.Tensor) -> torch.Tensor:

@@ -332,7 +332,8 @@ class Run:
     :mod:`mtsnn.experiments.distributed`); rank 0 evaluates and writes the run directory.
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, log=print):
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, log=print, fresh: bool = True):
+        """``fresh=False``: the weights are about to come from a checkpoint (:meth:`resume`)."""
         cfg.validate()
         if not cfg.data_root:  # record where the data was found, so that `mtsnn eval` finds it again
             cfg = cfg.replace(data_root=str(datasets.data_root().resolve()))
@@ -381,7 +382,7 @@ class Run:
         self.score = score_name(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
-        if cfg.calibrate:  # the same first images on every process, so that all start alike
+        if cfg.calibrate and fresh:  # the same first images on every process, so that all start alike
             calibration = datasets.DeviceLoader(
                 train_set.subset(CALIBRATION_IMAGES), CALIBRATION_IMAGES, train=False, device=self.device
             )
@@ -457,7 +458,7 @@ class Run:
             raise CheckpointError(
                 f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; it cannot be resumed"
             )
-        run = cls(cfg, run_dir, log)
+        run = cls(cfg, run_dir, log, fresh=False)
         run.lock = held
         try:
             restore(run.model, run.optimizer, tensors, progress.param_groups)
