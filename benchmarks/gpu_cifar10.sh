@@ -73,16 +73,16 @@ options=(--recipe fast --device "$DEVICE" --amp --time-budget "${BUDGET:-8m}" --
 "$PY" -m mtsnn.experiments.cli train cifar10-cnn "${options[@]}" || echo "training stopped with exit code $?"
 cp "$run"/metrics.jsonl "$run"/config.toml "$OUT"/ 2>/dev/null || true
 cp "$run"/summary.json "$OUT"/ 2>/dev/null || true
-"$PY" - "$OUT" <<'PYEOF'
+"$PY" - "$run" "$OUT" <<'PYEOF'
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
-summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+from mtsnn.experiments.rundir import read_metrics, read_summary
+run, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+rows, summary = read_metrics(run), read_summary(run)
 batch = 128
-speed = [r["images_per_second"] for r in rows]
+speed = [r.images_per_second for r in rows]
 result = {"epochs": len(rows), "images_per_second": speed, "step_seconds": [batch / s for s in speed],
-          "train_seconds": sum(r["epoch_seconds"] for r in rows), "peak_memory_mb": summary.get("peak_memory_mb"),
-          "test_acc": rows[-1]["test_acc"] if rows else None, "data": "CIFAR-10 JPEG proxy unless MTSNN_DATA held the real set"}
+          "train_seconds": sum(r.epoch_seconds for r in rows), "peak_memory_mb": summary.peak_memory_mb if summary else None,
+          "test_acc": rows[-1].test_acc if rows else None, "data": "CIFAR-10 JPEG proxy unless MTSNN_DATA held the real set"}
 (out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps(result, indent=2))
 PYEOF

@@ -235,7 +235,7 @@ def test_only_a_spiking_run_names_its_neuron_backend(tmp_path, ann):
     cfg = preset("fmnist-mlp", ann=ann, epochs=1, train_limit=256, test_limit=100, data_root=str(SHARED))
     summary = Run.start(cfg, tmp_path, log=said.append).fit()
     assert any(line.startswith("neuron backend: ") for line in said) != ann
-    assert (summary["machine"]["neuron_backend"] is None) == ann
+    assert (summary.machine["neuron_backend"] is None) == ann
 
 
 def test_a_finished_run_given_more_epochs_says_how_to_train_it_on(one_epoch):

@@ -142,8 +142,10 @@ def test_a_finished_run_saved_before_the_recipe_settings_existed_is_kept(tmp_pat
         if k not in ("schedule", "warmup_epochs", "weight_decay", "recipe", "val_holdout")
     }
     (tmp_path / "config.toml").write_text(dump_toml(old))
-    (tmp_path / "summary.json").write_text(json.dumps({"test_acc": 98.0, "epochs": 1}))
-    assert finish(cfg, tmp_path, log=lambda *a: None)["test_acc"] == 98.0
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"preset": cfg.preset, "test_acc": 98.0, "epochs": 1, "wall_seconds": 5.0})
+    )
+    assert finish(cfg, tmp_path, log=lambda *a: None).test_acc == 98.0
     with pytest.raises(ValueError, match="schedule='constant', not 'cosine'"):
         finish(cfg.replace(schedule="cosine"), tmp_path, log=lambda *a: None)
 
@@ -162,8 +164,12 @@ def test_a_validation_run_scores_the_held_out_images_and_never_reads_the_test_se
     assert len(run.test_loader.labels) == 1000 and run.train_size == 2000
     summary = run.fit()
     rows = read_metrics(tmp_path / "run")
-    assert "test_acc" not in rows[0] and "test_acc" not in summary
-    assert summary["val_acc"] == rows[-1]["val_acc"] > 50  # well above chance (10%) after 32 steps
+    assert (
+        '"test_acc"'
+        not in (tmp_path / "run" / "metrics.jsonl").read_text() + (tmp_path / "run" / "summary.json").read_text()
+    )
+    assert summary.test_acc is None and rows[-1].test_acc is None
+    assert summary.val_acc == rows[-1].val_acc > 50  # well above chance (10%) after 32 steps
 
 
 def test_the_output_floor_adds_the_true_class_current_missing_below_threshold():
@@ -275,7 +281,7 @@ def test_the_output_floor_and_residual_readout_train_under_bfloat16_autocast(tmp
     )
     Run.start(cfg, tmp_path / "run", log=lambda *a: None).fit()
     row = read_metrics(tmp_path / "run")[0]
-    assert math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 100
+    assert math.isfinite(row.train_loss) and row.val_acc is not None and 0 <= row.val_acc <= 100
 
 
 @pytest.mark.parametrize(
@@ -331,7 +337,7 @@ def test_a_time_budget_run_plans_its_epochs_records_them_and_keeps_them_when_res
     plan = [line for line in said if line.startswith("time budget 4s: ")]
     assert len(plan) == 1
     planned = int(plan[0].split(": ")[-1].split()[0])
-    assert 1 <= planned < 60 and summary["epochs"] == planned
+    assert 1 <= planned < 60 and summary.epochs == planned
     assert len(read_metrics(tmp_path)) == planned and f"epochs = {planned}\n" in (tmp_path / "config.toml").read_text()
     resumed = Run.resume(tmp_path, log=said.append)
     assert resumed.planned and resumed.cfg.epochs == planned  # the plan is part of the run, not measured again
@@ -347,5 +353,5 @@ def test_reading_sums_back_every_few_steps_as_on_a_gpu_changes_no_number(tmp_pat
         run = Run.start(cfg, tmp_path / str(sync_every), log=lambda *a: None)
         run.sync_every = sync_every
         run.fit()
-        rows.append([{k: r[k] for k in ("train_loss", "train_acc", "test_acc")} for r in read_metrics(run.run_dir)])
+        rows.append([(r.train_loss, r.train_acc, r.test_acc) for r in read_metrics(run.run_dir)])
     assert rows[0] == rows[1]

@@ -28,12 +28,16 @@ def make_run(
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
-    rows = [{"epoch": i + 1, "test_acc": a, "epoch_seconds": t} for i, (a, t) in enumerate(zip(accs, seconds))]
+    rows = [
+        {"epoch": i + 1, "train_loss": 1.0, "train_acc": a, "firing_rate": [0.1], "epoch_seconds": t, "test_acc": a}
+        for i, (a, t) in enumerate(zip(accs, seconds))
+    ]
     if silent is not None:
         rows[-1]["silent_outputs"] = silent
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if len(accs) == epochs:
-        summary = {"test_acc": accs[-1], "machine": {"device": "cpu"}}
+        summary = {"preset": preset_name, "epochs": epochs, "wall_seconds": sum(seconds), "test_acc": accs[-1]}
+        summary["machine"] = {"device": "cpu"}
         if unverified is not None:
             summary["unverified_data"] = unverified
         (run / "summary.json").write_text(json.dumps(summary))

@@ -406,7 +406,7 @@ def test_amp_computes_the_synapses_in_bfloat16(tmp_path, monkeypatch):
     Run(cfg, tmp_path / "amp", log=lambda *a: None).fit()
     # 2 training steps x 3 layers under autocast; evaluation runs in float32
     assert dtypes[:6] == [torch.bfloat16] * 6 and set(dtypes[6:]) == {torch.float32}
-    assert math.isfinite(read_metrics(tmp_path / "amp")[0]["train_loss"])
+    assert math.isfinite(read_metrics(tmp_path / "amp")[0].train_loss)
 
 
 def test_compiled_block_matches_eager():
@@ -487,7 +487,7 @@ def test_a_checkpoint_with_a_bad_config_is_refused_naming_the_file(tmp_path, sta
         assert problem in str(info.value)
 
 
-ROW = {"epoch": 1, "test_acc": 50.0}
+ROW = {"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "firing_rate": [], "epoch_seconds": 1.0, "test_acc": 50.0}
 
 
 @pytest.mark.parametrize(
@@ -519,7 +519,7 @@ def test_a_fresh_run_starts_over_a_run_killed_before_its_first_checkpoint(tmp_pa
         preset("fmnist-mlp", train_limit=256, epochs=1, data_root=str(SHARED)), tmp_path, log=lambda *a: None
     )
     run.fit()
-    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1] and read_metrics(tmp_path)[0]["test_acc"] != 50.0
+    assert [row.epoch for row in read_metrics(tmp_path)] == [1] and read_metrics(tmp_path)[0].test_acc != 50.0
 
 
 def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
@@ -580,14 +580,34 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused_naming_the_
 
 
 def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n\n{"epoch": 2}\n \n')  # blank lines are no rows
-    assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "test_a\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not JSON"):
-        read_metrics(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text("[1, 2]\n")
-    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a metrics row"):
-        read_metrics(tmp_path)
+    lines = [json.dumps(ROW), "", json.dumps({**ROW, "epoch": 2, "silent_outputs": [3]}), " "]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")  # blank lines are no rows
+    rows = read_metrics(tmp_path)
+    assert [(r.epoch, r.score, r.silent_outputs) for r in rows] == [(1, 50.0, None), (2, 50.0, [3])]
+    for damage, message in [
+        ('{"epoch": 2, "test_a', "line 2: not JSON"),
+        ("[1, 2]", "line 2: not a MetricsRow"),
+        (json.dumps({**ROW, "epoch": 2.0}), "line 2: not a MetricsRow .need an integer epoch"),
+        (json.dumps({k: v for k, v in ROW.items() if k != "train_loss"}), "line 2: .*no 'train_loss'"),
+        (json.dumps({**ROW, "val_acc": 40.0}), "line 2: .*not exactly one of 'test_acc' and 'val_acc'"),
+        (json.dumps({**ROW, "train_acc": "50"}), "line 2: .*'train_acc' is not a number"),
+        (json.dumps({**ROW, "lr": 0.1}), "line 2: .*unknown field 'lr'"),
+    ]:
+        (tmp_path / "metrics.jsonl").write_text(json.dumps(ROW) + "\n" + damage + "\n")
+        with pytest.raises(ValueError, match=r"metrics.jsonl, " + message):
+            read_metrics(tmp_path)
+
+
+def test_a_summary_that_is_not_one_is_named(tmp_path):
+    from mtsnn.experiments.rundir import read_summary
+
+    assert read_summary(tmp_path) is None  # a run that has not ended
+    (tmp_path / "summary.json").write_text('{"preset": "mnist-mlp", "epochs": 3, "wall_seconds": 9.5, "val_acc": 97.0}')
+    summary = read_summary(tmp_path)
+    assert (summary.epochs, summary.score, summary.test_acc, summary.machine) == (3, 97.0, None, None)
+    (tmp_path / "summary.json").write_text('{"preset": "mnist-mlp", "wall_seconds": 9.5, "test_acc": 97.0}')
+    with pytest.raises(ValueError, match=r"summary.json: not a Summary \(no 'epochs'\)"):
+        read_summary(tmp_path)
 
 
 @pytest.mark.parametrize(

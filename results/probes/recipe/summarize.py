@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mtsnn.config import PRESETS
-from mtsnn.experiments.rundir import read_config, read_metrics
+from mtsnn.experiments.rundir import read_run
 
 HERE = Path(__file__).parent
 SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile", "amp", "recipe", "ann"}
@@ -29,17 +29,14 @@ def main(presets):
         "| final train % | silent outputs at the end | minutes |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for run in sorted(p.parent for name in presets for p in (HERE / name).glob("*/config.toml")):
-        rows = read_metrics(run)
-        if not rows:
-            continue
-        cfg = read_config(run)
-        best = max(rows, key=lambda r: r["val_acc"])
+    for run in filter(None, map(read_run, sorted(p.parent for n in presets for p in (HERE / n).glob("*/config.toml")))):
+        rows, cfg = run.rows, run.config
+        best = max(rows, key=lambda r: r.score)
         status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
         print(
-            f"| {cfg['preset']} | {run.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1]['val_acc']:.2f} | "
-            f"{best['val_acc']:.2f} ({best['epoch']}) | {rows[-1]['train_acc']:.2f} | "
-            f"{rows[-1].get('silent_outputs') or '-'} | {sum(r['epoch_seconds'] for r in rows) / 60:.1f} |"
+            f"| {cfg['preset']} | {run.dir.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1].score:.2f} | "
+            f"{best.score:.2f} ({best.epoch}) | {rows[-1].train_acc:.2f} | "
+            f"{rows[-1].silent_outputs or '-'} | {sum(r.epoch_seconds for r in rows) / 60:.1f} |"
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import PRESETS, TrainConfig, dump_toml, load_toml, preset
 from .distributed import is_main_process
+from .rundir import SCORE_LABELS, Summary, score_name
 
 # Settings that are not command-line options of `train`.
 _INTERNAL = {"preset", "dataset", "spec"}
@@ -159,23 +160,21 @@ def _say(text: str) -> None:
         print(text)
 
 
-def _train_one(cfg: TrainConfig, run_dir: Path, resumable: dict) -> dict:
+def _train_one(cfg: TrainConfig, run_dir: Path, resumable: dict) -> Summary:
     from .train import finish
 
     _say(f"run directory: {run_dir}\n--- effective configuration ---\n{dump_toml(dataclasses.asdict(cfg))}---")
     return finish(cfg, run_dir, _say, **resumable)
 
 
-def _accuracy(summary: dict, cfg: TrainConfig) -> str:
-    """'test accuracy 99.10%', or 'validation accuracy ...' for a run on a held-out split."""
-    from .train import SCORE_LABELS, score_name
-
-    score = score_name(cfg)
-    return f"{SCORE_LABELS[score]} accuracy {summary.get(score, 0):.2f}%"
+def _accuracy(summary: Summary, cfg: TrainConfig) -> str:
+    """'test accuracy 99.10%', or 'validation accuracy ...' for a run on a held-out split
+    (only rank 0, which prints it, knows the score)."""
+    return f"{SCORE_LABELS[score_name(cfg)]} accuracy {summary.score or 0.0:.2f}%"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import RESUMABLE_SETTINGS, SCORE_LABELS, Run, score_name
+    from .train import RESUMABLE_SETTINGS, Run
     from .tuning import tune_process
 
     tune_process()
@@ -197,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         run = Run.resume(args.resume, **_settings(args))
         summary = run.fit()
-        _say(f"{_accuracy(summary, run.cfg)} after {summary['epochs']} epochs")
+        _say(f"{_accuracy(summary, run.cfg)} after {summary.epochs} epochs")
         return 0
     if args.preset is None:
         raise ValueError(f"name a preset ({', '.join(sorted(PRESETS))}) or --resume RUN_DIR")
@@ -208,14 +207,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = Path(args.run_dir or f"runs/{cfg.preset}{'-ann' if cfg.ann else ''}-{stamp}")
     if not args.seeds:
         summary = _train_one(cfg, base, resumable)
-        _say(f"{_accuracy(summary, cfg)} after {summary['epochs']} epochs ({summary['wall_seconds']:.0f} s)")
+        _say(f"{_accuracy(summary, cfg)} after {summary.epochs} epochs ({summary.wall_seconds:.0f} s)")
         return 0
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2") from None
     score = score_name(cfg)
-    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).get(score, 0) for seed in seeds]
+    accs = [_train_one(cfg.replace(seed=seed), base / f"seed{seed}", resumable).score or 0.0 for seed in seeds]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
     _say(
         f"{SCORE_LABELS[score]} accuracy {statistics.mean(accs):.2f} ± {spread:.2f}% over seeds {seeds}: "

@@ -13,7 +13,7 @@ import torch
 
 from ..neuron import LIFParams, lif_step, spike_count
 from ..surrogate import get as surrogate
-from .report import read_run
+from .rundir import RunRecord, read_run
 from .sweep import SWEEPS, point_dir
 
 NAMES = ("fig1", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9")
@@ -122,7 +122,7 @@ def fig5(out: Path) -> Path:
     return _save(fig, out / "fig5.png")
 
 
-def _sweep_runs(sweeps: Path, figure: str) -> list[tuple[object, dict]]:
+def _sweep_runs(sweeps: Path, figure: str) -> list[tuple[object, RunRecord]]:
     name, values, _ = SWEEPS[figure]
     runs = [(value, read_run(point_dir(sweeps, figure, value))) for value in values]
     found = [(value, run) for value, run in runs if run is not None]
@@ -132,9 +132,9 @@ def _sweep_runs(sweeps: Path, figure: str) -> list[tuple[object, dict]]:
 
 
 def _budget(runs) -> str:
-    cfg = runs[0][1]["cfg"]
-    epochs = sorted({len(run["rows"]) for _, run in runs})
-    partial = any(not run["complete"] for _, run in runs)
+    cfg = runs[0][1].config
+    epochs = sorted({len(run.rows) for _, run in runs})
+    partial = any(not run.complete for _, run in runs)
     return (
         f"{cfg['preset']} ({cfg['spec']}), {'/'.join(map(str, epochs))} epochs"
         f"{' (partial)' if partial else ''}, CPU budget; the paper: CIFAR-10, 7-layer CNN"
@@ -147,7 +147,7 @@ def fig6(out: Path, sweeps: Path) -> Path:
     runs = _sweep_runs(sweeps, "fig6")
     fig, ax = plt.subplots(figsize=(7, 4))
     for value, run in runs:
-        ax.plot([r["epoch"] for r in run["rows"]], [r["test_acc"] for r in run["rows"]], label=str(value))
+        ax.plot([r.epoch for r in run.rows], [r.score for r in run.rows], label=str(value))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(title="surrogate")
@@ -163,9 +163,9 @@ def _final_against(
     runs = _sweep_runs(sweeps, figure)
     x = [float(value) for value, _ in runs]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, [run["rows"][-1]["test_acc"] for _, run in runs], "o-", label="test")
+    ax.plot(x, [run.rows[-1].score for _, run in runs], "o-", label="test")
     if with_train:
-        ax.plot(x, [run["rows"][-1]["train_acc"] for _, run in runs], "s--", label="training")
+        ax.plot(x, [run.rows[-1].train_acc for _, run in runs], "s--", label="training")
     if log_x:
         ax.set_xscale("log")
     ax.set_xticks(x)

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from ..config import PRESETS
-from .rundir import CONFIG, read_config, read_metrics, read_summary
+from .rundir import RunRecord, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
 # are the preset's (mtsnn.config.PRESETS)
@@ -45,34 +45,13 @@ def _dataset_label(name: str, rows: list[dict]) -> str:
     return f"{DATASET_NAMES[name]}, unverified copy{proxy}"
 
 
-def read_run(run_dir: Path) -> dict | None:
-    if not (run_dir / CONFIG).exists():
-        return None
-    rows = read_metrics(run_dir)
-    if not rows:
-        return None
-    cfg = read_config(run_dir)
-    summary = read_summary(run_dir) or {}
-    silent = rows[-1].get("silent_outputs")
-    if silent is None and (run_dir / "eval.json").exists():
-        silent = json.loads((run_dir / "eval.json").read_text()).get("silent_outputs")
-    return {
-        "dir": run_dir,
-        "cfg": cfg,
-        "rows": rows,
-        "summary": summary,
-        "silent_outputs": silent or [],
-        "complete": len(rows) >= cfg["epochs"] and bool(summary),
-    }
-
-
 def collect(runs_root: Path) -> list[dict]:
     """One row per preset x variant (SNN, ANN twin), in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str], list[dict]] = {}
+    groups: dict[tuple[str, bool, str, str], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
-            cfg = run["cfg"]
+            cfg = run.config
             if cfg.get("test_limit"):
                 raise ValueError(
                     f"{run_dir} was scored on only {cfg['test_limit']} test images (test_limit); "
@@ -82,10 +61,10 @@ def collect(runs_root: Path) -> list[dict]:
             groups.setdefault(key, []).append(run)
     table = []
     for (preset, ann, output_surrogate, recipe), runs in sorted(groups.items()):
-        cfg = runs[0]["cfg"]
+        cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
-        counted = [r for r in runs if r["complete"]] or runs
-        accs = [r["rows"][-1]["test_acc"] for r in counted]
+        counted = [r for r in runs if r.complete] or runs
+        accs = [r.rows[-1].score for r in counted]
         paper = None if ann else PAPER.get(preset, (None, None))[1]
         table.append(
             {
@@ -96,36 +75,30 @@ def collect(runs_root: Path) -> list[dict]:
                 "variant": _variant(ann, output_surrogate, recipe),
                 "recipe": recipe,
                 "output_surrogate": output_surrogate or None,
-                "epochs": [len(r["rows"]) for r in counted],
+                "epochs": [len(r.rows) for r in counted],
                 "planned_epochs": cfg["epochs"],
-                "partial": [not r["complete"] for r in counted],
-                "seeds": [r["cfg"]["seed"] for r in counted],
+                "partial": [not r.complete for r in counted],
+                "seeds": [r.config["seed"] for r in counted],
                 "accs": accs,
                 "mean_acc": statistics.mean(accs),
                 "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "paper_acc": paper,
                 "reached_paper": [_first_reaching(r, paper) for r in counted] if paper is not None else None,
                 "unfinished": [
-                    {"seed": r["cfg"]["seed"], "epochs": len(r["rows"]), "test_acc": r["rows"][-1]["test_acc"]}
+                    {"seed": r.config["seed"], "epochs": len(r.rows), "test_acc": r.rows[-1].score}
                     for r in runs
-                    if not r["complete"] and r not in counted
+                    if not r.complete and r not in counted
                 ],
-                "wall_seconds": statistics.mean(sum(row["epoch_seconds"] for row in r["rows"]) for r in counted),
+                "wall_seconds": statistics.mean(sum(row.epoch_seconds for row in r.rows) for r in counted),
                 # median: robust to epochs slowed by other jobs on the machine
-                "seconds_per_epoch": statistics.median(row["epoch_seconds"] for r in runs for row in r["rows"]),
-                "silent_outputs": {r["cfg"]["seed"]: r["silent_outputs"] for r in counted if r["silent_outputs"]},
-                "machine": runs[0]["summary"].get("machine"),
+                "seconds_per_epoch": statistics.median(row.epoch_seconds for r in runs for row in r.rows),
+                "silent_outputs": {r.config["seed"]: r.silent_outputs for r in counted if r.silent_outputs},
+                "machine": runs[0].summary.machine if runs[0].summary else None,
                 # True: some run read unverified files; None: not recorded (unfinished or older runs)
-                "data_unverified": (
-                    True
-                    if any(r["summary"].get("unverified_data") for r in runs)
-                    else False
-                    if all(r["summary"].get("unverified_data") == [] for r in runs)
-                    else None
-                ),
-                "runs": [str(r["dir"]) for r in runs],
-                "curves": [[row["test_acc"] for row in r["rows"]] for r in runs],
-                "curve_seeds": [r["cfg"]["seed"] for r in runs],
+                "data_unverified": _unverified([r.summary.unverified_data if r.summary else None for r in runs]),
+                "runs": [str(r.dir) for r in runs],
+                "curves": [[row.score for row in r.rows] for r in runs],
+                "curve_seeds": [r.config["seed"] for r in runs],
             }
         )
     return table
@@ -140,14 +113,22 @@ def _variant(ann: bool, output_surrogate: str, recipe: str) -> str:
     return f"{name}, fast recipe" if recipe == "fast" else name
 
 
-def _first_reaching(run: dict, target: float) -> dict | None:
+def _first_reaching(run: RunRecord, target: float) -> dict | None:
     """The first epoch whose test accuracy is at least ``target``, with the training minutes up to it."""
     minutes = 0.0
-    for row in run["rows"]:
-        minutes += row["epoch_seconds"] / 60
-        if row["test_acc"] >= target:
-            return {"epoch": row["epoch"], "minutes": round(minutes, 1)}
+    for row in run.rows:
+        minutes += row.epoch_seconds / 60
+        if row.score >= target:
+            return {"epoch": row.epoch, "minutes": round(minutes, 1)}
     return None
+
+
+def _unverified(files: list[list[str] | None]) -> bool | None:
+    """True: some run read data files no checksum vouched for; False: every run recorded that
+    none did; None: not recorded (unfinished runs, or runs older than the record)."""
+    if any(files):
+        return True
+    return False if all(f == [] for f in files) else None
 
 
 def _time_to_paper(row: dict) -> str:

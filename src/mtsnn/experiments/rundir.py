@@ -3,7 +3,9 @@
 A run directory holds ``config.toml`` (every setting, :data:`CONFIG`), ``metrics.jsonl`` (one
 JSON object per epoch, :data:`METRICS`), ``checkpoint.safetensors`` (written atomically after
 every epoch, :data:`CHECKPOINT`) and, once the run ends, ``summary.json`` (:data:`SUMMARY`).
-Each is written whole and atomically (a kill leaves the old file or the new one).
+Each is written whole and atomically (a kill leaves the old file or the new one). The rows and
+the summary are typed (:class:`MetricsRow`, :class:`Summary`), checked when read, and
+:func:`read_run` reads a whole run for reports.
 
 Two trainers writing one run directory would interleave their metrics rows and
 overwrite each other's checkpoints, and both would exit 0. A trainer therefore
@@ -33,6 +35,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 SUMMARY = "summary.json"
 LOCK = ".lock"
+EVAL = "eval.json"  # `mtsnn eval --json` output, kept beside runs logged before rows had silent_outputs
 
 
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
@@ -44,9 +47,102 @@ def read_config(run_dir: Path) -> dict:
     return load_toml(run_dir / CONFIG)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
+SCORES = ("test_acc", "val_acc")  # a run scores the test set, or a split held out of the training images
+SCORE_LABELS = {"test_acc": "test", "val_acc": "validation"}  # what the logs call each
+
+
+def score_name(cfg: TrainConfig) -> str:
+    """The metrics key of the accuracy a run measures each epoch: ``val_acc`` on the held-out
+    training images when ``cfg.val_holdout`` > 0, otherwise ``test_acc``."""
+    return "val_acc" if cfg.val_holdout else "test_acc"
+
+
+def _numbers(data: dict, names: tuple[str, ...]) -> list[str]:
+    """The ``names`` whose value in ``data`` is not a number (bools are not)."""
+    return [n for n in names if not isinstance(data.get(n), (int, float)) or isinstance(data.get(n), bool)]
+
+
+def _scored(cls, data, where: str, required: tuple[str, ...], numbers: tuple[str, ...]):
+    """``cls(**data)``, or ValueError naming ``where`` and what is wrong: not an object, a field
+    missing or unknown, a number that is not one, or not exactly one of ``test_acc`` and ``val_acc``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: not a {cls.__name__} (not a JSON object)")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    problems = [f"unknown field {k!r}" for k in data if k not in fields]
+    problems += [f"no {k!r}" for k in required if k not in data]
+    given = [k for k in numbers if data.get(k) is not None]
+    problems += [f"{k!r} is not a number" for k in _numbers(data, tuple(given))]
+    if sum(data.get(k) is not None for k in SCORES) != 1:
+        problems.append("not exactly one of 'test_acc' and 'val_acc'")
+    if problems:
+        raise ValueError(f"{where}: not a {cls.__name__} ({'; '.join(problems)})")
+    return cls(**data)
+
+
+@dataclass
+class MetricsRow:
+    """One epoch of a run: a line of ``metrics.jsonl``. Accuracies are in %; a run scores either
+    the test set (``test_acc``) or a validation split (``val_acc``), never both."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean over the epoch's training images
+    train_acc: float
+    firing_rate: list[float]  # spikes per neuron per step, block by block, on the scored set
+    epoch_seconds: float  # training time of the epoch (evaluation excluded)
+    images_per_second: float | None = None  # training images per second (missing in the oldest runs)
+    silent_outputs: list[int] | None = None  # classes whose output neuron never fired (None: not recorded)
+    test_acc: float | None = None
+    val_acc: float | None = None
+
+    @property
+    def score(self) -> float:
+        """The accuracy the run measured: ``test_acc`` or ``val_acc``."""
+        return self.test_acc if self.test_acc is not None else self.val_acc  # type: ignore[return-value]
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> MetricsRow:
+        """The row ``data`` holds; ValueError naming ``where`` if it is not one."""
+        if isinstance(data, dict) and type(data.get("epoch")) is not int:
+            raise ValueError(f"{where}: not a MetricsRow (need an integer epoch)")
+        numbers = ("train_loss", "train_acc", "epoch_seconds", "images_per_second", *SCORES)
+        required = ("epoch", "train_loss", "train_acc", "firing_rate", "epoch_seconds")
+        return _scored(cls, data, where, required, numbers)
+
+
+@dataclass
+class Summary:
+    """``summary.json``: how a run ended. Fields after ``wall_seconds`` are missing (None) in
+    runs older than them, and the score on processes other than rank 0."""
+
+    preset: str
+    epochs: int  # epochs trained
+    wall_seconds: float  # training and evaluation time
+    test_acc: float | None = None  # the last epoch's score (see MetricsRow)
+    val_acc: float | None = None
+    checkpoint_sha256: str | None = None  # of the final checkpoint, which is not committed
+    machine: dict | None = None  # what it ran on (mtsnn.experiments.train.machine)
+    unverified_data: list[str] | None = None  # data files that no checksum vouched for
+    peak_memory_mb: float | None = None
+
+    @property
+    def score(self) -> float | None:
+        return self.test_acc if self.test_acc is not None else self.val_acc
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> Summary:
+        numbers = ("epochs", "wall_seconds", "peak_memory_mb", *SCORES)
+        return _scored(cls, data, where, ("preset", "epochs", "wall_seconds"), numbers)
+
+
+def read_metrics(run_dir: str | Path) -> list[MetricsRow]:
     """The rows of ``run_dir/metrics.jsonl`` (none if it is missing); ValueError naming the
-    file and line if one is not a JSON object with an ``epoch``."""
+    file and line if one is not JSON or not a :class:`MetricsRow`."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
@@ -55,28 +151,64 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            data = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
-        if not isinstance(row, dict) or type(row.get("epoch")) is not int:
-            raise ValueError(f"{path}, line {number}: not a metrics row (a JSON object with an integer epoch)")
-        rows.append(row)
+        rows.append(MetricsRow.from_json(data, f"{path}, line {number}"))
     return rows
 
 
-def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+def write_metrics(run_dir: Path, rows: list[MetricsRow]) -> None:
     """The whole file, atomically: a kill leaves the old rows or the new, never a torn line."""
-    atomic_write(run_dir / METRICS, ["".join(json.dumps(row) + "\n" for row in rows).encode()])
+    atomic_write(run_dir / METRICS, ["".join(json.dumps(row.to_json()) + "\n" for row in rows).encode()])
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """``summary.json``, or None for a run that has not ended."""
-    path = run_dir / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+def read_summary(run_dir: str | Path) -> Summary | None:
+    """``summary.json``, or None for a run that has not ended; ValueError naming the file if it
+    is not a :class:`Summary`."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    return Summary.from_json(data, str(path))
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
-    atomic_write(run_dir / SUMMARY, [json.dumps(summary, indent=2).encode()])
+def write_summary(run_dir: Path, summary: Summary) -> None:
+    atomic_write(run_dir / SUMMARY, [json.dumps(summary.to_json(), indent=2).encode()])
+
+
+@dataclass
+class RunRecord:
+    """A run directory read whole, for reports and figures: its settings as saved, its epochs
+    so far and, once it ended, its summary."""
+
+    dir: Path
+    config: dict  # as config.toml holds it (older runs lack newer settings)
+    rows: list[MetricsRow]
+    summary: Summary | None
+    silent_outputs: list[int]  # at the end (from EVAL for runs logged before rows recorded it)
+
+    @property
+    def complete(self) -> bool:
+        """Whether it trained all its epochs and ended."""
+        return len(self.rows) >= self.config["epochs"] and self.summary is not None
+
+
+def read_run(run_dir: str | Path) -> RunRecord | None:
+    """The run in ``run_dir``, or None if it holds no settings or no finished epoch yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        return None
+    rows = read_metrics(run_dir)
+    if not rows:
+        return None
+    silent = rows[-1].silent_outputs
+    if silent is None and (run_dir / EVAL).exists():
+        silent = json.loads((run_dir / EVAL).read_text()).get("silent_outputs")
+    return RunRecord(run_dir, read_config(run_dir), rows, read_summary(run_dir), silent or [])
 
 
 class RunDirBusy(ValueError):

@@ -41,8 +41,11 @@ from .distributed import Processes, is_main_process
 from .rundir import (
     CHECKPOINT,
     METRICS,
+    SCORE_LABELS,
     SUMMARY,
+    MetricsRow,
     Progress,
+    Summary,
     lock,
     non_finite,
     read_config,
@@ -50,6 +53,7 @@ from .rundir import (
     read_summary,
     restore,
     saved_config,
+    score_name,
     state_tensors,
     write_config,
     write_metrics,
@@ -206,15 +210,6 @@ class OutputCurrent:
 def needs_output_current(cfg: TrainConfig) -> bool:
     """Whether the loss (``output_floor``) or the readout of ``cfg`` reads the output layer's current."""
     return not cfg.ann and (cfg.output_floor > 0 or cfg.readout != "counts")
-
-
-SCORE_LABELS = {"test_acc": "test", "val_acc": "validation"}  # metrics key -> what the logs call it
-
-
-def score_name(cfg: TrainConfig) -> str:
-    """The metrics key of the accuracy a run measures each epoch: ``val_acc`` on the held-out
-    training images when ``cfg.val_holdout`` > 0, otherwise ``test_acc``."""
-    return "val_acc" if cfg.val_holdout else "test_acc"
 
 
 def predict(output: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None) -> torch.Tensor:
@@ -415,7 +410,7 @@ class Run:
         found = [name for name in (CHECKPOINT, SUMMARY) if (run_dir / name).exists()]
         # Metrics of epoch 1 alone, without a checkpoint, are those of a run killed before its
         # first save: nothing to keep. More are results of their own.
-        if any(row["epoch"] > 1 for row in read_metrics(run_dir)):
+        if any(row.epoch > 1 for row in read_metrics(run_dir)):
             found.append(METRICS)
         if found == [CHECKPOINT]:
             raise ValueError(
@@ -510,9 +505,9 @@ class Run:
 
     def _keep_metrics_up_to(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written before a kill, redone after the resume)."""
-        write_metrics(self.run_dir, [row for row in read_metrics(self.run_dir) if row["epoch"] <= epoch])
+        write_metrics(self.run_dir, [row for row in read_metrics(self.run_dir) if row.epoch <= epoch])
 
-    def fit(self) -> dict:
+    def fit(self) -> Summary:
         """Train to ``cfg.epochs``; return the summary (also written to ``summary.json``)."""
         try:
             return self._fit()
@@ -525,7 +520,7 @@ class Run:
                 self.lock.close()
                 self.lock = None
 
-    def _fit(self) -> dict:
+    def _fit(self) -> Summary:
         main = self.procs.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -539,22 +534,25 @@ class Run:
                 while self.epoch < self.cfg.epochs:
                     self._train_epoch(stop)
                     row = self._finish_epoch()
-                    if main:
+                    if row is not None:  # rank 0
                         write_metrics(self.run_dir, read_metrics(self.run_dir) + [row])
                         if board is not None:
                             for key in ("train_loss", "train_acc", self.score, "images_per_second"):
-                                board.add_scalar(key, row[key], row["epoch"])
+                                board.add_scalar(key, getattr(row, key), row.epoch)
                     self.save()
         finally:
             if board is not None:
                 board.close()
-        summary = {"preset": self.cfg.preset, "epochs": self.epoch, "wall_seconds": self.wall_seconds}
+        summary = Summary(self.cfg.preset, self.epoch, self.wall_seconds)
         if main:
-            summary[self.score] = read_metrics(self.run_dir)[-1][self.score]
-            summary["checkpoint_sha256"] = _sha256(self.run_dir / CHECKPOINT)
-            summary["machine"] = machine(self.device, self.procs.world, spiking=not self.cfg.ann)
-            summary["unverified_data"] = self.unverified_data  # files no checksum vouched for
-            summary["peak_memory_mb"] = peak_memory_mb(self.device)
+            summary = dataclasses.replace(
+                summary,
+                **{self.score: read_metrics(self.run_dir)[-1].score},
+                checkpoint_sha256=_sha256(self.run_dir / CHECKPOINT),
+                machine=machine(self.device, self.procs.world, spiking=not self.cfg.ann),
+                unverified_data=self.unverified_data,
+                peak_memory_mb=peak_memory_mb(self.device),
+            )
             write_summary(self.run_dir, summary)
         return summary
 
@@ -673,26 +671,27 @@ class Run:
         for key, total in zip(keys, totals):
             self.acc[key] = total if self.procs.is_main else 0
 
-    def _finish_epoch(self) -> dict:
+    def _finish_epoch(self) -> MetricsRow | None:
+        """The epoch's row (rank 0; None on the others), logged."""
         self._combine_accumulators()
-        acc, row = self.acc, {}
+        acc, row = self.acc, None
         t0 = time.perf_counter()
         if self.procs.is_main:
             test = evaluate(self.model, self.test_loader, self.cfg)
-            row = {
-                "epoch": self.epoch + 1,
-                "train_loss": acc["loss_sum"] / acc["total"],
-                "train_acc": 100.0 * acc["correct"] / acc["total"],
-                self.score: test["acc"],
-                "firing_rate": test["firing_rate"],
-                "silent_outputs": test["silent_outputs"],
-                "epoch_seconds": acc["seconds"],
-                "images_per_second": self.train_size / acc["seconds"],
-            }
+            row = MetricsRow(
+                epoch=self.epoch + 1,
+                train_loss=acc["loss_sum"] / acc["total"],
+                train_acc=100.0 * acc["correct"] / acc["total"],
+                firing_rate=test["firing_rate"],
+                epoch_seconds=acc["seconds"],
+                images_per_second=self.train_size / acc["seconds"],
+                silent_outputs=test["silent_outputs"],
+                **{self.score: test["acc"]},
+            )
             self.log(
-                f"epoch {row['epoch']:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                f"train {row['train_acc']:.2f}%  {SCORE_LABELS[self.score]} {row[self.score]:.2f}%  "
-                f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
+                f"epoch {row.epoch:3d}/{self.cfg.epochs}  loss {row.train_loss:.4f}  "
+                f"train {row.train_acc:.2f}%  {SCORE_LABELS[self.score]} {row.score:.2f}%  "
+                f"{row.epoch_seconds:.1f}s  {row.images_per_second:.0f} img/s"
             )
             if test["silent_outputs"]:
                 self.log(f"  silent output neurons (classes never predicted): {test['silent_outputs']}")
@@ -703,7 +702,7 @@ class Run:
         return row
 
 
-def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dict:
+def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> Summary:
     """The summary of ``cfg``'s run in ``run_dir``, training only what is missing: a finished
     run is kept, a stopped one resumed (``resumable``: changes to the RESUMABLE_SETTINGS),
     others started. A run there with other settings is refused, naming them."""
@@ -716,9 +715,9 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> dic
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
         more = (
-            f" (it has {summary['epochs']} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
+            f" (it has {summary.epochs} epochs; to train it on to {cfg.epochs}: mtsnn train --resume "
             f"{run_dir} --epochs {cfg.epochs})"
-            if cfg.epochs > summary.get("epochs", cfg.epochs)
+            if cfg.epochs > summary.epochs
             else ""
         )
         log(f"{run_dir}: finished before, kept{more}")
