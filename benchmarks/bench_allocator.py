@@ -1,4 +1,4 @@
-"""Training steps with glibc's default allocator settings against mtsnn.experiments.train.keep_freed_memory.
+"""Training steps with glibc's default allocator settings against mtsnn.experiments.tuning.keep_freed_memory.
 
     python benchmarks/bench_allocator.py [--rounds 5] [--steps 15] [--presets mnist-cnn,fmnist-cnn]
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from mtsnn.config import build_model, preset
-from mtsnn.experiments.train import loss_fn, make_optimizer
+from mtsnn.experiments.objective import loss_fn
+from mtsnn.experiments.optimizer import make_optimizer
 from mtsnn.experiments.tuning import tune_process
 from mtsnn.neuron import LIFParams, bptt_backward, fused, lif_forward, neuron_backend, paper_backward
 

@@ -17,8 +17,9 @@ from mtsnn import __version__
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, dump_toml, load_toml, preset
 from mtsnn.experiments import cli
+from mtsnn.experiments.objective import sample_losses
 from mtsnn.experiments.rundir import LOCK, lock
-from mtsnn.experiments.train import Run, finish, sample_losses
+from mtsnn.experiments.train import Run, finish
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,16 +15,10 @@ from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, load_toml, preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.evaluate import keep_weights
+from mtsnn.experiments.objective import OutputCurrent, loss_fn, predict
+from mtsnn.experiments.optimizer import learning_rate, make_optimizer
 from mtsnn.experiments.rundir import read_metrics, state_tensors
-from mtsnn.experiments.train import (
-    OutputCurrent,
-    Run,
-    finish,
-    learning_rate,
-    loss_fn,
-    make_optimizer,
-    predict,
-)
+from mtsnn.experiments.train import Run, finish
 from mtsnn.models import from_spec
 
 
@@ -305,7 +299,7 @@ def test_durations_are_read_in_seconds_minutes_or_hours(text, value):
 
 
 def test_a_time_budget_holds_the_whole_epochs_that_fit_between_bounds():
-    from mtsnn.experiments.train import plan_epochs
+    from mtsnn.experiments.optimizer import plan_epochs
 
     # 100 s, 10 s spent on 50 steps, 5 steps/s: 50 + 450 = 500 steps, 100 an epoch -> 5 epochs
     assert plan_epochs(100, 10, 50, 5.0, 100, least=1, most=30) == 5

@@ -17,14 +17,10 @@ from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments import cli
+from mtsnn.experiments.objective import evaluate, loss_fn, predict
+from mtsnn.experiments.optimizer import make_optimizer
 from mtsnn.experiments.rundir import read_metrics, restore, state_tensors
-from mtsnn.experiments.train import (
-    Run,
-    evaluate,
-    loss_fn,
-    make_optimizer,
-    predict,
-)
+from mtsnn.experiments.train import Run
 from mtsnn.models import from_spec
 
 
@@ -424,7 +420,7 @@ def test_compiled_block_matches_eager():
 
 
 def test_flush_subnormal_state_zeroes_only_subnormals():
-    from mtsnn.experiments.train import flush_subnormal_state
+    from mtsnn.experiments.optimizer import flush_subnormal_state
 
     tiny = torch.finfo(torch.float32).tiny
     weight = torch.nn.Parameter(torch.zeros(5))

@@ -16,7 +16,8 @@ import torch
 
 from mtsnn import data as datasets
 from mtsnn.config import build_model, preset
-from mtsnn.experiments.train import OutputCurrent, learning_rate, loss_fn, make_optimizer
+from mtsnn.experiments.objective import OutputCurrent, loss_fn
+from mtsnn.experiments.optimizer import learning_rate, make_optimizer
 
 CHECKED_STEPS = (5, 10, 20, 50, 100, 200, 300)
 

@@ -76,7 +76,7 @@ class TrainConfig:
     output_floor: float = setting(
         0.0,
         "not in the paper: > 0 adds a term pulling the true class's output current up to the threshold "
-        "where it is below, so that no output neuron goes silent (mtsnn.experiments.train.sample_losses)",
+        "where it is below, so that no output neuron goes silent (mtsnn.experiments.objective.sample_losses)",
     )
     calibrate: float = setting(
         0.0,
@@ -88,7 +88,7 @@ class TrainConfig:
         "counts",
         "how the SNN's class is read: the most output spikes summed over time, ties "
         "to the lowest class, or 'residual': ties broken by the membrane potential left "
-        "after the last step (mtsnn.experiments.train.predict)",
+        "after the last step (mtsnn.experiments.objective.predict)",
         READOUTS,
     )
     # optimisation (Table 1: batch 128, Adam 0.9/0.999/1e-8, a constant rate)
@@ -104,7 +104,7 @@ class TrainConfig:
     schedule: str = setting(
         "constant",
         "not in the paper: the rate after the warm-up, constant or cosine decay "
-        "to 0 at the last step (mtsnn.experiments.train.learning_rate)",
+        "to 0 at the last step (mtsnn.experiments.optimizer.learning_rate)",
         SCHEDULES,
     )
     warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")

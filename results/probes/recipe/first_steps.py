@@ -17,7 +17,8 @@ import torch
 
 from mtsnn import data as datasets
 from mtsnn.config import build_model, preset
-from mtsnn.experiments.train import OutputCurrent, learning_rate, loss_fn, make_optimizer
+from mtsnn.experiments.objective import OutputCurrent, loss_fn
+from mtsnn.experiments.optimizer import learning_rate, make_optimizer
 
 
 def highest_potentials(model, images) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from mtsnn import data as datasets
 from mtsnn.experiments.evaluate import load_trained
-from mtsnn.experiments.train import evaluate
+from mtsnn.experiments.objective import evaluate
 
 
 def tied(model, loader) -> float:

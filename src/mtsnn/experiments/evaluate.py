@@ -16,8 +16,8 @@ from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_te
 from ..config import TrainConfig, build_model, dump_toml, usable_device
 from ..energy import ann_operations, count_over_loader
 from ..integer import IntegerNetwork
+from .objective import evaluate
 from .rundir import CHECKPOINT, model_state, saved_config
-from .train import evaluate
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:

@@ -1,10 +1,7 @@
-"""Training and evaluation: the loss of eq. (6), decoding, and a resumable run.
-
-Decoding: the predicted class is the argmax of the output spikes summed over
-time. Ties go to the lowest class index (``torch.argmax`` returns the first
-maximum): deterministic, so a silent output layer always predicts class 0 and
-scores exactly that class's share of the test set (10% here), never more by a
-lucky draw.
+"""A resumable training run: set-up (:func:`place`, :func:`load_data`,
+:func:`build_training`), the loop (:class:`Run`) and :func:`finish`, which trains only what a
+run directory is missing. The loss and the scoring are in :mod:`.objective`, the optimizer and
+its schedule in :mod:`.optimizer`.
 
 A run directory holds ``config.toml``, ``metrics.jsonl`` (one JSON object per
 epoch), ``checkpoint.safetensors`` (written atomically after every epoch and on
@@ -19,25 +16,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import math
 import os
 import platform
 import signal
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import data as datasets
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, build_model, seconds, usable_device
-from ..layers import SpikingBlock
 from ..models import calibrate
-from ..neuron import LIFParams, lif_step, neuron_backend
+from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
+from .objective import OutputCurrent, evaluate, needs_output_current, predict, progress_bar, sample_losses
+from .optimizer import FLUSH_EVERY, flush_subnormal_state, learning_rate, make_optimizer, plan_epochs
 from .rundir import (
     CHECKPOINT,
     METRICS,
@@ -60,229 +55,9 @@ from .rundir import (
     write_summary,
 )
 
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with Table 1's settings; AdamW (decoupled weight decay) when ``cfg.weight_decay``
-    > 0. The fused kernel (CPU and CUDA) does the whole update in one pass. The default one
-    was 5.7x slower for mnist-cnn on our CPU: an SNN's weights that see no input spikes keep
-    zeros in Adam's second moment, and torch.sqrt of zeros measured 20x slower there than of
-    other values."""
-    kind = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
-    return kind(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=cfg.weight_decay,
-        fused=device.type in ("cpu", "cuda"),
-    )
-
-
-def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The rate of optimizer step ``step`` (0-based, counted over the whole run).
-
-    A linear warm-up over the first ``warmup_epochs`` (step ``k`` of ``W`` gets ``lr (k+1)/W``),
-    then ``lr`` for ``schedule="constant"`` (the paper), or for ``"cosine"``
-    ``lr (1 + cos(pi p)) / 2`` with ``p`` the fraction of the post-warm-up steps done, which
-    reaches 0 at the last step of the last epoch. A pure function of the step, so a resumed run
-    takes the rates of an uninterrupted one (unless it is given more ``epochs``: the cosine
-    then stretches to the new end)."""
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    total = cfg.epochs * steps_per_epoch
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
 SYNC_EVERY = 25  # steps between host syncs on a GPU (read back sums, check the loss is finite)
 CALIBRATION_IMAGES = 128  # training images that --calibrate scales the initial weights on
 PROBE_STEPS = 20  # steps timed (after 2 left out for warming caches and compiling) to plan a time budget
-
-
-def plan_epochs(
-    budget: float, spent: float, steps_done: int, steps_per_second: float, steps_per_epoch: int, least: int, most: int
-) -> int:
-    """Epochs of a run with ``budget`` seconds of training, ``spent`` of them gone on
-    ``steps_done`` steps, at a measured ``steps_per_second``: the whole epochs that the budget
-    holds, between ``least`` (the epoch under way) and ``most``."""
-    total = steps_done + max(budget - spent, 0.0) * steps_per_second
-    return max(least, min(most, int(total // steps_per_epoch)))
-
-
-def flush_subnormal_state(optimizer: torch.optim.Optimizer) -> None:
-    """Set optimizer state below the dtype's smallest normal number to exactly 0.
-
-    A weight that stops getting gradient (a dead ReLU, a neuron that never fires) has its
-    Adam first moment decay by beta1 per step, through about 150 steps of subnormal values.
-    Subnormals make CPU arithmetic many times slower, and ``torch.set_flush_denormal``
-    covers only the calling thread. Measured on a fmnist-cnn ANN twin after 93 epochs
-    (1.4M subnormals in one layer's state): 0.110 s per step as saved, 0.076 s flushed.
-    Such values change an update by less than 1e-30, far below float32's resolution.
-    """
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0:
-                value.masked_fill_(value.abs() < torch.finfo(value.dtype).tiny, 0.0)
-
-
-def sample_losses(
-    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The loss of each sample, ``[B]``.
-
-    SNN, ``loss="mse"``: eq. (6) summed over the steps, ``1/2 sum_t sum_i (y_i - s_i[t])^2``,
-    with the desired count ``y`` = ``target_true`` for the label and ``target_false``
-    for the others at every step. ``loss="ce"``: cross-entropy on the summed counts.
-    The ANN twin always uses cross-entropy on its logits.
-
-    ``cfg.output_floor`` > 0 adds, given the output layer's input ``current`` ``[T, B, classes]``
-    (:class:`OutputCurrent`), ``output_floor * sum_t relu(V_th - I_y[t])`` for the true class
-    ``y``. It is zero while the true class's neuron gets at least a threshold of current each
-    step, and otherwise pulls that current up along a path that bypasses the surrogate. Without
-    it an output neuron pushed a few f2 widths below threshold on every image gets no gradient
-    from eq. (6), and its class is never predicted again (results/probes/recipe/README.md).
-    """
-    output = output.float()
-    if cfg.ann or cfg.loss == "ce":
-        losses = F.cross_entropy(output if cfg.ann else output.sum(0), labels, reduction="none")
-    else:
-        target = torch.full_like(output[0], cfg.target_false)
-        target.scatter_(1, labels[:, None], cfg.target_true)
-        losses = 0.5 * ((output - target) ** 2).sum((0, 2))
-    if cfg.output_floor and not cfg.ann:
-        if current is None:
-            raise ValueError(f"output_floor={cfg.output_floor} needs the output layer's current (see OutputCurrent)")
-        true_current = current.float().gather(2, labels[None, :, None].expand(current.shape[0], -1, 1))[..., 0]
-        losses = losses + cfg.output_floor * F.relu(cfg.v_th - true_current).sum(0)
-    return losses
-
-
-def loss_fn(
-    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean over the batch of :func:`sample_losses`."""
-    return sample_losses(output, labels, cfg, current).mean()
-
-
-class OutputCurrent:
-    """Keeps what enters a spiking network's output layer during each forward pass, so that
-    the loss can read that layer's input current ``I[t] = W s[t] + b`` with autograd.
-
-    Example::
-
-        with OutputCurrent(model) as output_current:
-            spikes = model(images)
-            loss = loss_fn(spikes, labels, cfg, output_current.current())
-    """
-
-    def __init__(self, model: nn.Module):
-        self.block = model.blocks()[-1]
-        self.input, self.num_steps = None, None
-        self.handle = self.block.register_forward_pre_hook(self._keep, with_kwargs=True)
-
-    def _keep(self, module, args, kwargs):
-        self.input = args[0]
-        self.num_steps = args[1] if len(args) > 1 else kwargs.get("num_steps")
-
-    def current(self) -> torch.Tensor:
-        """``[T, B, classes]``: the current of the last forward pass."""
-        if self.input is None:
-            raise RuntimeError("OutputCurrent: no forward pass has run since it was set up")
-        block, x = self.block, self.input
-        if self.num_steps is not None:  # direct input: the same current at every step
-            return block.synapse(x, block.weight, block.bias).expand(self.num_steps, -1, -1)
-        return block.synapse(x.flatten(0, 1), block.weight, block.bias).unflatten(0, x.shape[:2])
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-    def __enter__(self) -> OutputCurrent:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def needs_output_current(cfg: TrainConfig) -> bool:
-    """Whether the loss (``output_floor``) or the readout of ``cfg`` reads the output layer's current."""
-    return not cfg.ann and (cfg.output_floor > 0 or cfg.readout != "counts")
-
-
-def predict(output: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None) -> torch.Tensor:
-    """The predicted class of each sample, ``[B]``: the ANN twin's largest logit; the SNN's
-    largest spike count summed over time, ties going to the lowest class index. With
-    ``cfg.readout="residual"`` the SNN's ties go instead to the output neuron with the most
-    membrane potential left after the last step, ``u[T]``, recomputed from the output
-    layer's ``current`` ``[T, B, classes]`` (:class:`OutputCurrent`): the count plus
-    ``sigmoid(u[T] / V_th)``, which lies in (0, 1), so it never overturns a difference in counts."""
-    if cfg.ann:
-        return output.argmax(1)
-    counts = output.sum(0).float()
-    if cfg.readout == "counts":
-        return counts.argmax(1)
-    if current is None:
-        raise ValueError(f"readout={cfg.readout!r} needs the output layer's current (see OutputCurrent)")
-    params = LIFParams(**cfg.neuron_kwargs())
-    u = torch.zeros_like(current[0], dtype=torch.float32)
-    for step in current.float():
-        _, u = lif_step(step, u, params)
-    return (counts + torch.sigmoid(u / cfg.v_th)).argmax(1)
-
-
-class SpikeCounter:
-    """Forward hooks adding up each block's spikes: firing rate = spikes per neuron per step."""
-
-    def __init__(self, model: nn.Module):
-        self.blocks = [m for m in model.modules() if isinstance(m, SpikingBlock)]
-        self.spikes = [0.0] * len(self.blocks)
-        self.slots = [0] * len(self.blocks)  # neuron-steps seen
-        self.handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
-
-    def _hook(self, index):
-        def hook(module, inputs, output):
-            self.spikes[index] += output.detach().sum().item()
-            self.slots[index] += output.numel()
-
-        return hook
-
-    def firing_rates(self) -> list[float]:
-        return [s / n if n else 0.0 for s, n in zip(self.spikes, self.slots)]
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, cfg: TrainConfig) -> dict:
-    """Test accuracy (%), firing rate per block and, for an SNN, the silent outputs: the
-    classes whose output neuron never fired on the whole set. Such a class is never
-    predicted, and the surrogate gives a neuron far below threshold no gradient to recover."""
-    model.eval()
-    counter = SpikeCounter(model)
-    output_current = OutputCurrent(model) if needs_output_current(cfg) else None
-    correct = total = 0
-    output_spikes = 0
-    try:
-        with _progress(len(loader), 0, "evaluating", is_main_process()) as bar:
-            for images, labels in loader.epoch(0):
-                output = model(images)
-                current = output_current.current() if output_current else None
-                correct += (predict(output, cfg, current) == labels).sum().item()
-                total += labels.numel()
-                if not cfg.ann:
-                    output_spikes = output_spikes + output.sum((0, 1))
-                bar.update(1)
-    finally:
-        counter.remove()
-        if output_current:
-            output_current.remove()
-    silent = [] if cfg.ann else (output_spikes == 0).nonzero().flatten().tolist()
-    return {"acc": 100.0 * correct / total, "firing_rate": counter.firing_rates(), "silent_outputs": silent}
 
 
 class StopRequested:
@@ -315,6 +90,95 @@ class Interrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
+def place(cfg: TrainConfig) -> tuple[torch.device, Processes]:
+    """The device this process computes on (its own GPU under ``torchrun``) and the processes
+    of the run; with ``cfg.deterministic``, torch set to deterministic algorithms."""
+    device = usable_device(cfg.device)
+    procs = Processes.from_environment(device)
+    if device.type == "cuda" and procs.world > 1:
+        device = torch.device("cuda", procs.local_rank)
+    if cfg.deterministic:
+        if device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    return device, procs
+
+
+@dataclasses.dataclass
+class RunData:
+    """What a run trains and scores on."""
+
+    train: datasets.DeviceLoader  # augmented, reshuffled each epoch
+    scored: datasets.DeviceLoader  # the test set, or the held-out validation images
+    train_size: int
+    unverified: list[str]  # data files that no checksum vouched for
+    calibration: torch.Tensor | None  # with cfg.calibrate: the first CALIBRATION_IMAGES training images
+
+
+def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> RunData:
+    """``cfg``'s data on ``device``: rank 0 downloads what is missing while the others wait. With
+    ``cfg.val_holdout`` the scored set is held out of the training images and the test set is
+    not read."""
+    root = cfg.data_root or None
+    if not procs.is_main:
+        procs.barrier()  # wait until rank 0 has downloaded what was missing
+    train_set = datasets.load(cfg.dataset, "train", root=root, download=procs.is_main)
+    if cfg.val_holdout:  # settings are chosen on these; the test set is not even read
+        train_set, test_set = train_set.hold_out(cfg.val_holdout)
+    else:
+        test_set = datasets.load(cfg.dataset, "test", root=root, download=procs.is_main)
+    if procs.is_main:
+        procs.barrier()
+    for name, limit, dataset in (("train_limit", cfg.train_limit, train_set), ("test_limit", cfg.test_limit, test_set)):
+        if limit > len(dataset):
+            log(f"{name}={limit} is more than the {len(dataset)} images there are: using all of them")
+    if cfg.train_limit:
+        train_set = train_set.subset(cfg.train_limit)
+    if cfg.test_limit:
+        test_set = test_set.subset(cfg.test_limit)
+    train = datasets.DeviceLoader(
+        train_set,
+        cfg.batch_size,
+        train=True,
+        device=device,
+        seed=cfg.seed,
+        crop_padding=cfg.crop_padding,
+        flip=cfg.flip,
+    )
+    calibration = None
+    if cfg.calibrate:  # the same first images on every process, so that all start alike
+        first = datasets.DeviceLoader(
+            train_set.subset(CALIBRATION_IMAGES), CALIBRATION_IMAGES, train=False, device=device
+        )
+        calibration = next(iter(first.epoch(0)))[0]
+    return RunData(
+        train,
+        datasets.DeviceLoader(test_set, 1000, train=False, device=device),
+        len(train_set.labels),
+        [str(path) for path in dict.fromkeys(train_set.unverified + test_set.unverified)],
+        calibration,
+    )
+
+
+def build_training(
+    cfg: TrainConfig, device: torch.device, procs: Processes, calibration: torch.Tensor | None
+) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:
+    """``cfg``'s network seeded with ``cfg.seed`` (scaled on the ``calibration`` images when
+    ``cfg.calibrate`` > 0 and they are given: a fresh run), its optimizer, and what the training
+    step calls: the network wrapped for DDP and compiled on request."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    if cfg.calibrate and calibration is not None:
+        calibrate(model, calibration, cfg.calibrate)
+    optimizer = make_optimizer(model, cfg, device)
+    trained = model
+    if procs.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        trained = torch.compile(trained)
+    return model, optimizer, trained
+
+
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
 # break the promise that it sees the batches and takes the steps of an uninterrupted run.
 RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
@@ -333,64 +197,19 @@ class Run:
         if not cfg.data_root:  # record where the data was found, so that `mtsnn eval` finds it again
             cfg = cfg.replace(data_root=str(datasets.data_root().resolve()))
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = usable_device(cfg.device)
-        self.procs = Processes.from_environment(self.device)
-        if self.device.type == "cuda" and self.procs.world > 1:
-            self.device = torch.device("cuda", self.procs.local_rank)
+        self.device, self.procs = place(cfg)
         self.log = log if self.procs.is_main else (lambda *args: None)
-        if cfg.deterministic:
-            if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        root = cfg.data_root or None
-        if not self.procs.is_main:
-            self.procs.barrier()  # wait until rank 0 has downloaded what was missing
-        train_set = datasets.load(cfg.dataset, "train", root=root, download=self.procs.is_main)
-        if cfg.val_holdout:  # settings are chosen on these; the test set is not even read
-            train_set, test_set = train_set.hold_out(cfg.val_holdout)
-        else:
-            test_set = datasets.load(cfg.dataset, "test", root=root, download=self.procs.is_main)
-        for name, limit, dataset in (
-            ("train_limit", cfg.train_limit, train_set),
-            ("test_limit", cfg.test_limit, test_set),
-        ):
-            if limit > len(dataset):
-                self.log(f"{name}={limit} is more than the {len(dataset)} images there are: using all of them")
-        if cfg.train_limit:
-            train_set = train_set.subset(cfg.train_limit)
-        if cfg.test_limit:
-            test_set = test_set.subset(cfg.test_limit)
-        self.train_size = len(train_set.labels)
-        self.train_loader = datasets.DeviceLoader(
-            train_set,
-            cfg.batch_size,
-            train=True,
-            device=self.device,
-            seed=cfg.seed,
-            crop_padding=cfg.crop_padding,
-            flip=cfg.flip,
-        )
-        self.unverified_data = [str(path) for path in dict.fromkeys(train_set.unverified + test_set.unverified)]
-        if self.procs.is_main:
-            self.procs.barrier()
-        self.test_loader = datasets.DeviceLoader(test_set, 1000, train=False, device=self.device)
+        data = load_data(cfg, self.device, self.procs, self.log)
+        self.train_loader, self.test_loader, self.train_size = data.train, data.scored, data.train_size
+        self.unverified_data = data.unverified
         self.score = score_name(cfg)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(self.device)
-        if cfg.calibrate and fresh:  # the same first images on every process, so that all start alike
-            calibration = datasets.DeviceLoader(
-                train_set.subset(CALIBRATION_IMAGES), CALIBRATION_IMAGES, train=False, device=self.device
-            )
-            calibrate(self.model, next(iter(calibration.epoch(0)))[0], cfg.calibrate)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.model, self.optimizer, self.trained = build_training(
+            cfg, self.device, self.procs, data.calibration if fresh else None
+        )
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
-        self.trained = self.model  # what the training step calls: wrapped for DDP and compiled on request
-        if self.procs.world > 1:
-            self.trained = torch.nn.parallel.DistributedDataParallel(self.model)
-        if cfg.compile:
-            self.trained = torch.compile(self.trained)
-        self.epoch, self.batch, self.acc = 0, 0, _fresh_accumulators()
+        self.epoch, self.batch = 0, 0
+        self.sums = _zero_sums()  # the epoch's running sums: loss_sum, correct, total, seconds
         self.wall_seconds = 0.0
         self.saved = None  # (epoch, batch) that the checkpoint on disk holds, None before the first
         self.planned = not cfg.time_budget  # a time-budget run plans its epochs once it has measured its speed
@@ -465,20 +284,20 @@ class Run:
         run.saved = (run.epoch, run.batch)
         run.planned = progress.planned
         if run.procs.is_main:  # the saved sums are global: one process carries them on
-            run.acc = progress.acc
+            run.sums = progress.acc
         run.log(f"resumed {run_dir} at epoch {run.epoch + 1}, batch {run.batch}")
         return run
 
     def save(self) -> Path:
         """Checkpoint (rank 0 writes; every process must call it, to combine the epoch's sums)."""
-        self._combine_accumulators()
+        self._combine_sums()
         path = self.run_dir / CHECKPOINT
         if self.procs.is_main:
             progress = Progress(
                 config=dataclasses.asdict(self.cfg),
                 epoch=self.epoch,
                 batch=self.batch,
-                acc=self.acc,
+                acc=self.sums,
                 wall_seconds=self.wall_seconds,
                 planned=self.planned,
                 param_groups=self.optimizer.state_dict()["param_groups"],
@@ -558,14 +377,14 @@ class Run:
 
     def _train_epoch(self, stop: StopRequested) -> None:
         self.trained.train()
-        cfg, acc, procs = self.cfg, self.acc, self.procs
+        cfg, epoch_sums, procs = self.cfg, self.sums, self.procs
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
         t0 = last = time.perf_counter()
         self.first_batch = self.batch
         sync_every = self.sync_every
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         batches = self.train_loader.epoch(self.epoch, start_batch=self.batch)
-        with _progress(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
+        with progress_bar(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
             for images, labels in batches:
                 global_batch = labels.numel()
                 images, labels = procs.shard(images, labels)
@@ -593,7 +412,7 @@ class Run:
                 self.optimizer.step()
                 if self.batch % FLUSH_EVERY == 0:
                     flush_subnormal_state(self.optimizer)
-                acc["total"] += labels.numel()
+                epoch_sums["total"] += labels.numel()
                 self.batch += 1
                 if not self.planned:
                     if self.device.type == "cuda":  # time what the device did, not what was queued
@@ -603,9 +422,9 @@ class Run:
                     last = now
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{acc['loss_sum'] / max(acc['total'], 1):.3f}",
-                    acc=f"{100 * acc['correct'] / max(acc['total'], 1):.1f}%",
-                    img_s=f"{acc['total'] * procs.world / (time.perf_counter() - t0):.0f}",
+                    loss=f"{epoch_sums['loss_sum'] / max(epoch_sums['total'], 1):.3f}",
+                    acc=f"{100 * epoch_sums['correct'] / max(epoch_sums['total'], 1):.1f}%",
+                    img_s=f"{epoch_sums['total'] * procs.world / (time.perf_counter() - t0):.0f}",
                 )
                 signum = procs.max(stop.signal or 0)  # every process stops at the same batch
                 if signum:
@@ -626,8 +445,8 @@ class Run:
                 f"loss became non-finite (NaN or infinity) at epoch {self.epoch + 1}, by batch "
                 f"{self.batch}. {self.last_checkpoint()}"
             )
-        self.acc["loss_sum"] += loss_sum
-        self.acc["correct"] += int(correct)
+        self.sums["loss_sum"] += loss_sum
+        self.sums["correct"] += int(correct)
 
     def _probe(self, step_seconds: float) -> None:
         """Time PROBE_STEPS steps after the first two of this process (those warm caches and
@@ -659,32 +478,32 @@ class Run:
 
     def _add_time(self, t0: float) -> None:
         seconds = time.perf_counter() - t0
-        self.acc["seconds"] += seconds
+        self.sums["seconds"] += seconds
         self.wall_seconds += seconds
 
-    def _combine_accumulators(self) -> None:
+    def _combine_sums(self) -> None:
         """Sum the epoch's loss and counts over processes into rank 0's accumulators."""
         if self.procs.world == 1:
             return
         keys = ("loss_sum", "correct", "total")
-        totals = self.procs.sum([float(self.acc[k]) for k in keys])
+        totals = self.procs.sum([float(self.sums[k]) for k in keys])
         for key, total in zip(keys, totals):
-            self.acc[key] = total if self.procs.is_main else 0
+            self.sums[key] = total if self.procs.is_main else 0
 
     def _finish_epoch(self) -> MetricsRow | None:
         """The epoch's row (rank 0; None on the others), logged."""
-        self._combine_accumulators()
-        acc, row = self.acc, None
+        self._combine_sums()
+        sums, row = self.sums, None
         t0 = time.perf_counter()
         if self.procs.is_main:
             test = evaluate(self.model, self.test_loader, self.cfg)
             row = MetricsRow(
                 epoch=self.epoch + 1,
-                train_loss=acc["loss_sum"] / acc["total"],
-                train_acc=100.0 * acc["correct"] / acc["total"],
+                train_loss=sums["loss_sum"] / sums["total"],
+                train_acc=100.0 * sums["correct"] / sums["total"],
                 firing_rate=test["firing_rate"],
-                epoch_seconds=acc["seconds"],
-                images_per_second=self.train_size / acc["seconds"],
+                epoch_seconds=sums["seconds"],
+                images_per_second=self.train_size / sums["seconds"],
                 silent_outputs=test["silent_outputs"],
                 **{self.score: test["acc"]},
             )
@@ -698,7 +517,7 @@ class Run:
         self.procs.barrier()
         self.wall_seconds += time.perf_counter() - t0
         self.epoch += 1
-        self.batch, self.acc = 0, _fresh_accumulators()
+        self.batch, self.sums = 0, _zero_sums()
         return row
 
 
@@ -781,33 +600,8 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-def _fresh_accumulators() -> dict:
+def _zero_sums() -> dict:
     return {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0}
-
-
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **values):
-        pass
-
-
-@contextlib.contextmanager
-def _progress(total: int, done: int, label: str, show: bool):
-    """A tqdm bar on an interactive terminal when tqdm is installed; nothing otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is None or not show or not sys.stderr.isatty():
-        yield _NoProgress()
-        return
-    bar = tqdm(total=total, initial=done, desc=label, leave=False, unit="batch")
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def _tensorboard(run_dir: Path):
