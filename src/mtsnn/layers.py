@@ -16,6 +16,7 @@ then :class:`~mtsnn.neuron.MultiThresholdLIF`'s function.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +28,17 @@ INITS = ("kaiming", "paper")
 BLOCK_GRAD_MODE = "paper"  # a block's default: the paper's eqs. (7)-(13), which need the weight layer
 
 
-def check_init(init: str) -> None:
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-
-
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, layer: SpikingBlock, p: LIFParams, num_steps):
+    def forward(ctx, x, weight, bias, synapse: Synapse, p: LIFParams, num_steps):
         static = num_steps is not None
-        current = layer.synapse(x if static else x.flatten(0, 1), weight, bias)
+        current = synapse(x if static else x.flatten(0, 1), weight, bias)
         if not static:
             current = current.unflatten(0, x.shape[:2])
         rows = Rows(current, num_steps)
         flat = rows.current(current)
         ctx.save_for_backward(x, weight, flat)
-        ctx.layer, ctx.p, ctx.num_steps, ctx.has_bias, ctx.rows = layer, p, num_steps, bias is not None, rows
+        ctx.synapse, ctx.p, ctx.num_steps, ctx.has_bias, ctx.rows = synapse, p, num_steps, bias is not None, rows
         return rows.spikes(fused(lif_forward)(flat, p, num_steps))
 
     @staticmethod
@@ -60,22 +56,90 @@ class _PaperBlockFunction(torch.autograd.Function):
         x_flat = x if static else x.flatten(0, 1)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = ctx.layer.input_grad(delta, weight, x_flat.shape).reshape(x.shape)
+            grad_x = ctx.synapse.input_grad(delta, weight, x_flat.shape).reshape(x.shape)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            grad_w, grad_b = ctx.layer.weight_and_bias_grad(a, x_flat, weight, ctx.has_bias)
+            grad_w, grad_b = ctx.synapse.weight_and_bias_grad(a, x_flat, weight, ctx.has_bias)
         return grad_x, grad_w, grad_b, None, None, None
+
+
+class Synapse:
+    """How a block's weights turn a batch of inputs into current (eq. 3), with the two
+    gradients of that map that ``grad_mode="paper"`` needs (eqs. 9-10). A synapse is a value
+    (its layer's hyperparameters, no weights), so the autograd function holds it, not the block.
+    """
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The input current of a batch ``x`` (samples first)."""
+        raise NotImplementedError
+
+    def input_grad(self, grad: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """``dL/dx`` from ``grad = dL/dcurrent``: the error sent to the layer below (eq. 10)."""
+        raise NotImplementedError
+
+    def weight_and_bias_grad(
+        self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(dL/dweight, dL/dbias or None)`` from the cotangent ``grad`` of the current."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LinearSynapse(Synapse):
+    """``F.linear``: ``x [B, in] -> [B, out]``."""
+
+    def __call__(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    def input_grad(self, grad, weight, x_shape):
+        return grad @ weight
+
+    def weight_and_bias_grad(self, grad, x, weight, has_bias):
+        grad = grad.reshape(-1, grad.shape[-1])
+        return grad.T @ x.reshape(-1, x.shape[-1]), grad.sum(0) if has_bias else None
+
+
+@dataclass(frozen=True)
+class ConvSynapse(Synapse):
+    """``F.conv2d`` with stride 1 and ``padding`` on each side: ``x [B, C, H, W] -> [B, C', H', W']``."""
+
+    padding: int
+
+    def __call__(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+    def input_grad(self, grad, weight, x_shape):
+        return torch.nn.grad.conv2d_input(x_shape, weight, grad, padding=self.padding)
+
+    def weight_and_bias_grad(self, grad, x, weight, has_bias):
+        # One oneDNN/cuDNN call for both: a separate sum over (N, H, W) of a channels-last
+        # gradient takes longer than the weight gradient itself on a CPU.
+        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            bias_sizes=[weight.shape[0]] if has_bias else None,
+            stride=[1, 1],
+            padding=[self.padding, self.padding],
+            dilation=[1, 1],
+            transposed=False,
+            output_padding=[0, 0],
+            groups=1,
+            output_mask=[False, True, has_bias],  # no input gradient here: input_grad gives it
+        )
+        return grad_w, grad_b
 
 
 class SpikingBlock(nn.Module):
     """A weight layer and its multi-threshold LIF neurons: what every block shares.
 
-    A subclass defines the synapse (:meth:`synapse`) and, for ``grad_mode="paper"``, its two
-    gradients (:meth:`input_grad`, :meth:`weight_and_bias_grad`), and names its input's
-    per-sample dims in ``INPUT`` (the first one, an attribute of the block, is checked).
+    A subclass sets its :class:`Synapse` (``self.synapse``, used as
+    ``block.synapse(x, block.weight, block.bias)``) and names its input's per-sample dims in
+    ``INPUT`` (the first one, an attribute of the block, is checked).
     ``isinstance(m, SpikingBlock)`` is how the rest of mtsnn finds blocks in a network.
     """
 
     INPUT: tuple[str, ...] = ()
+    synapse: Synapse
 
     def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
         super().__init__()
@@ -89,7 +153,8 @@ class SpikingBlock(nn.Module):
         """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
         standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
         threshold. Biases start at 0."""
-        check_init(init)
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         v_th = self.params.v_th
         with torch.no_grad():
             if init == "kaiming":
@@ -105,7 +170,7 @@ class SpikingBlock(nn.Module):
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self._check_input(x, num_steps)
         if self.params.grad_mode == "paper":
-            return _PaperBlockFunction.apply(x, self.weight, self.bias, self, self.params, num_steps)
+            return _PaperBlockFunction.apply(x, self.weight, self.bias, self.synapse, self.params, num_steps)
         if num_steps is not None:
             current = self.synapse(x, self.weight, self.bias)
         else:
@@ -123,20 +188,6 @@ class SpikingBlock(nn.Module):
                 f"{type(self).__name__}: input must be shaped [{lead}, {', '.join(self.INPUT)}] with "
                 f"{self.INPUT[0]}={size}, got {tuple(x.shape)}"
             )
-
-    def synapse(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The input current of a batch ``x`` (samples first)."""
-        raise NotImplementedError
-
-    def input_grad(self, grad: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-        """``dL/dx`` from ``grad = dL/dcurrent``: the error sent to the layer below (eq. 10)."""
-        raise NotImplementedError
-
-    def weight_and_bias_grad(
-        self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(dL/dweight, dL/dbias or None)`` from the cotangent ``grad`` of the current."""
-        raise NotImplementedError
 
 
 class SpikingLinear(SpikingBlock):
@@ -156,17 +207,8 @@ class SpikingLinear(SpikingBlock):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **neuron):
         self.in_features, self.out_features = in_features, out_features
+        self.synapse = LinearSynapse()
         super().__init__((out_features, in_features), in_features, bias, neuron)
-
-    def synapse(self, x, weight, bias):
-        return F.linear(x, weight, bias)
-
-    def input_grad(self, grad, weight, x_shape):
-        return grad @ weight
-
-    def weight_and_bias_grad(self, grad, x, weight, has_bias):
-        grad = grad.reshape(-1, grad.shape[-1])
-        return grad.T @ x.reshape(-1, x.shape[-1]), grad.sum(0) if has_bias else None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {self.params}"
@@ -190,33 +232,10 @@ class SpikingConv2d(SpikingBlock):
             raise ValueError(f"kernel_size must be odd and >= 1 for 'same' padding, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.padding = kernel_size // 2
+        self.synapse = ConvSynapse(self.padding)
         super().__init__(
             (out_channels, in_channels, kernel_size, kernel_size), in_channels * kernel_size * kernel_size, bias, neuron
         )
-
-    def synapse(self, x, weight, bias):
-        return F.conv2d(x, weight, bias, padding=self.padding)
-
-    def input_grad(self, grad, weight, x_shape):
-        return torch.nn.grad.conv2d_input(x_shape, weight, grad, padding=self.padding)
-
-    def weight_and_bias_grad(self, grad, x, weight, has_bias):
-        # One oneDNN/cuDNN call for both: a separate sum over (N, H, W) of a channels-last
-        # gradient takes longer than the weight gradient itself on a CPU.
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad,
-            x,
-            weight,
-            bias_sizes=[weight.shape[0]] if has_bias else None,
-            stride=[1, 1],
-            padding=[self.padding, self.padding],
-            dilation=[1, 1],
-            transposed=False,
-            output_padding=[0, 0],
-            groups=1,
-            output_mask=[False, True, has_bias],  # no input gradient here: input_grad gives it
-        )
-        return grad_w, grad_b
 
     def extra_repr(self) -> str:
         return (

@@ -27,15 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpikingBlock, SpikingConv2d, SpikingLinear, check_init
+from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
 from .neuron import lif_step
 
-POOLINGS = ("avg", "max")
+# pooling by name: (the function of spikes, the ANN twin's module)
+POOLS = {"avg": (F.avg_pool2d, nn.AvgPool2d), "max": (F.max_pool2d, nn.MaxPool2d)}
+POOLINGS = tuple(POOLS)
 
 
-def check_pooling(mode: str) -> None:
-    if mode not in POOLINGS:
+def pool_of(mode: str) -> tuple:
+    """``POOLS[mode]``; ValueError naming ``mode`` if there is no such pooling."""
+    if mode not in POOLS:
         raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
+    return POOLS[mode]
 
 
 @dataclass(frozen=True)
@@ -236,12 +240,11 @@ class TimePool2d(nn.Module):
 
     def __init__(self, size: int, mode: str = "avg"):
         super().__init__()
-        check_pooling(mode)
+        self.pool = pool_of(mode)[0]
         self.size, self.mode = size, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool = F.avg_pool2d if self.mode == "avg" else F.max_pool2d
-        return pool(x.flatten(0, -4), self.size).unflatten(0, x.shape[:-3])
+        return self.pool(x.flatten(0, -4), self.size).unflatten(0, x.shape[:-3])
 
     def extra_repr(self) -> str:
         return f"{self.mode}, size={self.size}"
@@ -361,7 +364,7 @@ def from_spec(
     *,
     ann: bool = False,
     pooling: str = "avg",
-    init: str = "paper",
+    init: str | None = None,
     num_steps: int = 2,
     output_surrogate: str | None = None,
     **neuron,
@@ -370,8 +373,8 @@ def from_spec(
 
     ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
     ``init`` (SNN only): ``"paper"`` (eq. 17, the default: it trained best, see
-    the README) or ``"kaiming"``. ``**neuron``: neuron settings, as for
-    :class:`mtsnn.MultiThresholdLIF`; ``grad_mode`` defaults to ``"paper"``.
+    the README) or ``"kaiming"`` (:meth:`mtsnn.layers.SpikingBlock.reset_parameters`).
+    ``**neuron``: neuron settings, as for :class:`mtsnn.MultiThresholdLIF`; ``grad_mode`` defaults to ``"paper"``.
 
     Every weight layer has a bias, starting at 0: a learned constant input current that
     eq. (3), ``I = sum_j w_ij s_j``, leaves out; the paper does not say whether its code had one.
@@ -382,13 +385,15 @@ def from_spec(
     (``"arctan"``) keeps a gradient there, while hidden neurons keep the paper's curve.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
-    check_init(init)
-    check_pooling(pooling)
+    _, ann_pool = pool_of(pooling)
     if ann:
-        if neuron or output_surrogate is not None:
-            given = sorted(neuron) + ["output_surrogate"] * (output_surrogate is not None)
-            raise ValueError(f"the ANN twin takes no neuron settings, got {given}")
-        ann_pool = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
+        if neuron or output_surrogate is not None or init is not None:
+            given = (
+                sorted(neuron)
+                + ["output_surrogate"] * (output_surrogate is not None)
+                + [f"init={init!r}"] * (init is not None)
+            )
+            raise ValueError(f"the ANN twin takes no neuron settings and PyTorch's default init, got {given}")
         modules = _build(
             layers,
             input_shape,
@@ -409,5 +414,5 @@ def from_spec(
     )
     network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
-        block.reset_parameters(init)
+        block.reset_parameters(init or "paper")
     return network
