@@ -50,23 +50,19 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
     """Operation counts per image, per weight layer and in total, for a batch ``images``."""
     steps = num_steps or model.num_steps
     batch = images.shape[0]
-    x, direct, pooled_area = images, True, 1
-    layers = []
-    for layer in model.layers:
+    pooled_area = 1
+    layers: list[dict] = []
+    for layer, x, spikes, direct_steps in model.trace(images, steps):
         if isinstance(layer, SpikingBlock):
-            dense_input = torch.ones_like(x[0] if not direct else x)
+            dense_input = torch.ones_like(x if direct_steps else x[0])
             ann_macs = synapse_count(layer, dense_input).item() / dense_input.shape[0]
-            if direct:
-                macs = ann_macs
-                acs = 0.0
-                event_macs = 0.0
-                spikes = layer(x, num_steps=steps)
+            if direct_steps:
+                macs, acs, event_macs = ann_macs, 0.0, 0.0
             else:
                 events = (x * pooled_area).round().flatten(0, 1)  # integer counts
                 acs = synapse_count(layer, events).item() / batch
                 event_macs = synapse_count(layer, (events > 0).to(events.dtype)).item() / batch
                 macs = 0.0
-                spikes = layer(x)
             neurons = spikes[0, 0].numel()
             layers.append(
                 {
@@ -81,13 +77,11 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
                     "ann_macs": ann_macs,
                 }
             )
-            x, direct, pooled_area = spikes, False, 1
-        else:
-            x = layer(x)
-            if isinstance(layer, TimePool2d) and layer.mode == "avg":
-                pooled_area *= layer.size * layer.size
-            elif not isinstance(layer, (TimePool2d, FlattenFeatures)):
-                raise TypeError(f"cannot count operations through {type(layer).__name__}")
+            pooled_area = 1
+        elif isinstance(layer, TimePool2d) and layer.mode == "avg":
+            pooled_area *= layer.size * layer.size
+        elif not isinstance(layer, (TimePool2d, FlattenFeatures)):
+            raise TypeError(f"cannot count operations through {type(layer).__name__}")
     total = {
         key: sum(row[key] for row in layers)
         for key in ("neurons", "dense_macs", "acs", "event_macs", "neuron_updates", "ann_macs")
@@ -145,14 +139,13 @@ def ann_operations(spec: str, input_shape: tuple[int, ...], num_classes: int = 1
     """Multiply-accumulates and energy per image of the ANN twin of ``spec`` (same synapse count)."""
     snn = from_spec(spec, input_shape, num_classes)
     assert isinstance(snn, SpikingNetwork)  # (from_spec builds an SNN unless ann=True)
-    x = torch.zeros(1, *input_shape)
-    layers: list[dict] = []
-    for layer in snn.layers:
-        if isinstance(layer, SpikingBlock):
-            layers.append({"layer": type(layer).__name__, "ann_macs": synapse_count(layer, torch.ones_like(x)).item()})
-            x = layer(x, num_steps=1)[0]
-        else:
-            x = layer(x)
+    calls = [
+        call for call in snn.trace(torch.zeros(1, *input_shape), num_steps=1) if isinstance(call.layer, SpikingBlock)
+    ]
+    layers: list[dict] = [  # the first block's input is the image itself, the others' [T=1, 1, ...]
+        {"layer": type(layer).__name__, "ann_macs": synapse_count(layer, torch.ones_like(x if steps else x[0])).item()}
+        for layer, x, _, steps in calls
+    ]
     macs = sum(row["ann_macs"] for row in layers)
     return {
         "layers": layers,

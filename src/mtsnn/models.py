@@ -123,6 +123,15 @@ class NetworkState(NamedTuple):
         return NetworkState(tuple(u.detach() for u in self.potentials))
 
 
+class LayerCall(NamedTuple):
+    """One layer's part in a forward pass (:meth:`SpikingNetwork.trace`)."""
+
+    layer: nn.Module
+    input: torch.Tensor  # [T, B, ...], or [B, ...] held for num_steps steps (direct input)
+    output: torch.Tensor
+    num_steps: int | None  # given with a direct input, else None
+
+
 class SpikingNetwork(nn.Module):
     """A feed-forward SNN of weight blocks (weight layer + neuron), pooling and flattening.
 
@@ -180,6 +189,24 @@ class SpikingNetwork(nn.Module):
                 x = layer(x)
         return x
 
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor, num_steps: int | None = None) -> list[LayerCall]:
+        """A forward pass of ``x`` (as :meth:`forward`, without gradients), layer by layer:
+        what each layer was given and gave. For tools that look inside a network (operation
+        counts, state shapes) without walking its layers again."""
+        calls: list[LayerCall] = []
+
+        def keep(layer, args, kwargs, output):
+            calls.append(LayerCall(layer, args[0], output, kwargs.get("num_steps")))
+
+        handles = [layer.register_forward_hook(keep, with_kwargs=True) for layer in self.layers]
+        try:
+            self(x, num_steps)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return calls
+
     def _sample_dims(self) -> int:
         return 1 if isinstance(self.layers[0], SpikingLinear) else 3
 
@@ -197,18 +224,12 @@ class SpikingNetwork(nn.Module):
                 "give input_shape=(C, H, W) or (features,)"
             )
         weight = self.blocks()[0].weight
-        potentials = []
-        for layer in self.layers:
-            if isinstance(layer, SpikingConv2d):
-                shape = (layer.out_channels, *shape[1:])
-            elif isinstance(layer, SpikingLinear):
-                shape = (layer.out_features,)
-            elif isinstance(layer, TimePool2d):
-                shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
-            else:
-                shape = (math.prod(shape),)
-            if isinstance(layer, SpikingBlock):
-                potentials.append(torch.zeros(batch_size, *shape, dtype=torch.float32, device=weight.device))
+        sample = torch.zeros(1, *shape, dtype=weight.dtype, device=weight.device)
+        potentials = [
+            torch.zeros(batch_size, *call.output.shape[2:], dtype=torch.float32, device=weight.device)
+            for call in self.trace(sample, num_steps=1)
+            if isinstance(call.layer, SpikingBlock)
+        ]
         return NetworkState(tuple(potentials))
 
     def step(self, x: torch.Tensor, state: NetworkState) -> tuple[torch.Tensor, NetworkState]:
