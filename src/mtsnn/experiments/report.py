@@ -15,8 +15,10 @@ What was tried where we fall short is written by hand, once per preset, in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import PRESETS
@@ -34,18 +36,53 @@ PAPER = {
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 
-def _dataset_label(name: str, rows: list[dict]) -> str:
+def _dataset_label(name: str, rows: list[TableRow]) -> str:
     """The data set's name, marked when a run trained on files that were not checked against the
     official release; CIFAR-10 is marked unless every run is known to have had verified files
     (the copy on our machines is a JPEG proxy, which no checksum can vouch for)."""
-    unverified = [row["data_unverified"] for row in rows]
+    unverified = [row.data_unverified for row in rows]
     if not (any(unverified) or (name == "cifar10" and not all(u is False for u in unverified))):
         return DATASET_NAMES[name]
     proxy = " (our CIFAR-10 is a JPEG proxy, not the original)" if name == "cifar10" else ""
     return f"{DATASET_NAMES[name]}, unverified copy{proxy}"
 
 
-def collect(runs_root: Path) -> list[dict]:
+@dataclass
+class TableRow:
+    """One row of the report: a preset's variant (SNN, ANN twin; recipe; output surrogate)
+    over its seeds. ``results/summary.json`` holds these rows, less the curves and run folders."""
+
+    preset: str
+    dataset: str
+    spec: str
+    T: int | None  # None for the ANN twin
+    variant: str
+    recipe: str
+    output_surrogate: str | None
+    epochs: list[int]  # trained, per counted seed
+    planned_epochs: int
+    partial: list[bool]  # per counted seed: unfinished
+    seeds: list[int]  # counted: the complete runs, or all if none is complete
+    accs: list[float]  # final accuracy per counted seed
+    mean_acc: float
+    std_acc: float
+    paper_acc: float | None
+    reached_paper: list[dict | None] | None  # per counted seed: first epoch at the paper's figure
+    unfinished: list[dict]  # runs left out of the mean: seed, epochs, test_acc
+    wall_seconds: float  # mean training time per counted seed
+    seconds_per_epoch: float
+    silent_outputs: dict[int, list[int]]  # seed -> classes never predicted at the end
+    machine: dict | None
+    data_unverified: bool | None
+    runs: list[str]
+    curves: list[list[float]]  # accuracy by epoch, per run
+    curve_seeds: list[int]
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("curves", "curve_seeds", "runs")}
+
+
+def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN, ANN twin), in the keys of results/summary.json."""
     groups: dict[tuple[str, bool, str, str], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
@@ -67,39 +104,39 @@ def collect(runs_root: Path) -> list[dict]:
         accs = [r.rows[-1].score for r in counted]
         paper = None if ann else PAPER.get(preset, (None, None))[1]
         table.append(
-            {
-                "preset": preset,
-                "dataset": cfg["dataset"],
-                "spec": cfg["spec"],
-                "T": None if ann else cfg["T"],
-                "variant": _variant(ann, output_surrogate, recipe),
-                "recipe": recipe,
-                "output_surrogate": output_surrogate or None,
-                "epochs": [len(r.rows) for r in counted],
-                "planned_epochs": cfg["epochs"],
-                "partial": [not r.complete for r in counted],
-                "seeds": [r.config["seed"] for r in counted],
-                "accs": accs,
-                "mean_acc": statistics.mean(accs),
-                "std_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "paper_acc": paper,
-                "reached_paper": [_first_reaching(r, paper) for r in counted] if paper is not None else None,
-                "unfinished": [
+            TableRow(
+                preset=preset,
+                dataset=cfg["dataset"],
+                spec=cfg["spec"],
+                T=None if ann else cfg["T"],
+                variant=_variant(ann, output_surrogate, recipe),
+                recipe=recipe,
+                output_surrogate=output_surrogate or None,
+                epochs=[len(r.rows) for r in counted],
+                planned_epochs=cfg["epochs"],
+                partial=[not r.complete for r in counted],
+                seeds=[r.config["seed"] for r in counted],
+                accs=accs,
+                mean_acc=statistics.mean(accs),
+                std_acc=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                paper_acc=paper,
+                reached_paper=[_first_reaching(r, paper) for r in counted] if paper is not None else None,
+                unfinished=[
                     {"seed": r.config["seed"], "epochs": len(r.rows), "test_acc": r.rows[-1].score}
                     for r in runs
                     if not r.complete and r not in counted
                 ],
-                "wall_seconds": statistics.mean(sum(row.epoch_seconds for row in r.rows) for r in counted),
+                wall_seconds=statistics.mean(sum(row.epoch_seconds for row in r.rows) for r in counted),
                 # median: robust to epochs slowed by other jobs on the machine
-                "seconds_per_epoch": statistics.median(row.epoch_seconds for r in runs for row in r.rows),
-                "silent_outputs": {r.config["seed"]: r.silent_outputs for r in counted if r.silent_outputs},
-                "machine": runs[0].summary.machine if runs[0].summary else None,
+                seconds_per_epoch=statistics.median(row.epoch_seconds for r in runs for row in r.rows),
+                silent_outputs={r.config["seed"]: r.silent_outputs for r in counted if r.silent_outputs},
+                machine=runs[0].summary.machine if runs[0].summary else None,
                 # True: some run read unverified files; None: not recorded (unfinished or older runs)
-                "data_unverified": _unverified([r.summary.unverified_data if r.summary else None for r in runs]),
-                "runs": [str(r.dir) for r in runs],
-                "curves": [[row.score for row in r.rows] for r in runs],
-                "curve_seeds": [r.config["seed"] for r in runs],
-            }
+                data_unverified=_unverified([r.summary.unverified_data if r.summary else None for r in runs]),
+                runs=[str(r.dir) for r in runs],
+                curves=[[row.score for row in r.rows] for r in runs],
+                curve_seeds=[r.config["seed"] for r in runs],
+            )
         )
     return table
 
@@ -131,21 +168,21 @@ def _unverified(files: list[list[str] | None]) -> bool | None:
     return False if all(f == [] for f in files) else None
 
 
-def _time_to_paper(row: dict) -> str:
+def _time_to_paper(row: TableRow) -> str:
     reached, missed, running = [], [], []
-    for seed, hit, epochs, partial in zip(row["seeds"], row["reached_paper"], row["epochs"], row["partial"]):
+    for seed, hit, epochs, partial in zip(row.seeds, row.reached_paper, row.epochs, row.partial):
         if hit is not None:
             reached.append(f"seed {seed} at epoch {hit['epoch']} ({hit['minutes']:.1f} min)")
         elif partial:
-            running.append(f"seed {seed} ({epochs}/{row['planned_epochs']} epochs)")
+            running.append(f"seed {seed} ({epochs}/{row.planned_epochs} epochs)")
         else:
             missed.append(str(seed))
-    text = f" The paper's {row['paper_acc']:.2f}% was reached by {', '.join(reached)} of training." if reached else ""
+    text = f" The paper's {row.paper_acc:.2f}% was reached by {', '.join(reached)} of training." if reached else ""
     text += f" Never reached by seed(s) {', '.join(missed)}." if missed else ""
     return text + (f" Not yet reached by {', '.join(running)}." if running else "")
 
 
-def _plot(row: dict, path: Path) -> bool:
+def _plot(row: TableRow, path: Path) -> bool:
     try:
         import matplotlib
 
@@ -154,15 +191,15 @@ def _plot(row: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for seed, curve in zip(row["curve_seeds"], row["curves"]):
+    for seed, curve in zip(row.curve_seeds, row.curves):
         ax.plot(range(1, len(curve) + 1), curve, label=f"seed {seed}", linewidth=1)
-    if row["paper_acc"] is not None:
-        ax.axhline(row["paper_acc"], color="black", linestyle="--", linewidth=1, label=f"paper {row['paper_acc']}%")
+    if row.paper_acc is not None:
+        ax.axhline(row.paper_acc, color="black", linestyle="--", linewidth=1, label=f"paper {row.paper_acc}%")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    low = min(min(c) for c in row["curves"])
-    ax.set_ylim(max(low, (row["paper_acc"] or 100) - 10), 100)
-    ax.set_title(f"{row['preset']} {row['variant']} ({row['spec']}, T={row['T'] or '-'})")
+    low = min(min(c) for c in row.curves)
+    ax.set_ylim(max(low, (row.paper_acc or 100) - 10), 100)
+    ax.set_title(f"{row.preset} {row.variant} ({row.spec}, T={row.T or '-'})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -171,33 +208,28 @@ def _plot(row: dict, path: Path) -> bool:
     return True
 
 
-def _fmt(row: dict) -> str:
-    spread = f" ± {row['std_acc']:.2f}" if len(row["accs"]) > 1 else ""
-    partial = [
-        f"seed {s}: {e}/{row['planned_epochs']} epochs"
-        for s, e, p in zip(row["seeds"], row["epochs"], row["partial"])
-        if p
-    ]
+def _fmt(row: TableRow) -> str:
+    spread = f" ± {row.std_acc:.2f}" if len(row.accs) > 1 else ""
+    partial = [f"seed {s}: {e}/{row.planned_epochs} epochs" for s, e, p in zip(row.seeds, row.epochs, row.partial) if p]
     note = f" (**partial**: {'; '.join(partial)})" if partial else ""
     running = [
-        f"seed {u['seed']} at epoch {u['epochs']}/{row['planned_epochs']}: {u['test_acc']:.2f}%"
-        for u in row["unfinished"]
+        f"seed {u['seed']} at epoch {u['epochs']}/{row.planned_epochs}: {u['test_acc']:.2f}%" for u in row.unfinished
     ]
     note += f"; not counted, unfinished: {'; '.join(running)}" if running else ""
     silent = [
         f"seed {seed}: class(es) {', '.join(map(str, classes))} never predicted (silent output neuron)"
-        for seed, classes in row["silent_outputs"].items()
+        for seed, classes in row.silent_outputs.items()
     ]
     note += f"; {'; '.join(silent)}" if silent else ""
-    seeds = f" (by seed: {', '.join(f'{a:.2f}' for a in row['accs'])})" if len(row["accs"]) > 1 else ""
-    return f"{row['mean_acc']:.2f}{spread}% over {len(row['accs'])} seed(s){seeds}{note}"
+    seeds = f" (by seed: {', '.join(f'{a:.2f}' for a in row.accs)})" if len(row.accs) > 1 else ""
+    return f"{row.mean_acc:.2f}{spread}% over {len(row.accs)} seed(s){seeds}{note}"
 
 
-def _overview(table: list[dict]) -> list[str]:
+def _overview(table: list[TableRow]) -> list[str]:
     """One line per paper table: the paper's figure and each variant's mean ± std (seeds)."""
     if not table:
         return []
-    variants = sorted({row["variant"] for row in table}, key=lambda v: (v.startswith("ANN"), "fast" in v, v))
+    variants = sorted({row.variant for row in table}, key=lambda v: (v.startswith("ANN"), "fast" in v, v))
     lines = [
         "## Overview",
         "",
@@ -205,7 +237,7 @@ def _overview(table: list[dict]) -> list[str]:
         "|---" * (3 + len(variants)) + "|",
     ]
     for preset, (table_name, paper_acc) in PAPER.items():
-        rows = {row["variant"]: row for row in table if row["preset"] == preset}
+        rows = {row.variant: row for row in table if row.preset == preset}
         if not rows:
             continue
         cells = []
@@ -214,19 +246,15 @@ def _overview(table: list[dict]) -> list[str]:
             if row is None:
                 cells.append("-")
                 continue
-            seeds = len(row["accs"])
+            seeds = len(row.accs)
             accuracy = (
-                f"{row['mean_acc']:.2f} ± {row['std_acc']:.2f}% ({seeds} seeds)"
+                f"{row.mean_acc:.2f} ± {row.std_acc:.2f}% ({seeds} seeds)"
                 if seeds > 1
-                else f"{row['mean_acc']:.2f}% (1 seed)"
+                else f"{row.mean_acc:.2f}% (1 seed)"
             )
-            partial = (
-                f", **partial**: {min(row['epochs'])}/{row['planned_epochs']} epochs" if any(row["partial"]) else ""
-            )
+            partial = f", **partial**: {min(row.epochs)}/{row.planned_epochs} epochs" if any(row.partial) else ""
             silent = (
-                f", silent outputs in seed(s) {', '.join(map(str, row['silent_outputs']))}"
-                if row["silent_outputs"]
-                else ""
+                f", silent outputs in seed(s) {', '.join(map(str, row.silent_outputs))}" if row.silent_outputs else ""
             )
             cells.append(accuracy + partial + silent)
         lines.append(f"| {table_name} | {preset} | {paper_acc:.2f}% | " + " | ".join(cells) + " |")
@@ -247,7 +275,7 @@ def build(results: Path = Path("results")) -> Path:
             f"{results / 'runs'} holds no runs (run directories with config.toml and metrics.jsonl, "
             "as runs/PRESET/seedN); no report written"
         )
-    public = [{k: v for k, v in row.items() if k not in ("curves", "curve_seeds", "runs")} for row in table]
+    public = [row.to_json() for row in table]
     (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
     lines = [
         "# mtsnn against the paper",
@@ -270,42 +298,42 @@ def build(results: Path = Path("results")) -> Path:
     for preset, (table_name, paper_acc) in PAPER.items():
         spec, steps = PRESETS[preset].spec, PRESETS[preset].T
         rows = sorted(
-            (row for row in table if row["preset"] == preset),
-            key=lambda row: (row["variant"].startswith("ANN"), row["recipe"] == "fast"),
+            (row for row in table if row.preset == preset),
+            key=lambda row: (row.variant.startswith("ANN"), row.recipe == "fast"),
         )
         if not rows:
             continue
         lines += [
-            f"## {table_name}: {preset} on {_dataset_label(rows[0]['dataset'], rows)}",
+            f"## {table_name}: {preset} on {_dataset_label(rows[0].dataset, rows)}",
             "",
             "| | network | T | epochs | accuracy | seconds per epoch (median) |",
             "|---|---|---|---|---|---|",
             f"| paper, Proposed Method | {spec} | {steps} | 200 | {paper_acc:.2f}% (5 runs) | (V100) |",
         ]
         for row in rows:
-            epochs = "/".join(sorted({str(e) for e in row["epochs"]}))
+            epochs = "/".join(sorted({str(e) for e in row.epochs}))
             lines.append(
-                f"| mtsnn {row['variant']} | {row['spec']} | {row['T'] or '-'} | {epochs} | {_fmt(row)} | "
-                f"{row['seconds_per_epoch']:.1f} |"
+                f"| mtsnn {row.variant} | {row.spec} | {row.T or '-'} | {epochs} | {_fmt(row)} | "
+                f"{row.seconds_per_epoch:.1f} |"
             )
         for row in rows:
-            if row["paper_acc"] is not None:
+            if row.paper_acc is not None:
                 lines += [
                     "",
-                    f"mtsnn {row['variant']}: {row['mean_acc'] - paper_acc:+.2f} points from the paper."
+                    f"mtsnn {row.variant}: {row.mean_acc - paper_acc:+.2f} points from the paper."
                     + _time_to_paper(row),
                 ]
         notes = results / "notes" / f"{preset}.md"
         if notes.exists():
             lines += ["", notes.read_text(encoding="utf-8").strip()]
         for row in rows:
-            suffix = f"-output-{row['output_surrogate']}" if row["output_surrogate"] else ""
-            suffix += "-fast" if row["recipe"] == "fast" else ""
-            name = f"curves-{preset}-{'ann' if row['T'] is None else 'snn'}{suffix}.png"
+            suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
+            suffix += "-fast" if row.recipe == "fast" else ""
+            name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
-                lines += ["", f"![{row['preset']} {row['variant']} learning curves]({name})"]
+                lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]
         lines.append("")
-    machine = next((row["machine"] for row in table if row["machine"]), None)
+    machine = next((row.machine for row in table if row.machine), None)
     if machine:
         lines += ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
     report = results / "REPORT.md"
