@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done
+from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn.experiments import cli
 from mtsnn.experiments.rundir import LOCK
@@ -156,6 +156,7 @@ def test_two_trainers_started_at_once_one_trains_and_one_is_refused(one_epoch, t
     OUTCOMES["resumed exactly"].append("first of two trainers started at once (ran as if alone)")
 
 
+@needs_fmnist
 def test_sigkill_at_random_moments_then_resume_reaches_the_uninterrupted_run(tmp_path):
     args = [
         "train",
