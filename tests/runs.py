@@ -13,6 +13,14 @@ import torch
 from mtsnn.checkpoint import load_checkpoint
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+# what a checkpoint of a stopped run holds beside its config (mtsnn.experiments.rundir.Progress)
+PROGRESS = {
+    "epoch": 2,
+    "batch": 0,
+    "wall_seconds": 1.0,
+    "param_groups": [{"lr": 0.005}],
+    "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0},
+}
 needs_fmnist = pytest.mark.skipif(
     not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"real Fashion-MNIST not found under {SHARED}"
 )

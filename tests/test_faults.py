@@ -134,7 +134,7 @@ def test_a_simulated_full_disk_is_said_and_the_checkpoint_kept(one_epoch, two_ep
     def full(path, *args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("mtsnn.experiments.train.save_checkpoint", full)
+    monkeypatch.setattr("mtsnn.experiments.rundir.save_checkpoint", full)
     code, out = resume(run_dir, capsys)
     assert code == 1 and "No space left on device. The last checkpoint" in out and "Traceback" not in out, out
     assert (run_dir / CHECKPOINT).read_bytes() == before

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from runs import SHARED
+from runs import PROGRESS, SHARED
 
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
@@ -128,7 +128,8 @@ def test_a_stopped_sweep_point_resumes_only_with_its_own_settings(tmp_path, caps
     point = point_dir(tmp_path, "fig9", 1)
     point.mkdir(parents=True)
     saved = preset("fmnist-mlp", T=1, s_max=1, lr=0.005)
-    save_checkpoint(point / "checkpoint.safetensors", {"a": torch.ones(1)}, {"config": dataclasses.asdict(saved)})
+    state = {"config": dataclasses.asdict(saved), **PROGRESS}
+    save_checkpoint(point / "checkpoint.safetensors", {"a": torch.ones(1)}, state)
     assert cli.main(["sweep", "fig9", *arguments, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "a resumed run keeps its settings" in error and change in error

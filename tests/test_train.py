@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from runs import SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
+from runs import PROGRESS, SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
@@ -519,9 +519,8 @@ def test_a_fresh_run_starts_over_a_run_killed_before_its_first_checkpoint(tmp_pa
 
 
 def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
-    save_checkpoint(
-        tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, {"config": dataclasses.asdict(preset("fmnist-mlp"))}
-    )  # batch_size 128, seed 0, lr 0.005
+    state = {"config": dataclasses.asdict(preset("fmnist-mlp")), **PROGRESS}  # batch_size 128, seed 0, lr 0.005
+    save_checkpoint(tmp_path / "checkpoint.safetensors", {"a": torch.ones(1)}, state)
     with pytest.raises(ValueError, match=r"batch_size=128 to 64, seed=0 to 3 was asked \(only epochs, device"):
         Run.resume(tmp_path, batch_size=64, seed=3, epochs=10, lr=0.005)  # the same lr is no change
 
@@ -529,15 +528,6 @@ def test_a_resumed_run_refuses_settings_that_would_change_its_batches(tmp_path):
 def test_cli_resume_refuses_a_preset_or_run_settings_it_would_ignore(tmp_path, capsys):
     assert cli.main(["train", "fmnist-mlp", "--resume", str(tmp_path), "--seeds", "0,1"]) == 2
     assert "takes no PRESET or --seeds" in capsys.readouterr().err
-
-
-PROGRESS = {
-    "epoch": 2,
-    "batch": 0,
-    "wall_seconds": 1.0,
-    "param_groups": [{"lr": 0.005}],
-    "acc": {"loss_sum": 0.0, "correct": 0, "total": 0, "seconds": 0.0},
-}
 
 
 @pytest.mark.parametrize(

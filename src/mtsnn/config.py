@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import BLOCK_GRAD_MODE, INITS
-from .models import POOLINGS, from_spec
+from .layers import BLOCK_GRAD_MODE, INIT, INITS
+from .models import POOLING, POOLINGS, from_spec
 from .neuron import GRAD_MODES, LIFParams
 from .surrogate import NAMES as SURROGATES
 
@@ -66,8 +66,8 @@ class TrainConfig:
     alpha_h: float = setting(LIFParams.alpha_h, "surrogate height alpha_h")
     alpha_w: float = setting(LIFParams.alpha_w, "surrogate width alpha_w")
     grad_mode: str = setting(BLOCK_GRAD_MODE, "how the gradient flows through time (mtsnn.neuron)", GRAD_MODES)
-    init: str = setting("paper", "weight initialisation", INITS)
-    pooling: str = setting("avg", "pooling of the P layers", POOLINGS)
+    init: str = setting(INIT, "weight initialisation", INITS)
+    pooling: str = setting(POOLING, "pooling of the P layers", POOLINGS)
     loss: str = setting(
         "mse", "eq. (6)'s squared error against desired counts per step, or cross-entropy on the summed counts", LOSSES
     )
@@ -277,13 +277,11 @@ def _is_device(name: str) -> bool:
 # epochs (results/probes/README.md). 28x28 CNNs: 2 pixels, CIFAR-10: 4, the usual choices
 # (not measured here).
 PRESETS: dict[str, TrainConfig] = {
-    "mnist-mlp": TrainConfig(preset="mnist-mlp", dataset="mnist", spec="784-800-10", lr=0.005, crop_padding=1),
-    "mnist-cnn": TrainConfig(preset="mnist-cnn", dataset="mnist", spec="15C5-P2-40C5-P2-300", lr=0.005, crop_padding=2),
-    "fmnist-mlp": TrainConfig(
-        preset="fmnist-mlp", dataset="fashion-mnist", spec="784-400-400-10", lr=0.005, crop_padding=1
-    ),
+    "mnist-mlp": TrainConfig(preset="mnist-mlp", dataset="mnist", spec="784-800-10", crop_padding=1),
+    "mnist-cnn": TrainConfig(preset="mnist-cnn", dataset="mnist", spec="15C5-P2-40C5-P2-300", crop_padding=2),
+    "fmnist-mlp": TrainConfig(preset="fmnist-mlp", dataset="fashion-mnist", spec="784-400-400-10", crop_padding=1),
     "fmnist-cnn": TrainConfig(
-        preset="fmnist-cnn", dataset="fashion-mnist", spec="32C5-P2-64C5-P2-1024", lr=0.005, crop_padding=2
+        preset="fmnist-cnn", dataset="fashion-mnist", spec="32C5-P2-64C5-P2-1024", crop_padding=2
     ),
     "cifar10-cnn": TrainConfig(
         preset="cifar10-cnn",

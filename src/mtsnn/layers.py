@@ -25,6 +25,7 @@ from torch import nn
 from .neuron import LIFParams, Rows, _LIFFunction, fused, lif_forward, paper_backward
 
 INITS = ("kaiming", "paper")
+INIT = "paper"  # eq. (17): it trained best (README)
 BLOCK_GRAD_MODE = "paper"  # a block's default: the paper's eqs. (7)-(13), which need the weight layer
 
 
@@ -149,7 +150,7 @@ class SpikingBlock(nn.Module):
         self.fan_in = fan_in
         self.reset_parameters()
 
-    def reset_parameters(self, init: str = "paper") -> None:
+    def reset_parameters(self, init: str = INIT) -> None:
         """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
         standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
         threshold. Biases start at 0."""

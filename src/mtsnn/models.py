@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
+from .layers import INIT, SpikingBlock, SpikingConv2d, SpikingLinear
 from .neuron import lif_step
 
 # pooling by name: (the function of spikes, the ANN twin's module)
 POOLS = {"avg": (F.avg_pool2d, nn.AvgPool2d), "max": (F.max_pool2d, nn.MaxPool2d)}
 POOLINGS = tuple(POOLS)
+POOLING = "avg"  # the default
 
 
 def pool_of(mode: str) -> tuple:
@@ -259,7 +260,7 @@ class TimePool2d(nn.Module):
     torch.Size([2, 8, 15, 14, 14])
     """
 
-    def __init__(self, size: int, mode: str = "avg"):
+    def __init__(self, size: int, mode: str = POOLING):
         super().__init__()
         self.pool = pool_of(mode)[0]
         self.size, self.mode = size, mode
@@ -384,7 +385,7 @@ def from_spec(
     num_classes: int = 10,
     *,
     ann: bool = False,
-    pooling: str = "avg",
+    pooling: str = POOLING,
     init: str | None = None,
     num_steps: int = 2,
     output_surrogate: str | None = None,
@@ -435,5 +436,5 @@ def from_spec(
     )
     network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
-        block.reset_parameters(init or "paper")
+        block.reset_parameters(init or INIT)
     return network

@@ -16,6 +16,7 @@ from .. import __version__
 from ..config import PRESETS, TrainConfig, dump_toml, load_toml, preset
 from .distributed import is_main_process
 from .rundir import SCORE_LABELS, Summary, score_name
+from .sweep import SWEEPS
 
 # Settings that are not command-line options of `train`.
 _INTERNAL = {"preset", "dataset", "spec"}
@@ -108,8 +109,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     exporter.add_argument("out", metavar="OUT", help="the file to write")
     presets = sub.add_parser("presets", help="list the presets and their settings")
-    sweep = sub.add_parser("sweep", help="train the points of a figure's sweep (fig6, fig7, fig8, fig9)")
-    sweep.add_argument("figure", choices=["fig6", "fig7", "fig8", "fig9"])
+    sweep = sub.add_parser("sweep", help=f"train the points of a figure's sweep ({', '.join(SWEEPS)})")
+    sweep.add_argument("figure", help=", ".join(SWEEPS))
     sweep.add_argument("--preset", default="fmnist-mlp", choices=sorted(PRESETS))
     sweep.add_argument("--out", default="results/figures/sweeps", help="where the run directories go")
     _add_setting_options(sweep)

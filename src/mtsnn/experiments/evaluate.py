@@ -12,12 +12,12 @@ import torch
 
 from .. import data as datasets
 from .. import zoo
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_tensors
+from ..checkpoint import atomic_write, save_tensors
 from ..config import TrainConfig, build_model, dump_toml, usable_device
 from ..energy import ann_operations, count_over_loader
 from ..integer import IntegerNetwork
 from .objective import evaluate
-from .rundir import CHECKPOINT, model_state, saved_config
+from .rundir import CHECKPOINT, read_weights
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
@@ -28,12 +28,10 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint (give a run directory or a .safetensors file)")
-    tensors, state = load_checkpoint(path)
-    cfg = saved_config(state, path).replace(device=device).validate()
+    weights, saved = read_weights(path)
+    cfg = saved.replace(device=device).validate()
     model = build_model(cfg)
-    model.load_state_dict(model_state(tensors))
+    model.load_state_dict(weights)
     return model.to(usable_device(device)), cfg
 
 

@@ -81,7 +81,7 @@ def fig1(out: Path) -> Path:
 def fig4(out: Path) -> Path:
     """The staircase s(v) and its true derivative, Dirac pulses at every threshold."""
     plt = _pyplot()
-    v_th, s_max = 10.0, 3
+    v_th, s_max = LIFParams.v_th, 3
     v = torch.linspace(-10, 50, 2401, dtype=torch.float64)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(v, spike_count(v, v_th, s_max), color="tab:blue", label=f"s = clip(floor(v / V_th), 0, {s_max})")
@@ -112,7 +112,7 @@ def fig5(out: Path) -> Path:
     v = torch.linspace(-5, 45, 5001, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, style in (("f1", "-"), ("f2", "--"), ("f3", ":")):
-        f = surrogate(name, alpha_h=1.0, alpha_w=1.0, v_th=10.0, s_max=3)
+        f = surrogate(name, alpha_h=1.0, alpha_w=1.0, v_th=LIFParams.v_th, s_max=3)
         ax.plot(v, f(v), style, label=f"{name} (eq. {13 + int(name[1])})")
     ax.set_xlabel("membrane potential v (mV)")
     ax.set_ylabel("approximate ds/dv")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, dump_toml, load_toml
 
 CONFIG = "config.toml"
@@ -246,7 +246,8 @@ def lock(run_dir: str | Path):
 @dataclass
 class Progress:
     """Where a run stands: what a checkpoint holds beside its tensors (:func:`state_tensors`).
-    A new field goes here, in :meth:`from_state`'s check, and nowhere else."""
+    A new field goes here and in :meth:`from_state`'s check; ``Run.save`` fills it and
+    ``Run.resume`` takes it back."""
 
     config: dict  # the run's settings (TrainConfig as a dict)
     epoch: int  # epochs finished
@@ -297,6 +298,40 @@ def saved_config(state: dict, path: Path) -> TrainConfig:
         raise CheckpointError(
             f"{path}: its saved config is not a valid mtsnn config ({type(e).__name__}: {e})"
         ) from None
+
+
+def write_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    """Save the run's checkpoint atomically; FloatingPointError naming the tensors, and nothing
+    written, if any holds a NaN or an infinity (a good checkpoint is never replaced by one that
+    cannot be resumed)."""
+    tensors = state_tensors(model, optimizer)
+    bad = non_finite(tensors)
+    if bad:
+        raise FloatingPointError(f"non-finite values (NaN or infinity) in {', '.join(bad[:5])}")
+    save_checkpoint(path, tensors, progress.to_state())
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig, Progress]:
+    """A stopped run's checkpoint: its tensors (for :func:`restore`), its config and its
+    progress; CheckpointError naming ``path`` if it is missing, damaged, incomplete, or holds
+    non-finite values."""
+    tensors, state = load_checkpoint(path)
+    cfg, progress = saved_config(state, path), Progress.from_state(state, path)
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; it cannot be resumed"
+        )
+    return tensors, cfg, progress
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+    """The model's state dict and the config in a checkpoint (of a finished or stopped run);
+    CheckpointError naming ``path`` if it is missing or not an mtsnn checkpoint."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint (give a run directory or a .safetensors file)")
+    tensors, state = load_checkpoint(path)
+    return model_state(tensors), saved_config(state, path)
 
 
 def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import data as datasets
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError
 from ..config import TrainConfig, build_model, seconds, usable_device
 from ..models import calibrate
 from ..neuron import neuron_backend
@@ -42,14 +42,13 @@ from .rundir import (
     Progress,
     Summary,
     lock,
-    non_finite,
+    read_checkpoint,
     read_config,
     read_metrics,
     read_summary,
     restore,
-    saved_config,
     score_name,
-    state_tensors,
+    write_checkpoint,
     write_config,
     write_metrics,
     write_summary,
@@ -218,6 +217,7 @@ class Run:
         # host queues steps ahead of the device instead of waiting on each one
         self.sync_every = 1 if self.device.type == "cpu" else SYNC_EVERY
         self.lock = None  # the run directory's lock (rank 0), held until fit returns
+        self.first_batch = 0  # the batch the epoch under way started from (after a resume, not 0)
 
     @classmethod
     def start(cls, cfg: TrainConfig, run_dir: str | Path, log=print) -> Run:
@@ -236,9 +236,14 @@ class Run:
                 f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
                 "or choose another --run-dir"
             )
-        if found:
-            raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
-        run = cls(cfg, run_dir, log)
+        try:
+            if found:
+                raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
+            run = cls(cfg, run_dir, log)
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
         run.lock = held
         return run
 
@@ -247,11 +252,20 @@ class Run:
         """Reopen ``run_dir`` with its saved config; ``overrides`` may change the
         :data:`RESUMABLE_SETTINGS` (e.g. more ``epochs``, another ``device``) and repeat others."""
         path = Path(run_dir) / CHECKPOINT
-        if not path.exists():
+        if not path.exists():  # refused before the lock, which would create the folder
             raise CheckpointError(f"{path}: no such checkpoint (--resume takes the directory of a stopped run)")
         held = lock(run_dir) if is_main_process() else None
-        tensors, state = load_checkpoint(path)
-        saved = saved_config(state, path)
+        try:
+            return cls._resume(path, held, log, overrides)
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
+
+    @classmethod
+    def _resume(cls, path: Path, held, log, overrides: dict) -> Run:
+        run_dir = path.parent
+        tensors, saved, progress = read_checkpoint(path)
         cfg = saved.replace(**overrides)
         changed = [
             f"{name}={old!r} to {new!r}" for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)
@@ -261,16 +275,10 @@ class Run:
                 f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
                 f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them"
             )
-        progress = Progress.from_state(state, path)
         if cfg.epochs < progress.epoch + (progress.batch > 0):
             raise ValueError(
                 f"{run_dir} has trained {progress.epoch} epochs and {progress.batch} batches; "
                 f"epochs={cfg.epochs} would end it before that (a run cannot be shortened)"
-            )
-        bad = non_finite(tensors)
-        if bad:
-            raise CheckpointError(
-                f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}; it cannot be resumed"
             )
         run = cls(cfg, run_dir, log, fresh=False)
         run.lock = held
@@ -302,14 +310,12 @@ class Run:
                 planned=self.planned,
                 param_groups=self.optimizer.state_dict()["param_groups"],
             )
-            tensors = state_tensors(self.model, self.optimizer)
-            bad = non_finite(tensors)
-            if bad:  # never replace a good checkpoint with one that cannot be resumed
+            try:
+                write_checkpoint(path, self.model, self.optimizer, progress)
+            except FloatingPointError as e:
                 raise FloatingPointError(
-                    f"non-finite values (NaN or infinity) in {', '.join(bad[:5])} at epoch "
-                    f"{self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}"
-                )
-            save_checkpoint(path, tensors, progress.to_state())
+                    f"{e} at epoch {self.epoch + 1}, batch {self.batch}; not saved. {self.last_checkpoint()}"
+                ) from None
         self.procs.barrier()
         self.saved = (self.epoch, self.batch)
         return path
