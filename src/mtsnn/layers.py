@@ -227,16 +227,21 @@ class SpikingConv2d(SpikingBlock):
     """
 
     INPUT = ("in_channels", "H", "W")
+    synapse: ConvSynapse
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, **neuron):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1 for 'same' padding, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.padding = kernel_size // 2
-        self.synapse = ConvSynapse(self.padding)
+        self.synapse = ConvSynapse(kernel_size // 2)
         super().__init__(
             (out_channels, in_channels, kernel_size, kernel_size), in_channels * kernel_size * kernel_size, bias, neuron
         )
+
+    @property
+    def padding(self) -> int:
+        """The 'same' padding on each side, as the synapse applies it."""
+        return self.synapse.padding
 
     def extra_repr(self) -> str:
         return (

@@ -62,25 +62,43 @@ def _numbers(data: dict, names: tuple[str, ...]) -> list[str]:
     return [n for n in names if not isinstance(data.get(n), (int, float)) or isinstance(data.get(n), bool)]
 
 
-def _scored(cls, data, where: str, required: tuple[str, ...], numbers: tuple[str, ...]):
-    """``cls(**data)``, or ValueError naming ``where`` and what is wrong: not an object, a field
-    missing or unknown, a number that is not one, or not exactly one of ``test_acc`` and ``val_acc``."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: not a {cls.__name__} (not a JSON object)")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    problems = [f"unknown field {k!r}" for k in data if k not in fields]
-    problems += [f"no {k!r}" for k in required if k not in data]
-    given = [k for k in numbers if data.get(k) is not None]
-    problems += [f"{k!r} is not a number" for k in _numbers(data, tuple(given))]
-    if sum(data.get(k) is not None for k in SCORES) != 1:
-        problems.append("not exactly one of 'test_acc' and 'val_acc'")
-    if problems:
-        raise ValueError(f"{where}: not a {cls.__name__} ({'; '.join(problems)})")
-    return cls(**data)
+class _Scored:
+    """What :class:`MetricsRow` and :class:`Summary` share: one of ``test_acc`` and ``val_acc``
+    (:data:`SCORES`), JSON without the fields left None, and the check of what is read."""
+
+    REQUIRED: tuple[str, ...] = ()  # fields every file has
+    NUMBERS: tuple[str, ...] = ()  # fields that must be numbers where given
+    test_acc: float | None
+    val_acc: float | None
+
+    @property
+    def score(self) -> float | None:
+        """The accuracy the run measured: ``test_acc`` or ``val_acc``."""
+        return self.test_acc if self.test_acc is not None else self.val_acc
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data, where: str):
+        """``cls(**data)``, or ValueError naming ``where`` and what is wrong: not an object, a field
+        missing or unknown, a number that is not one, or not exactly one of ``test_acc`` and ``val_acc``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: not a {cls.__name__} (not a JSON object)")
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        problems = [f"unknown field {k!r}" for k in data if k not in fields]
+        problems += [f"no {k!r}" for k in cls.REQUIRED if k not in data]
+        given = [k for k in cls.NUMBERS if data.get(k) is not None]
+        problems += [f"{k!r} is not a number" for k in _numbers(data, tuple(given))]
+        if sum(data.get(k) is not None for k in SCORES) != 1:
+            problems.append("not exactly one of 'test_acc' and 'val_acc'")
+        if problems:
+            raise ValueError(f"{where}: not a {cls.__name__} ({'; '.join(problems)})")
+        return cls(**data)
 
 
 @dataclass
-class MetricsRow:
+class MetricsRow(_Scored):
     """One epoch of a run: a line of ``metrics.jsonl``. Accuracies are in %; a run scores either
     the test set (``test_acc``) or a validation split (``val_acc``), never both."""
 
@@ -94,26 +112,24 @@ class MetricsRow:
     test_acc: float | None = None
     val_acc: float | None = None
 
+    REQUIRED = ("epoch", "train_loss", "train_acc", "firing_rate", "epoch_seconds")
+    NUMBERS = ("train_loss", "train_acc", "epoch_seconds", "images_per_second", *SCORES)
+
     @property
     def score(self) -> float:
-        """The accuracy the run measured: ``test_acc`` or ``val_acc``."""
+        """The accuracy the run measured: ``test_acc`` or ``val_acc`` (a row always has one)."""
         return self.test_acc if self.test_acc is not None else self.val_acc  # type: ignore[return-value]
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_json(cls, data, where: str) -> MetricsRow:
         """The row ``data`` holds; ValueError naming ``where`` if it is not one."""
         if isinstance(data, dict) and type(data.get("epoch")) is not int:
             raise ValueError(f"{where}: not a MetricsRow (need an integer epoch)")
-        numbers = ("train_loss", "train_acc", "epoch_seconds", "images_per_second", *SCORES)
-        required = ("epoch", "train_loss", "train_acc", "firing_rate", "epoch_seconds")
-        return _scored(cls, data, where, required, numbers)
+        return super().from_json(data, where)
 
 
 @dataclass
-class Summary:
+class Summary(_Scored):
     """``summary.json``: how a run ended. Fields after ``wall_seconds`` are missing (None) in
     runs older than them, and the score on processes other than rank 0."""
 
@@ -127,17 +143,8 @@ class Summary:
     unverified_data: list[str] | None = None  # data files that no checksum vouched for
     peak_memory_mb: float | None = None
 
-    @property
-    def score(self) -> float | None:
-        return self.test_acc if self.test_acc is not None else self.val_acc
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data, where: str) -> Summary:
-        numbers = ("epochs", "wall_seconds", "peak_memory_mb", *SCORES)
-        return _scored(cls, data, where, ("preset", "epochs", "wall_seconds"), numbers)
+    REQUIRED = ("preset", "epochs", "wall_seconds")
+    NUMBERS = ("epochs", "wall_seconds", "peak_memory_mb", *SCORES)
 
 
 def read_metrics(run_dir: str | Path) -> list[MetricsRow]:

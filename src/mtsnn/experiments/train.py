@@ -162,12 +162,12 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
 def build_training(
     cfg: TrainConfig, device: torch.device, procs: Processes, calibration: torch.Tensor | None
 ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:
-    """``cfg``'s network seeded with ``cfg.seed`` (scaled on the ``calibration`` images when
-    ``cfg.calibrate`` > 0 and they are given: a fresh run), its optimizer, and what the training
+    """``cfg``'s network seeded with ``cfg.seed`` (scaled to ``cfg.calibrate`` on the ``calibration``
+    images when given: a fresh run whose :func:`load_data` took them), its optimizer, and what the training
     step calls: the network wrapped for DDP and compiled on request."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    if cfg.calibrate and calibration is not None:
+    if calibration is not None:
         calibrate(model, calibration, cfg.calibrate)
     optimizer = make_optimizer(model, cfg, device)
     trained = model
@@ -236,14 +236,10 @@ class Run:
                 f"{run_dir} holds a stopped run ({CHECKPOINT}); continue it with --resume {run_dir} "
                 "or choose another --run-dir"
             )
-        try:
+        with _released_on_error(held):
             if found:
                 raise ValueError(f"{run_dir} already holds a run ({', '.join(found)}); choose another --run-dir")
             run = cls(cfg, run_dir, log)
-        except BaseException:
-            if held is not None:
-                held.close()
-            raise
         run.lock = held
         return run
 
@@ -255,12 +251,8 @@ class Run:
         if not path.exists():  # refused before the lock, which would create the folder
             raise CheckpointError(f"{path}: no such checkpoint (--resume takes the directory of a stopped run)")
         held = lock(run_dir) if is_main_process() else None
-        try:
+        with _released_on_error(held):
             return cls._resume(path, held, log, overrides)
-        except BaseException:
-            if held is not None:
-                held.close()
-            raise
 
     @classmethod
     def _resume(cls, path: Path, held, log, overrides: dict) -> Run:
@@ -550,6 +542,18 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> Sum
     if (run_dir / CHECKPOINT).exists():
         return Run.resume(run_dir, log=log, **fixed, **resumable).fit()
     return Run.start(cfg, run_dir, log=log).fit()
+
+
+@contextlib.contextmanager
+def _released_on_error(held):
+    """Close the run directory's lock file ``held`` (None on other ranks) if the block raises:
+    a run that failed to start holds no lock."""
+    try:
+        yield
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
 
 
 def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
