@@ -3,6 +3,7 @@
     pip install -e .[bench]
     python benchmarks/bench_neuron.py [--quick] [--presets mnist-mlp,fmnist-mlp,mnist-cnn,fmnist-cnn]
     python benchmarks/bench_neuron.py --device cuda --neuron-only --out DIR   # on a GPU (gpu_cifar10.sh)
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_neuron.py --neuron-only --out benchmarks/hugepages
 
 Contestants run interleaved (A B C A B C ...) in one process; each figure is the median
 of --repeats runs after a warm-up. Workloads:
@@ -220,6 +221,8 @@ def machine(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "neuron_backend": neuron_backend(),
+        # PyTorch's CPU allocator asks for transparent huge pages for blocks of 2 MiB and more
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
 
@@ -300,7 +303,8 @@ def write_markdown(r: dict, out: Path) -> None:
         "",
         f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores, "
         f"torch {m['torch']} ({m['torch_threads']} threads), "
-        f"mtsnn neuron backend: {m['neuron_backend']}. Median of {r['repeats']} interleaved runs after a "
+        f"mtsnn neuron backend: {m['neuron_backend']}"
+        f"{', huge pages (THP_MEM_ALLOC_ENABLE=1)' if m.get('huge_pages') else ''}. Median of {r['repeats']} interleaved runs after a "
         "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
         "Compare figures within one run: on a shared machine absolute times drift between runs.",
         "",

@@ -257,7 +257,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "int8_test_acc" in report:
         print(
             f"  integer-only (int8 weights): test accuracy {report['int8_test_acc']:.2f}% "
-            f"({report['int8_test_acc'] - report['test_acc']:+.2f} points)"
+            f"({report['int8_test_acc'] - report['test_acc']:+.2f} points); "
+            f"same prediction as the float network on {report['int8_agreement']:.2f}% of the images"
         )
     for i, s in enumerate(report["spikes_per_neuron"]):
         print(f"  layer {i + 1}: {s:.4f} spikes per neuron per inference")

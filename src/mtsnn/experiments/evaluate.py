@@ -46,7 +46,7 @@ def evaluate_checkpoint(
     """Test accuracy, spikes per neuron per layer, parameters; with ``energy``, the
     operation counts and energy estimate of :mod:`mtsnn.energy` averaged over the test set
     (its first ``test_limit`` images if > 0); with ``int8``, also the accuracy of the
-    integer-only network (:mod:`mtsnn.integer`) on the same images."""
+    integer-only network (:mod:`mtsnn.integer`) on the same images and how often the two agree."""
     if test_limit < 0:
         raise ValueError(f"test_limit={test_limit} (need >= 0; 0 means the whole test set)")
     model, cfg = load_trained(path, device)
@@ -62,7 +62,7 @@ def evaluate_checkpoint(
     if int8:
         if cfg.ann:
             raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
-        extra["int8_test_acc"] = integer_accuracy(model, test_set)
+        extra["int8_test_acc"], extra["int8_agreement"] = integer_accuracy(model, loader, test_set)
     if str(path).startswith(zoo.PREFIX):  # what was measured when the weights were kept
         extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX) :])["test_acc"]
     return {
@@ -79,14 +79,20 @@ def evaluate_checkpoint(
     }
 
 
-def integer_accuracy(model: torch.nn.Module, test_set: datasets.Dataset) -> float:
-    """Accuracy (%) of ``model``'s :class:`~mtsnn.integer.IntegerNetwork` on ``test_set``'s raw pixels."""
+def integer_accuracy(model: torch.nn.Module, loader, test_set: datasets.Dataset) -> tuple[float, float]:
+    """(accuracy %, agreement %) of ``model``'s :class:`~mtsnn.integer.IntegerNetwork` on
+    ``test_set``'s raw pixels. Agreement: the share of images on which the integer network
+    and the float one (its ``loader`` batches, in the same order) predict the same class,
+    both by the most output spikes."""
+    with torch.no_grad():
+        floats = torch.cat([model(images).sum(0).argmax(1).cpu() for images, _ in loader.epoch(0)])
     integer = IntegerNetwork(model.cpu(), *datasets.NORMALISATION[test_set.name])
-    correct = 0
+    correct = agree = 0
     for begin in range(0, len(test_set), 1000):
-        counts = integer(test_set.images[begin : begin + 1000])
-        correct += (counts.sum(0).argmax(1) == test_set.labels[begin : begin + 1000]).sum().item()
-    return 100.0 * correct / len(test_set)
+        predicted = integer(test_set.images[begin : begin + 1000]).sum(0).argmax(1)
+        correct += (predicted == test_set.labels[begin : begin + 1000]).sum().item()
+        agree += (predicted == floats[begin : begin + 1000]).sum().item()
+    return 100.0 * correct / len(test_set), 100.0 * agree / len(test_set)
 
 
 def keep_weights(path: str | Path, out: str | Path, report: dict) -> dict:
