@@ -312,8 +312,12 @@ FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=60, flip=True)  # 0.001 beat 0.00
 # recipe): lr 0.01 beat 0.005 (mnist-cnn 99.08% against 98.62%, fmnist-cnn 87.80% against 85.38%);
 # arctan on the output layer did not help (99.12% at 0.01; 84.94% at 0.005), so f2 stays everywhere;
 # nor did horizontal flips for fmnist-cnn (87.38% against 87.80% without).
-FAST["mnist-cnn"].update(lr=0.01)
-FAST["fmnist-cnn"].update(lr=0.01)
+FAST["mnist-cnn"].update(lr=0.01)  # 0.02: 99.22%, within the ~0.15 of one-seed noise: not taken
+# fmnist-cnn under-fits at 0.01 (train 88.35% at epoch 10); 0.02 (88.94%), crop 1 (88.78%) and
+# cross-entropy (88.44%) each helped, and together reach 90.48%. Crop 0 scored 90.60% but with
+# a train-validation gap of 4.2 points at epoch 10 (crop 1 with CE: 2.6), and fmnist-mlp without
+# cropping over-fit over longer runs; 0.04 with crop 1 and CE fell back to 89.34%.
+FAST["fmnist-cnn"].update(lr=0.02, crop_padding=1, loss="ce")
 # mnist-cnn's ANN twin keeps the preset's 0.005: it beat 0.001 and 0.002 (99.46% against 99.26, 99.36%).
 # fmnist-cnn's twin: 0.002 (92.48%) beat 0.001 (92.08%) and 0.005 (92.40%).
 FAST_ANN["fmnist-cnn"].update(lr=0.002)
