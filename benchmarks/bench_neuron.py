@@ -304,8 +304,9 @@ def write_markdown(r: dict, out: Path) -> None:
         f"Machine: {m['cpu']}{', ' + m['gpu'] if m.get('gpu') else ''}, {m['cores']} cores, "
         f"torch {m['torch']} ({m['torch_threads']} threads), "
         f"mtsnn neuron backend: {m['neuron_backend']}"
-        f"{', huge pages (THP_MEM_ALLOC_ENABLE=1)' if m.get('huge_pages') else ''}. Median of {r['repeats']} interleaved runs after a "
-        "warm-up. Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
+        f"{', huge pages (THP_MEM_ALLOC_ENABLE=1)' if m.get('huge_pages') else ''}. "
+        f"Median of {r['repeats']} interleaved runs after a warm-up. "
+        "Regenerate with `python benchmarks/bench_neuron.py` (peers: `pip install -e .[bench]`). "
         "Compare figures within one run: on a shared machine absolute times drift between runs.",
         "",
     ]
