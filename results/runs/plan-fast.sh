@@ -2,7 +2,9 @@
 # The fast recipe's runs (issue 16): `--recipe fast`, trained on all 60,000 training images
 # and tested once, 3 seeds per preset, and the ANN twin with its own tuned settings
 # (FAST_ANN), each resumable: a run with a summary.json is done, one with a checkpoint
-# continues from it, others start. Run from the repository root, in the background:
+# continues from it, others start. Seed 0 of the SNN is kept as the shipped model
+# (models/PRESET) as soon as it finishes, on the machine that holds its checkpoint
+# (checkpoints are not committed). Run from the repository root, in the background:
 #   nohup bash results/runs/plan-fast.sh PRESET... > results/runs/plan-fast.log 2>&1 &
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
@@ -19,6 +21,10 @@ run() {  # run PRESET SEED [ann]
         ./run mtsnn train "$preset" --recipe fast --seed "$seed" --run-dir "$dir" "${options[@]}" >> "$dir/console.log" 2>&1
     fi
     tail -1 "$dir/console.log"
+    if [ "$seed" = 0 ] && [ -z "$variant" ] && [ -f "$dir/summary.json" ]; then
+        ./run mtsnn eval "$dir" --keep-weights "models/$preset" >> "$dir/console.log" 2>&1 \
+            || echo "  keeping the weights failed: see $dir/console.log"
+    fi
 }
 for preset in "$@"; do
     for seed in 0 1 2; do run "$preset" $seed; done

@@ -162,8 +162,8 @@ class SpikingNetwork(nn.Module):
     torch.Size([2, 8, 10])
     >>> net(torch.rand(5, 8, 1, 28, 28)).shape           # a sequence of 5 frames
     torch.Size([5, 8, 10])
-    >>> [type(block).__name__ for block in net.blocks()]
-    ['SpikingConv2d', 'SpikingConv2d', 'SpikingLinear', 'SpikingLinear']
+    >>> " ".join(type(block).__name__ for block in net.blocks())
+    'SpikingConv2d SpikingConv2d SpikingLinear SpikingLinear'
     """
 
     layers: nn.ModuleList
