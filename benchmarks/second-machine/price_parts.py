@@ -7,15 +7,17 @@ Median of 7 interleaved runs; one variant per process, so each compiles its own 
 """
 
 import math
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 import mtsnn.surrogate as surrogate
 from mtsnn.experiments.tuning import tune_process
 from mtsnn.neuron import LIFParams, bptt_backward, lif_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_neuron import interleaved  # noqa: E402
 
 
 def one_exponential(x, s_max, rho, k):  # _f2_window with r = exp(2 rho d) replaced by 1 + d
@@ -47,12 +49,5 @@ def relu():
 
 
 contestants = {"relu fwd+bwd": relu, "neuron fwd": lambda: forward(xf, p), "neuron bwd": lambda: backward(gf, xf, p)}
-for fn in contestants.values():
-    fn()
-times = {name: [] for name in contestants}
-for _ in range(7):
-    for name, fn in contestants.items():
-        start = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - start)
-print(variant, "  ".join(f"{name} {statistics.median(t):.4f} s" for name, t in times.items()))
+median = interleaved(contestants, (), 7)
+print(variant, "  ".join(f"{name} {seconds:.4f} s" for name, seconds in median.items()))
