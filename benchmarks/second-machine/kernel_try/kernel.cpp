@@ -21,7 +21,15 @@ static inline Vec fexp(const Vec& xv) {  // Cody-Waite reduction + degree-6 poly
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return Vec(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
-struct F2 { float vth_inv_dummy, vth, smax, alpha_h, rho, reach, log_floor; int k; float w[8]; };
+struct F2 { float vth, smax, alpha_h, rho, reach, log_floor; int k; float w[8]; };
+
+// One step of eqs. (4)-(5) for a vector of elements: returns s[t], updates u to u[t], writes v[t].
+static inline Vec lif_step(Vec& u, const float* x, float decay, float vth, float smax, Vec& v) {
+  v = u * Vec(decay) + Vec::loadu(x);
+  Vec s = at::vec::minimum(at::vec::maximum((v / Vec(vth)).floor(), Vec(0.f)), Vec(smax));
+  u = v - s * Vec(vth);
+  return s;
+}
 
 static inline Vec f2(const Vec& v, const F2& p) {
   Vec x = v / Vec(p.vth);
@@ -48,13 +56,12 @@ torch::Tensor bptt_detach_backward(torch::Tensor g, torch::Tensor x, double deca
                                    double alpha_h, double alpha_w, int64_t k) {
   const int64_t T = x.size(0), M = x.size(1);
   auto out = torch::empty_like(x);
-  F2 p{0.f, (float)vth, (float)smax, (float)alpha_h, (float)(vth * vth / alpha_w), 0.f, 0.f, (int)k, {0}};
+  F2 p{(float)vth, (float)smax, (float)alpha_h, (float)(vth * vth / alpha_w), 0.f, 0.f, (int)k, {0}};
   p.log_floor = 0.5f * std::log(std::numeric_limits<float>::min());
   p.reach = std::sqrt(-p.log_floor / p.rho);
   for (int j = 1; j <= k; ++j) p.w[j] = std::exp(-p.rho * j * j);
   const float* gp = g.data_ptr<float>(); const float* xp = x.data_ptr<float>(); float* op = out.data_ptr<float>();
   const int64_t W = Vec::size();
-  TORCH_CHECK(M % W == 0, "prototype: M must be a multiple of ", W);
   constexpr int U = 2;  // vectors in flight: independent chains for the out-of-order core
   TORCH_CHECK(M % (W * U) == 0, "prototype: M must be a multiple of ", W * U);
   at::parallel_for(0, M / (W * U), 64, [&](int64_t b, int64_t e) {
@@ -65,10 +72,7 @@ torch::Tensor bptt_detach_backward(torch::Tensor g, torch::Tensor x, double deca
       for (int q = 0; q < U; ++q) u[q] = Vec(0.f);
       for (int64_t t = 0; t < T; ++t) {
         for (int q = 0; q < U; ++q) {
-          Vec v = u[q] * Vec((float)decay) + Vec::loadu(xp + t * M + o + q * W);
-          Vec s = at::vec::minimum(at::vec::maximum((v / Vec(p.vth)).floor(), Vec(0.f)), Vec(p.smax));
-          u[q] = v - s * Vec(p.vth);
-          vs[t * U + q] = v;
+          lif_step(u[q], xp + t * M + o + q * W, (float)decay, p.vth, p.smax, vs[t * U + q]);
         }
       }
       Vec gu[U];
@@ -91,6 +95,7 @@ torch::Tensor lif_forward_k(torch::Tensor x, double decay, double vth, int64_t s
   const float* xp = x.data_ptr<float>(); float* op = out.data_ptr<float>();
   const int64_t W = Vec::size();
   constexpr int U = 4;
+  TORCH_CHECK(M % (W * U) == 0, "prototype: M must be a multiple of ", W * U);
   at::parallel_for(0, M / (W * U), 64, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t o = i * W * U;
@@ -98,10 +103,8 @@ torch::Tensor lif_forward_k(torch::Tensor x, double decay, double vth, int64_t s
       for (int q = 0; q < U; ++q) u[q] = Vec(0.f);
       for (int64_t t = 0; t < T; ++t) {
         for (int q = 0; q < U; ++q) {
-          Vec v = u[q] * Vec((float)decay) + Vec::loadu(xp + t * M + o + q * W);
-          Vec s = at::vec::minimum(at::vec::maximum((v / Vec((float)vth)).floor(), Vec(0.f)), Vec((float)smax));
-          u[q] = v - s * Vec((float)vth);
-          s.store(op + t * M + o + q * W);
+          Vec v;
+          lif_step(u[q], xp + t * M + o + q * W, (float)decay, (float)vth, (float)smax, v).store(op + t * M + o + q * W);
         }
       }
     }

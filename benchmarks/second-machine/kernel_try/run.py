@@ -1,7 +1,8 @@
 """A try at the T=32 goal: the neuron's forward and bptt-detach backward with f2 written by
 hand in C++ (kernel.cpp: at::vec, each element's 32 potentials kept in registers and a stack
-array, 2 vectors in flight, an inlined exponential), against the inductor kernels and ReLU,
-on [T=32, B=16, 65536]. Not part of the library: it did not beat inductor (results.txt).
+array, 2 vectors in flight in the backward and 4 in the forward, an inlined exponential),
+against the inductor kernels and ReLU, on [T=32, B=16, 65536]. Not part of the library: it
+did not beat inductor (results.txt).
 
     python benchmarks/second-machine/kernel_try/run.py      # needs g++ and ninja; AVX2 only
 """
