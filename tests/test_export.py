@@ -17,6 +17,7 @@ from mtsnn.config import preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.train import Run
 from mtsnn.export import RESET, S_MAX, ExportError, from_nir, from_sinabs, load_sinabs, run_sinabs, to_nir, to_sinabs
+from mtsnn.layers import SpikingBlock
 
 sinabs = pytest.importorskip("sinabs")
 nir = pytest.importorskip("nir")
@@ -60,18 +61,37 @@ def test_a_shipped_mlp_and_its_sinabs_twin_give_identical_counts_on_the_whole_te
     assert ours.max() > 1  # multi-threshold: counts above one spike per step do occur
 
 
+def sinabs_layer_counts(model, images):
+    """The spike counts ``[T, B, ...]`` of every neuron layer of a Sinabs twin, input to output."""
+    counts = []
+    hooks = [m.register_forward_hook(lambda m, i, out: counts.append(out)) for m in model if hasattr(m, "spike_fn")]
+    try:
+        run_sinabs(model, images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [c.unflatten(0, (images.shape[0], -1)).transpose(0, 1) for c in counts]
+
+
 @needs_mnist
-def test_a_trained_cnn_and_its_sinabs_twin_agree_on_all_but_rounding_ties_over_the_whole_test_set(trained_cnn):
+def test_a_trained_cnn_and_its_sinabs_twin_give_identical_counts_in_every_layer_over_the_whole_test_set(
+    trained_cnn,
+):
+    # Every layer, not only the output: a convolution summing in another order (the twin's
+    # weights once were copied into a layout other than mtsnn's channels-last) moved 1 of 235
+    # million first-layer counts and 4 in each layer after, and the output check alone passed.
     model = to_sinabs(trained_cnn)
-    ours, acc = counts_and_accuracy(trained_cnn, mnist_test())
-    theirs, acc_sinabs = counts_and_accuracy(lambda x: run_sinabs(model, x), mnist_test())
-    # Identical when run alone (0 of 200,000 counts differ, also with the eager neuron), but one
-    # full-suite run on 2026-12-02 failed an exact check here and its rerun passed; the cause
-    # was not found (the network is trained in the test, so a potential can sit within rounding
-    # of a threshold). A wrong conversion moves thousands of counts: up to 1 in 10,000 may differ.
-    differ = (ours != theirs).sum().item()
-    assert differ <= ours.numel() // 10_000, f"{differ} of {ours.numel()} counts differ"
-    assert abs(acc - acc_sinabs) <= 0.02 and acc > 50, (acc, acc_sinabs)
+    compared = correct = 0
+    with torch.no_grad():
+        for images, labels in mnist_test().epoch(0):
+            ours = [call.output for call in trained_cnn.trace(images) if isinstance(call.layer, SpikingBlock)]
+            theirs = sinabs_layer_counts(model, images)
+            assert len(ours) == len(theirs) == 4
+            for layer, (a, b) in enumerate(zip(ours, theirs)):
+                assert torch.equal(a, b), f"layer {layer}: {(a != b).sum().item()} of {a.numel()} counts differ"
+            compared += len(labels)
+            correct += (ours[-1].sum(0).argmax(1) == labels).sum().item()
+    assert compared == 10_000 and correct > 5_000  # the network has learned: a real test of its counts
     assert type(model[1]).__name__ == "LIFSqueeze" and model[1].spike_fn.max_num_spikes_per_bin == 15
 
 
