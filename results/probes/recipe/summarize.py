@@ -1,11 +1,15 @@
 """Print a Markdown table of the fast-recipe probes: validation accuracy of every run under
 results/probes/recipe/PRESET/NAME/, with the settings each changed from the screen's base
-(the preset, 30 epochs, one epoch of warm-up, cosine decay: what ``screen.sh`` started from).
+(the preset, 30 epochs, one epoch of warm-up, cosine decay: what ``screen.sh`` started from);
+then, for the settings run with more than one seed, the mean and sample standard deviation of
+their final validation accuracy.
 
     python results/probes/recipe/summarize.py [PRESET ...]
 """
 
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 from mtsnn.config import PRESETS
@@ -29,6 +33,7 @@ def main(presets):
         "| final train % | silent outputs at the end | minutes |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    seeded = defaultdict(list)
     for run in filter(None, map(read_run, sorted(p.parent for n in presets for p in (HERE / n).glob("*/config.toml")))):
         rows, cfg = run.rows, run.config
         best = max(rows, key=lambda r: r.score)
@@ -38,6 +43,15 @@ def main(presets):
             f"{best.score:.2f} ({best.epoch}) | {rows[-1].train_acc:.2f} | "
             f"{rows[-1].silent_outputs or '-'} | {sum(r.epoch_seconds for r in rows) / 60:.1f} |"
         )
+        if len(rows) == cfg["epochs"]:
+            seeded[cfg["preset"], changes(cfg)].append((cfg["seed"], run.dir.name, rows[-1].score))
+    print("\n| preset | settings changed from the base | seeds (runs) | final val %, mean ± std |")
+    print("|---|---|---|---|")
+    for (name, settings), runs in seeded.items():
+        if len({seed for seed, _, _ in runs}) > 1:
+            scores = [score for _, _, score in runs]
+            names = ", ".join(f"{seed} ({run})" for seed, run, _ in sorted(runs))
+            print(f"| {name} | {settings} | {names} | {statistics.mean(scores):.2f} ± {statistics.stdev(scores):.2f} |")
 
 
 if __name__ == "__main__":
