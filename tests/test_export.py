@@ -12,11 +12,22 @@ import torch
 from runs import SHARED
 
 from mtsnn import data, from_spec, pretrained, zoo
-from mtsnn.checkpoint import CheckpointError
+from mtsnn.checkpoint import CheckpointError, load_tensors, save_tensors
 from mtsnn.config import preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.train import Run
-from mtsnn.export import RESET, S_MAX, ExportError, from_nir, from_sinabs, load_sinabs, run_sinabs, to_nir, to_sinabs
+from mtsnn.export import (
+    RESET,
+    S_MAX,
+    ExportError,
+    from_nir,
+    from_sinabs,
+    load_sinabs,
+    run_sinabs,
+    save_sinabs,
+    to_nir,
+    to_sinabs,
+)
 from mtsnn.layers import SpikingBlock
 
 sinabs = pytest.importorskip("sinabs")
@@ -74,24 +85,28 @@ def sinabs_layer_counts(model, images):
 
 
 @needs_mnist
-def test_a_trained_cnn_and_its_sinabs_twin_give_identical_counts_in_every_layer_over_the_whole_test_set(
-    trained_cnn,
+def test_a_trained_cnn_and_its_sinabs_twin_saved_or_not_give_identical_counts_in_every_layer_over_the_test_set(
+    trained_cnn, tmp_path
 ):
     # Every layer, not only the output: a convolution summing in another order (the twin's
-    # weights once were copied into a layout other than mtsnn's channels-last) moved 1 of 235
-    # million first-layer counts and 4 in each layer after, and the output check alone passed.
-    model = to_sinabs(trained_cnn)
+    # weights once were copied, and once were loaded back from a file, into a layout other
+    # than mtsnn's channels-last) moved 1 of 235 million first-layer counts and 4 in each
+    # layer after, and the output check alone passed.
+    save_sinabs(trained_cnn, tmp_path / "twin.safetensors")
+    twins = {"to_sinabs": to_sinabs(trained_cnn), "load_sinabs": load_sinabs(tmp_path / "twin.safetensors")}
     compared = correct = 0
     with torch.no_grad():
         for images, labels in mnist_test().epoch(0):
             ours = [call.output for call in trained_cnn.trace(images) if isinstance(call.layer, SpikingBlock)]
-            theirs = sinabs_layer_counts(model, images)
-            assert len(ours) == len(theirs) == 4
-            for layer, (a, b) in enumerate(zip(ours, theirs)):
-                assert torch.equal(a, b), f"layer {layer}: {(a != b).sum().item()} of {a.numel()} counts differ"
+            for twin, model in twins.items():
+                theirs = sinabs_layer_counts(model, images)
+                assert len(ours) == len(theirs) == 4
+                for layer, (a, b) in enumerate(zip(ours, theirs)):
+                    assert torch.equal(a, b), f"{twin}, layer {layer}: {(a != b).sum().item()} of {a.numel()} differ"
             compared += len(labels)
             correct += (ours[-1].sum(0).argmax(1) == labels).sum().item()
     assert compared == 10_000 and correct > 5_000  # the network has learned: a real test of its counts
+    model = twins["load_sinabs"]
     assert type(model[1]).__name__ == "LIFSqueeze" and model[1].spike_fn.max_num_spikes_per_bin == 15
 
 
@@ -108,6 +123,23 @@ def test_an_integrate_and_fire_network_becomes_sinabs_iaf_and_comes_back_exactly
         back = from_sinabs(model)
         assert back.num_steps == 5 and torch.equal(back(images), expected)
         assert [b.params.s_max for b in back.blocks()] == [3] * 4 and back.blocks()[0].params.tau_m == math.inf
+
+
+def test_a_sinabs_file_without_its_layer_list_or_with_an_unknown_layout_or_stray_tensors_is_refused(tmp_path):
+    net = from_spec("4C3-P2-8", (1, 6, 6), 3)
+    path = tmp_path / "twin.safetensors"
+    save_sinabs(net, path)
+    tensors, metadata = load_tensors(path)
+    broken = {
+        "no layer list": (tensors, {k: v for k, v in metadata.items() if k != "sinabs_layers"}),
+        "unknown layout": (tensors, {**metadata, "memory_format": "channels_first"}),
+        "stray tensor": ({**tensors, "9.weight": torch.zeros(2)}, metadata),
+    }
+    messages = ["no sinabs_layers metadata", "unknown memory_format 'channels_first'", "do not fit its layer list"]
+    for (name, (t, m)), message in zip(broken.items(), messages):
+        save_tensors(tmp_path / f"{name}.safetensors", t, m)
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors: .*{message}"):
+            load_sinabs(tmp_path / f"{name}.safetensors")
 
 
 def test_sinabs_layers_mtsnn_cannot_represent_are_refused_by_name():

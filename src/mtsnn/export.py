@@ -247,13 +247,22 @@ def to_sinabs(net: SpikingNetwork, num_steps: int | None = None) -> nn.Sequentia
 
 
 def save_sinabs(net: SpikingNetwork, path, num_steps: int | None = None) -> None:
-    """Write ``net``'s Sinabs twin to ``path``: its parameters (safetensors, no pickle) and its
-    layer list (metadata ``sinabs_layers``); :func:`load_sinabs` rebuilds it."""
+    """Write ``net``'s Sinabs twin to ``path``: its parameters (safetensors, no pickle), its
+    layer list (metadata ``sinabs_layers``) and its convolutions' memory layout (metadata
+    ``memory_format``, which :func:`to_sinabs` keeps for identical counts); :func:`load_sinabs`
+    rebuilds it."""
     from .checkpoint import save_tensors
 
     steps = num_steps or net.num_steps
     model = to_sinabs(net, steps)
-    save_tensors(path, dict(model.named_parameters()), {"sinabs_layers": json.dumps(_sinabs_layers(net, steps))})
+    kernels = [m.weight for m in model if isinstance(m, nn.Conv2d)]
+    # By strides: with one input channel both layouts count as contiguous, yet they sum apart.
+    channels_last = bool(kernels) and all(w.stride() == _channels_last(w).stride() for w in kernels)
+    metadata = {
+        "sinabs_layers": json.dumps(_sinabs_layers(net, steps)),
+        "memory_format": "channels_last" if channels_last else "contiguous",
+    }
+    save_tensors(path, dict(model.named_parameters()), metadata)
 
 
 def load_sinabs(path) -> nn.Sequential:
@@ -263,7 +272,14 @@ def load_sinabs(path) -> nn.Sequential:
     tensors, metadata = load_tensors(path)
     if "sinabs_layers" not in metadata:
         raise CheckpointError(f"{path}: not a Sinabs model written by mtsnn (no sinabs_layers metadata)")
+    layout = metadata.get("memory_format", "contiguous")  # files written before it was kept
+    if layout not in ("contiguous", "channels_last"):
+        raise CheckpointError(f"{path}: unknown memory_format {layout!r} (contiguous or channels_last)")
     model = _sinabs_model(json.loads(metadata["sinabs_layers"]))
+    if layout == "channels_last":  # (model.to(memory_format=...) leaves a one-channel kernel as it is)
+        for m in model:
+            if isinstance(m, nn.Conv2d):
+                m.weight = nn.Parameter(_channels_last(m.weight))
     names = dict(model.named_parameters())
     if set(names) != set(tensors):
         raise CheckpointError(
@@ -273,6 +289,11 @@ def load_sinabs(path) -> nn.Sequential:
         for name, parameter in names.items():
             parameter.copy_(tensors[name])
     return model
+
+
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor like ``weight`` with channels-last strides, even for one channel."""
+    return torch.empty_like(weight, memory_format=torch.channels_last)
 
 
 def run_sinabs(model: nn.Sequential, images: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
