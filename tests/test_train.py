@@ -33,6 +33,20 @@ def test_eq6_loss_by_hand():
     assert loss_fn(out, torch.tensor([1]), cfg.replace(loss="ce")).item() == pytest.approx(ce.item())
 
 
+def test_label_smoothing_moves_a_share_of_the_cross_entropy_target_evenly_onto_every_class():
+    cfg = TrainConfig(loss="ce", label_smoothing=0.3)
+    out = torch.tensor([[[1.0, 4.0, 0.0]], [[0.0, 6.0, 2.0]]])  # summed counts [1, 10, 2], label 1
+    log_p = torch.tensor([1.0, 10.0, 2.0]) - math.log(math.exp(1.0) + math.exp(10.0) + math.exp(2.0))
+    target = torch.tensor([0.1, 0.8, 0.1])  # 0.3 spread over 3 classes, 0.7 more on the label
+    assert loss_fn(out, torch.tensor([1]), cfg).item() == pytest.approx(-(target * log_p).sum().item())
+    for bad, message in [
+        ({"label_smoothing": 1.0}, "label_smoothing=1.0 \\(need 0 <= label_smoothing < 1"),
+        ({"loss": "mse"}, "label_smoothing=0.3 with loss='mse'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cfg.replace(**bad).validate()
+
+
 def test_prediction_sums_time_and_breaks_ties_towards_the_lowest_class():
     out = torch.tensor([[[0.0, 2.0, 2.0], [0.0, 0.0, 0.0]], [[3.0, 1.0, 1.0], [0.0, 0.0, 0.0]]])
     assert predict(out, TrainConfig()).tolist() == [0, 0]  # sums [3,3,3] -> 0; silent -> 0

@@ -71,6 +71,11 @@ class TrainConfig:
     loss: str = setting(
         "mse", "eq. (6)'s squared error against desired counts per step, or cross-entropy on the summed counts", LOSSES
     )
+    label_smoothing: float = setting(
+        0.0,
+        "not in the paper: cross-entropy's label smoothing, the share of each target spread evenly over the "
+        "classes (loss=ce and the ANN twin)",
+    )
     target_true: float = setting(5.0, "desired spike count of the true class's output neuron per step")
     target_false: float = setting(0.0, "desired spike count of the other output neurons per step")
     output_floor: float = setting(
@@ -172,6 +177,14 @@ class TrainConfig:
             (
                 math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                 f"weight_decay={self.weight_decay} (need a finite value >= 0)",
+            ),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label_smoothing={self.label_smoothing} (need 0 <= label_smoothing < 1; 0 means off)",
+            ),
+            (
+                not (self.label_smoothing and self.loss == "mse" and not self.ann),
+                f"label_smoothing={self.label_smoothing} with loss='mse' (it smooths cross-entropy's targets)",
             ),
             (
                 math.isfinite(self.output_floor) and self.output_floor >= 0,

@@ -30,7 +30,8 @@ def sample_losses(
     SNN, ``loss="mse"``: eq. (6) summed over the steps, ``1/2 sum_t sum_i (y_i - s_i[t])^2``,
     with the desired count ``y`` = ``target_true`` for the label and ``target_false``
     for the others at every step. ``loss="ce"``: cross-entropy on the summed counts.
-    The ANN twin always uses cross-entropy on its logits.
+    The ANN twin always uses cross-entropy on its logits. Cross-entropy's targets put
+    ``cfg.label_smoothing / classes`` on every class and the rest on the label.
 
     ``cfg.output_floor`` > 0 adds, given the output layer's input ``current`` ``[T, B, classes]``
     (:class:`OutputCurrent`), ``output_floor * sum_t relu(V_th - I_y[t])`` for the true class
@@ -41,7 +42,8 @@ def sample_losses(
     """
     output = output.float()
     if cfg.ann or cfg.loss == "ce":
-        losses = F.cross_entropy(output if cfg.ann else output.sum(0), labels, reduction="none")
+        logits = output if cfg.ann else output.sum(0)
+        losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=cfg.label_smoothing)
     else:
         target = torch.full_like(output[0], cfg.target_false)
         target.scatter_(1, labels[:, None], cfg.target_true)
