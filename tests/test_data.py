@@ -395,6 +395,7 @@ def as_pixels(batch):
         ({"batch_size": 0}, "batch_size=0 (need >= 1)"),
         ({"seed": -1}, "seed=-1 (need >= 0)"),
         ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
+        ({"cutout": -1}, "cutout=-1 (need >= 0)"),
     ],
 )
 def test_loader_settings_out_of_range_are_named(setting, message):
@@ -434,6 +435,30 @@ def test_flips_mirror_about_half_of_the_crops():
     assert all(crop in CROPS or crop in MIRRORED for crop in seen)
     mirrored = sum(crop in MIRRORED and crop not in CROPS for crop in seen)
     assert 100 < mirrored < 250  # of 400; mirror-symmetric crops don't count
+
+
+def test_cutout_blacks_out_one_square_per_image_clipped_at_the_border_and_leaves_the_crops_as_they_were():
+    pixels = torch.randint(1, 256, (600, 1, 8, 8))  # no black pixel of their own
+
+    def pairs(crop_padding):  # (without, with) cut-outs, as pixels
+        make = partial(DeviceLoader, dataset_of(pixels), 100, train=True, crop_padding=crop_padding, flip=True)
+        for (before, _), (after, _) in zip(make(mean=(0.0,), std=(1.0,)), make(cutout=4, mean=(0.0,), std=(1.0,))):
+            yield as_pixels(before[:, 0]), as_pixels(after[:, 0])
+
+    for before, after in pairs(crop_padding=1):  # the same crops and flips, some pixels blacked out
+        changed = before != after
+        assert changed.any() and torch.equal(after[changed], torch.zeros_like(after[changed]))
+    sides = set()
+    for before, after in pairs(crop_padding=0):
+        for square in before != after:
+            rows, cols = square.any(1).nonzero()[:, 0], square.any(0).nonzero()[:, 0]
+            # a full rectangle: 4 x 4 centred on a pixel of the 8 x 8 image (rows c-2..c+1), clipped
+            assert square.sum() == len(rows) * len(cols)  # with the next line: a full rectangle
+            assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+            sides.add((len(rows), len(cols), rows[0].item() == 0, cols[0].item() == 0))
+    # centre row 0 leaves 2 rows, 1 leaves 3, 2-6 all 4, and 7 (rows 5-7) 3; every kind occurs
+    assert {(r, c) for r, c, _, _ in sides} == {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}
+    assert (4, 4, False, False) in sides and (2, 2, True, True) in sides
 
 
 def test_padding_is_black_before_normalisation():

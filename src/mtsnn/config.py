@@ -122,6 +122,9 @@ class TrainConfig:
     seed: int = setting(0, "random seed of initialisation, data order and augmentation")
     crop_padding: int = setting(4, "random-crop augmentation: pixels of padding (0: none)")
     flip: bool = setting(False, "random horizontal flips")
+    cutout: int = setting(
+        0, "not in the paper: Cutout augmentation, a black square of this side in pixels at a random place (0: none)"
+    )
     train_limit: int = setting(0, "train on the first N training images (0: all)")
     test_limit: int = setting(
         0,
@@ -206,6 +209,7 @@ class TrainConfig:
             (self.val_holdout >= 0, f"val_holdout={self.val_holdout} (need >= 0; 0 means none)"),
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
+            (self.cutout >= 0, f"cutout={self.cutout} (need >= 0; 0 means none)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),
             (

@@ -515,8 +515,10 @@ class DeviceLoader:
 
     Training (``train=True``): each epoch visits the examples in a fresh random order, and
     each image gets a random crop (zero-pad by ``crop_padding`` pixels, then cut back to its
-    size at an independent offset; 0 disables) and, with ``flip``, a random horizontal flip.
-    Padding is black raw pixels, as torchvision's RandomCrop(padding=...) before Normalize.
+    size at an independent offset; 0 disables), with ``flip`` a random horizontal flip, and
+    with ``cutout`` > 0 a black ``cutout`` x ``cutout`` square centred on a random pixel,
+    clipped at the border (Cutout, DeVries & Taylor 2017, arXiv:1708.04552). Padding and
+    cut-out pixels are black raw pixels, as torchvision's RandomCrop(padding=...) before Normalize.
     Test: examples in order, no augmentation. Every batch is then turned into float32
     ``(x / 255 - mean) / std`` with the data set's NORMALISATION unless ``mean``/``std`` given.
 
@@ -541,17 +543,23 @@ class DeviceLoader:
         seed: int = 0,
         crop_padding: int = 4,
         flip: bool = False,
+        cutout: int = 0,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         drop_last: bool = False,
     ):
-        for name, value, least in (("batch_size", batch_size, 1), ("seed", seed, 0), ("crop_padding", crop_padding, 0)):
+        for name, value, least in (
+            ("batch_size", batch_size, 1),
+            ("seed", seed, 0),
+            ("crop_padding", crop_padding, 0),
+            ("cutout", cutout, 0),
+        ):
             if value < least:
                 raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
         self.images = dataset.images.to(device)
         self.labels = dataset.labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.crop_padding, self.flip, self.drop_last = crop_padding, flip, drop_last
+        self.crop_padding, self.flip, self.cutout, self.drop_last = crop_padding, flip, cutout, drop_last
         if mean is None or std is None:
             mean, std = NORMALISATION[dataset.name]
         channels = (1, -1, 1, 1)
@@ -582,13 +590,15 @@ class DeviceLoader:
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             index = window if order is None else order[window]
             images, labels = self.images[index], self.labels[index]
-            if self.train and (self.crop_padding or self.flip):
+            if self.train and (self.crop_padding or self.flip or self.cutout):
                 images = self._augment(images, _generator(self.seed, epoch, 1, batch))
             yield images.float().div_(255).sub_(self.mean).div_(self.std), labels
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Crop and flip every image at once: gather each image's rows, then its columns,
-        from the padded batch at per-image offsets (columns reversed for flipped images)."""
+        from the padded batch at per-image offsets (columns reversed for flipped images);
+        then black out each image's cut-out square. The cut-outs draw their centres after the
+        crops and flips, so runs without them see the random numbers they always did."""
         n, channels, height, width = images.shape
         pad = self.crop_padding
         top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -601,4 +611,12 @@ class DeviceLoader:
         padded = F.pad(images, (pad, pad, pad, pad))
         rows = rows.to(images.device)[:, None, :, None].expand(n, channels, height, padded.shape[3])
         cols = cols.to(images.device)[:, None, None, :].expand(n, channels, height, width)
-        return padded.gather(2, rows).gather(3, cols)
+        images = padded.gather(2, rows).gather(3, cols)
+        if self.cutout:
+            top = torch.randint(0, height, (n, 1), generator=generator) - self.cutout // 2
+            left = torch.randint(0, width, (n, 1), generator=generator) - self.cutout // 2
+            inside_rows = (torch.arange(height) >= top) & (torch.arange(height) < top + self.cutout)  # n x height
+            inside_cols = (torch.arange(width) >= left) & (torch.arange(width) < left + self.cutout)  # n x width
+            square = (inside_rows[:, :, None] & inside_cols[:, None, :]).to(images.device)
+            images = images.masked_fill(square[:, None], 0)
+        return images

@@ -143,6 +143,7 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
         seed=cfg.seed,
         crop_padding=cfg.crop_padding,
         flip=cfg.flip,
+        cutout=cfg.cutout,
     )
     calibration = None
     if cfg.calibrate:  # the same first images on every process, so that all start alike
