@@ -323,10 +323,11 @@ FAST["mnist-mlp"].update(lr=0.01, epochs=60)
 FAST_ANN["mnist-mlp"].update(lr=0.001, epochs=60)  # 0.001 beat 0.0005, 0.002 and 0.005 (30 epochs)
 # fmnist-mlp: one seed a point could not separate its settings (~90-91% whatever changed); three
 # seeds a point (screen-mlp4, 60 epochs): lr 0.005 without flips 90.45 +- 0.10% beat lr 0.01 with
-# flips 90.23 +- 0.08% and lr 0.005 with flips 90.11 +- 0.14%. The ANN twin gets the same epochs
-# and augmentation.
-FAST["fmnist-mlp"].update(lr=0.005, epochs=60)
-FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=60)  # 0.001 beat 0.0005, 0.002, 0.005 (30 epochs)
+# flips 90.23 +- 0.08% and lr 0.005 with flips 90.11 +- 0.14%; then (screen-mlp5) 150 epochs
+# beat 60 by half a point, and label smoothing 0.1 fell behind. The ANN twin gets the same
+# epochs and augmentation.
+FAST["fmnist-mlp"].update(lr=0.005, epochs=150)
+FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=150)  # 0.001 beat 0.0005, 0.002, 0.005 (30 epochs)
 # CNNs, screened over 10 epochs (the budget, 30, for the final runs; crop 2 as in the paper
 # recipe): lr 0.01 beat 0.005 (mnist-cnn 99.08% against 98.62%, fmnist-cnn 87.80% against 85.38%);
 # arctan on the output layer did not help (99.12% at 0.01; 84.94% at 0.005), so f2 stays everywhere;
