@@ -92,8 +92,43 @@ def test_quantities_of_a_one_layer_network_by_hand():
     assert math.isclose(352 / 391, 0.9, abs_tol=2e-3)
 
 
+def test_bias_correction_leaves_no_mean_rounding_shift_on_its_calibration_images():
+    torch.manual_seed(0)
+    net = from_spec("16-8-4", (16,), 4, v_th=0.5, tau_m=10.0, s_max=15, num_steps=2)
+    images = torch.randint(0, 256, (64, 16), dtype=torch.uint8)
+    plain = IntegerNetwork(net, mean=(0.5,), std=(0.25,), input_shape=(16,))
+    corrected = IntegerNetwork(net, mean=(0.5,), std=(0.25,), input_shape=(16,), calibration=images)
+    first, second = corrected.layers
+    assert isinstance(first, IntegerBlock) and isinstance(second, IntegerBlock)
+    float_first, float_second = net.blocks()
+    # the first block's float potential input in units of its channel scale: (W x + b) / s, x normalised
+    x = (images.double() / 255 - 0.5) / 0.25
+    exact = (x @ float_first.weight.detach().double().T + float_first.bias.detach().double()) / first.scale
+    acc = first.accumulate(images.long())
+    plain_first = plain.layers[0]
+    assert isinstance(plain_first, IntegerBlock)
+    assert (acc + plain_first.bias - exact).mean(0).abs().max() > 5  # the shift the rounding leaves
+    assert (acc + first.bias - exact).mean(0).abs().max() <= 0.5 + 1e-9  # only the bias's own rounding
+    # the second block, over both steps, on the spikes the corrected first block gives it
+    potential, inputs = torch.zeros_like(acc), []
+    for _ in range(2):
+        spikes, potential = first.neuron(acc, potential)
+        inputs.append(spikes)
+    counts = torch.cat(inputs)
+    assert counts.sum() > 0
+    w, b = float_second.weight.detach().double(), float_second.bias.detach().double()
+    exact = (counts.double() @ w.T + b) / second.scale
+    assert (second.accumulate(counts) + second.bias - exact).mean(0).abs().max() <= 0.5 + 1e-9
+
+
+def test_calibration_refuses_normalised_images():
+    with pytest.raises(ValueError, match="raw uint8 images, got torch.float32"):
+        net = from_spec("4-3", (4,), 3)
+        IntegerNetwork(net, mean=(0.5,), std=(0.2,), input_shape=(4,), calibration=torch.rand(2, 4))
+
+
 @needs_data
-@pytest.mark.parametrize("name", ["mnist-mlp", "fmnist-mlp"])
+@pytest.mark.parametrize("name", ["mnist-mlp", "fmnist-mlp", "mnist-cnn", "fmnist-cnn"])
 def test_int8_accuracy_is_within_a_tenth_of_a_point_of_float_and_predictions_mostly_agree(name, capsys):
     assert cli.main(["eval", f"pretrained:{name}", "--int8", "--json", "--data-root", str(SHARED)]) == 0
     report = json.loads(capsys.readouterr().out)
