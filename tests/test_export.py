@@ -332,3 +332,25 @@ def test_every_snn_preset_but_cifar10_ships_a_model_that_loads_with_its_recorded
         kept = zoo.record(name)
         assert (cfg.preset, cfg.spec, cfg.T, kept["preset"]) == (name, kept["spec"], kept["T"], name)
         assert sum(p.numel() for p in net.parameters()) > 0 and not net.training
+
+
+def test_dropout_layers_are_left_out_of_every_export_and_of_the_integer_path(tmp_path):
+    from mtsnn.integer import IntegerNetwork
+
+    torch.manual_seed(0)
+    net = from_spec("8C3-P2-32", (1, 8, 8), 10, dropout=0.5).eval()
+    images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    normalised = (images.float() / 255 - 0.5) / 0.25
+    expected = net(normalised * 4)
+    assert expected.sum() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nir.write(tmp_path / "net.nir", to_nir(net, (1, 8, 8)))
+    again = from_nir(tmp_path / "net.nir")  # the same network, no dropout layer in it
+    assert "TimeDropout" not in [type(m).__name__ for m in again.layers]
+    assert torch.equal(again(normalised * 4), expected)
+    assert torch.equal(run_sinabs(to_sinabs(net), normalised * 4, net.num_steps), expected)
+    integer = IntegerNetwork(net, mean=(0.5,), std=(0.25,))
+    assert [type(layer).__name__ for layer in integer.layers] == [
+        "IntegerBlock", "IntegerPool", "IntegerFlatten", "IntegerBlock", "IntegerBlock"
+    ]  # fmt: skip

@@ -6,7 +6,7 @@ from torch import nn
 
 import mtsnn
 from mtsnn.layers import SpikingConv2d, SpikingLinear
-from mtsnn.models import TimePool2d, calibrate, from_spec
+from mtsnn.models import TimeDropout, TimePool2d, calibrate, from_spec
 
 # (spec, input shape, weight shapes in order, total parameters) -- totals summed by hand:
 # 784-800-10: 784*800+800 + 800*10+10 = 636010
@@ -248,3 +248,64 @@ def test_calibrate_refuses_a_block_that_gets_no_input():
     net = from_spec("784-100-10", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="block 0 gets no input"):
         calibrate(net, torch.zeros(4, 1, 28, 28), 1.0)
+
+
+def test_dropout_goes_before_every_dense_layer_that_takes_spikes_and_keeps_the_numbering_without_it():
+    kinds = [type(m).__name__ for m in from_spec("32C5-P2-64C5-P2-1024", (1, 28, 28), 10, dropout=0.3).layers]
+    assert kinds == [
+        "SpikingConv2d",
+        "TimePool2d",
+        "SpikingConv2d",
+        "TimePool2d",
+        "FlattenFeatures",
+        "TimeDropout",
+        "SpikingLinear",
+        "TimeDropout",
+        "SpikingLinear",
+    ]
+    mlp = from_spec("784-400-400-10", (1, 28, 28), 10, dropout=0.3)
+    assert [type(m).__name__ for m in mlp.layers] == [
+        "FlattenFeatures",  # never on the image itself
+        "SpikingLinear",
+        "TimeDropout",
+        "SpikingLinear",
+        "TimeDropout",
+        "SpikingLinear",
+    ]
+    twin = from_spec("784-400-400-10", (1, 28, 28), 10, ann=True, dropout=0.3)
+    assert [type(m).__name__ for m in twin] == [
+        "FlattenFeatures", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"
+    ]  # fmt: skip
+    # with 0 there is no layer at all, so checkpoints of networks without dropout still load
+    assert all("Dropout" not in type(m).__name__ for m in from_spec("784-400-400-10", (1, 28, 28), 10).layers)
+    with pytest.raises(ValueError, match=r"dropout=1\.0 \(need 0 <= dropout < 1"):
+        from_spec("784-10", (1, 28, 28), 10, dropout=1.0)
+
+
+def test_dropout_silences_a_neuron_for_all_steps_at_the_asked_rate_and_is_off_in_eval_and_step():
+    torch.manual_seed(0)
+    drop = TimeDropout(0.25).train()
+    counts = torch.randint(1, 16, (3, 64, 512)).float()  # [T, B, features], all > 0
+    out = drop(counts)
+    dropped = out == 0
+    assert torch.equal(dropped[0], dropped[1]) and torch.equal(dropped[0], dropped[2])
+    # 32,768 independent draws of p = 0.25: std 0.0024, so 0.01 is four of them
+    assert abs(dropped[0].float().mean().item() - 0.25) < 0.01
+    assert torch.allclose(out[~dropped], counts[~dropped] / 0.75)
+    assert torch.equal(drop.eval()(counts), counts)
+    # a trained network with dropout gives, in eval mode and step by step, what it gives without the layers
+    with_dropout = from_spec("784-400-400-10", (1, 28, 28), 10, dropout=0.5)
+    without = from_spec("784-400-400-10", (1, 28, 28), 10)
+    with torch.no_grad():
+        for mine, theirs in zip(without.blocks(), with_dropout.blocks()):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+    images = torch.rand(4, 1, 28, 28) * 3
+    expected = without(images)
+    assert expected.sum() > 0
+    assert torch.equal(with_dropout.eval()(images), expected)
+    state, steps = with_dropout.initial_state(4), []
+    for _ in range(2):
+        out_t, state = with_dropout.train().step(images, state)
+        steps.append(out_t)
+    assert torch.equal(torch.stack(steps), expected)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import SpikingBlock, SpikingLinear
-from .models import FlattenFeatures, SpikingNetwork, TimePool2d, from_spec
+from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d, from_spec
 
 E_ADD_PJ = 0.9
 E_MAC_PJ = 4.6
@@ -80,7 +80,7 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
             pooled_area = 1
         elif isinstance(layer, TimePool2d) and layer.mode == "avg":
             pooled_area *= layer.size * layer.size
-        elif not isinstance(layer, (TimePool2d, FlattenFeatures)):
+        elif not isinstance(layer, (TimePool2d, FlattenFeatures, TimeDropout)):
             raise TypeError(f"cannot count operations through {type(layer).__name__}")
     total = {
         key: sum(row[key] for row in layers)

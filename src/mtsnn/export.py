@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
-from .models import FlattenFeatures, SpikingNetwork, TimePool2d
+from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d
 
 S_MAX, RESET, NUM_STEPS = "mtsnn_s_max", "mtsnn_reset", "mtsnn_num_steps"  # NIR metadata keys
 _warned = False
@@ -81,6 +81,8 @@ def _walk(net: SpikingNetwork):
             "(the ANN twin has no neuron to export)"
         )
     for index, layer in enumerate(net.layers):
+        if isinstance(layer, TimeDropout):  # training only: nothing at inference
+            continue
         kind = {SpikingConv2d: "conv", SpikingLinear: "linear", TimePool2d: "pool", FlattenFeatures: "flatten"}.get(
             type(layer)
         )

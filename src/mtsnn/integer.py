@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import SpikingBlock, SpikingConv2d
-from .models import FlattenFeatures, SpikingNetwork, TimePool2d
+from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d
 
 LEAK_BITS = 16  # fractional bits of the leak multiplier
 WEIGHT_MAX = 127  # int8, symmetric
@@ -195,6 +195,8 @@ class IntegerNetwork:
                     factor = factor / layer.size**2  # sum pooling here, the 1/k^2 in the next weights
                 self.layers.append(IntegerPool(layer.size, layer.mode))
                 shape = (shape[0], shape[1] // layer.size, shape[2] // layer.size)
+            elif isinstance(layer, TimeDropout):  # training only: nothing at inference
+                continue
             elif isinstance(layer, FlattenFeatures):
                 self.layers.append(IntegerFlatten())
                 shape = (math.prod(shape),)

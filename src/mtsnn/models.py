@@ -247,7 +247,7 @@ class SpikingNetwork(nn.Module):
                 current = layer.synapse(x, layer.weight, layer.bias)
                 x, u = lif_step(current, next(potentials), layer.params)
                 after.append(u)
-            else:
+            elif not isinstance(layer, TimeDropout):  # dropout: training only
                 x = layer(x)
         return x, NetworkState(tuple(after))
 
@@ -270,6 +270,37 @@ class TimePool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.mode}, size={self.size}"
+
+
+class TimeDropout(nn.Module):
+    """Dropout of spikes ``[T, B, ...]`` with one mask per sample for all ``T`` steps: a dropped
+    neuron is silent for the whole input (as SpikingJelly's ``layer.Dropout`` in multi-step
+    mode), and a kept one's counts are scaled by ``1 / (1 - p)``. The identity in eval mode,
+    and in :meth:`SpikingNetwork.step`, which is for inference. Not in the paper (which used no
+    dropout); :func:`from_spec` puts one before every fully connected block that takes spikes.
+
+    >>> drop = TimeDropout(0.5).train()
+    >>> counts = drop(torch.ones(2, 4, 1000))               # [T, B, features]
+    >>> bool((counts[0] == counts[1]).all())                 # the same neurons at both steps
+    True
+    >>> sorted(counts.unique().tolist())                     # dropped, or kept and scaled
+    [0.0, 2.0]
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p={p} (need 0 <= p < 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty(x.shape[1:], dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        return x * (keep / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class _FlattenKeepingLayout(torch.autograd.Function):
@@ -354,8 +385,11 @@ def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> 
     return factors
 
 
-def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=None, make_output=None) -> list[nn.Module]:
-    """The modules of parsed ``layers``; ``make_output`` (default ``make_dense``) makes the last one."""
+def _build(
+    layers, input_shape, make_conv, make_dense, make_pool, activation=None, make_output=None, make_dropout=None
+) -> list[nn.Module]:
+    """The modules of parsed ``layers``; ``make_output`` (default ``make_dense``) makes the last one;
+    ``make_dropout``, if given, goes before every fully connected layer but one that takes the input."""
     modules: list[nn.Module] = []
     channels = input_shape[0]
     features = None if len(input_shape) == 3 else math.prod(input_shape)
@@ -371,6 +405,8 @@ def _build(layers, input_shape, make_conv, make_dense, make_pool, activation=Non
             if features is None:
                 modules.append(FlattenFeatures())
                 features = channels * height * width
+            if make_dropout is not None and index > 0:
+                modules.append(make_dropout())
             last = index == len(layers) - 1
             modules.append((make_output if last and make_output is not None else make_dense)(features, layer.width))
             features = layer.width
@@ -389,6 +425,7 @@ def from_spec(
     init: str | None = None,
     num_steps: int = 2,
     output_surrogate: str | None = None,
+    dropout: float = 0.0,
     **neuron,
 ) -> nn.Module:
     """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
@@ -405,8 +442,15 @@ def from_spec(
     f2, an output neuron whose potential fell a few widths below threshold for every input
     gets no gradient: its class is never predicted again. A curve with a heavy tail
     (``"arctan"``) keeps a gradient there, while hidden neurons keep the paper's curve.
+
+    ``dropout`` > 0 (not in the paper) puts a dropout layer before every fully connected
+    layer but one that reads the input itself: :class:`TimeDropout` in the SNN,
+    ``nn.Dropout`` in the ANN twin. With 0 there is none, and the layers are numbered as
+    without the option.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout={dropout} (need 0 <= dropout < 1; 0 means none)")
     _, ann_pool = pool_of(pooling)
     if ann:
         if neuron or output_surrogate is not None or init is not None:
@@ -423,6 +467,7 @@ def from_spec(
             nn.Linear,
             ann_pool,
             activation=nn.ReLU,
+            make_dropout=(lambda: nn.Dropout(dropout)) if dropout else None,
         )
         return nn.Sequential(*modules)
     output_neuron = neuron if output_surrogate is None else {**neuron, "surrogate": output_surrogate}
@@ -433,6 +478,7 @@ def from_spec(
         lambda i, o: SpikingLinear(i, o, **neuron),
         lambda size: TimePool2d(size, pooling),
         make_output=lambda i, o: SpikingLinear(i, o, **output_neuron),
+        make_dropout=(lambda: TimeDropout(dropout)) if dropout else None,
     )
     network = SpikingNetwork(nn.ModuleList(modules), num_steps, input_shape)
     for block in network.blocks():
