@@ -122,8 +122,8 @@ def test_bias_correction_leaves_no_mean_rounding_shift_on_its_calibration_images
 
 
 def test_calibration_refuses_normalised_images():
+    net = from_spec("4-3", (4,), 3)
     with pytest.raises(ValueError, match="raw uint8 images, got torch.float32"):
-        net = from_spec("4-3", (4,), 3)
         IntegerNetwork(net, mean=(0.5,), std=(0.2,), input_shape=(4,), calibration=torch.rand(2, 4))
 
 
