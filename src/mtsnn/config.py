@@ -76,6 +76,19 @@ class TrainConfig:
         "not in the paper: cross-entropy's label smoothing, the share of each target spread evenly over the "
         "classes (loss=ce and the ANN twin)",
     )
+    teacher: str = setting(
+        "",
+        "not in the paper: a trained run directory, checkpoint or pretrained:NAME on the same data and "
+        "split whose outputs the loss also matches (knowledge distillation; '' none)",
+    )
+    distill: float = setting(
+        0.0,
+        "not in the paper: the share of the loss, in (0, 1], given to matching --teacher's outputs "
+        "(mtsnn.experiments.objective.sample_losses; 0 with no teacher)",
+    )
+    distill_temperature: float = setting(
+        4.0, "not in the paper: the temperature that softens teacher and student outputs alike for --distill"
+    )
     target_true: float = setting(5.0, "desired spike count of the true class's output neuron per step")
     target_false: float = setting(0.0, "desired spike count of the other output neurons per step")
     output_floor: float = setting(
@@ -210,6 +223,16 @@ class TrainConfig:
             (
                 not (self.ann and self.readout != "counts"),
                 f"readout={self.readout!r} with ann=True (the ANN twin is read by its logits)",
+            ),
+            (
+                bool(self.teacher) == (self.distill > 0),
+                f"distill={self.distill} with teacher={self.teacher!r} (a teacher needs distill > 0, "
+                "and distill > 0 a teacher)",
+            ),
+            (0 <= self.distill <= 1, f"distill={self.distill} (need 0 <= distill <= 1; 0 means off)"),
+            (
+                math.isfinite(self.distill_temperature) and self.distill_temperature > 0,
+                f"distill_temperature={self.distill_temperature} (need a finite value > 0)",
             ),
             (self.val_holdout >= 0, f"val_holdout={self.val_holdout} (need >= 0; 0 means none)"),
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),

@@ -22,8 +22,17 @@ from ..neuron import LIFParams, lif_step
 from .distributed import is_main_process
 
 
+def logits(output: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """``[B, classes]``: the ANN twin's output as it is; an SNN's output spikes summed over time."""
+    return output.float() if cfg.ann else output.float().sum(0)
+
+
 def sample_losses(
-    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
+    output: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    current: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of each sample, ``[B]``.
 
@@ -32,6 +41,13 @@ def sample_losses(
     for the others at every step. ``loss="ce"``: cross-entropy on the summed counts.
     The ANN twin always uses cross-entropy on its logits. Cross-entropy's targets put
     ``cfg.label_smoothing / classes`` on every class and the rest on the label.
+
+    ``cfg.distill`` = ``a`` > 0 (knowledge distillation, Hinton et al. 2015), given the
+    teacher's ``teacher_logits`` ``[B, classes]``, mixes that loss with the teacher's: with
+    ``p = softmax(teacher / tau)``, ``q = softmax(student / tau)`` over the student's
+    :func:`logits`, ``tau = cfg.distill_temperature``, the loss becomes
+    ``(1 - a) loss + a tau^2 KL(p || q)``. The ``tau^2`` keeps the term's gradient on the
+    scale of the label's as ``tau`` changes.
 
     ``cfg.output_floor`` > 0 adds, given the output layer's input ``current`` ``[T, B, classes]``
     (:class:`OutputCurrent`), ``output_floor * sum_t relu(V_th - I_y[t])`` for the true class
@@ -42,12 +58,19 @@ def sample_losses(
     """
     output = output.float()
     if cfg.ann or cfg.loss == "ce":
-        logits = output if cfg.ann else output.sum(0)
-        losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=cfg.label_smoothing)
+        losses = F.cross_entropy(logits(output, cfg), labels, reduction="none", label_smoothing=cfg.label_smoothing)
     else:
         target = torch.full_like(output[0], cfg.target_false)
         target.scatter_(1, labels[:, None], cfg.target_true)
         losses = 0.5 * ((output - target) ** 2).sum((0, 2))
+    if cfg.distill:
+        if teacher_logits is None:
+            raise ValueError(f"distill={cfg.distill} needs the teacher's logits")
+        tau = cfg.distill_temperature
+        log_q = F.log_softmax(logits(output, cfg) / tau, 1)
+        log_p = F.log_softmax(teacher_logits.float() / tau, 1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(1)
+        losses = (1 - cfg.distill) * losses + cfg.distill * tau * tau * kl
     if cfg.output_floor and not cfg.ann:
         if current is None:
             raise ValueError(f"output_floor={cfg.output_floor} needs the output layer's current (see OutputCurrent)")
@@ -57,10 +80,14 @@ def sample_losses(
 
 
 def loss_fn(
-    output: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None = None
+    output: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    current: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over the batch of :func:`sample_losses`."""
-    return sample_losses(output, labels, cfg, current).mean()
+    return sample_losses(output, labels, cfg, current, teacher_logits).mean()
 
 
 class OutputCurrent:

@@ -31,7 +31,8 @@ from ..config import TrainConfig, build_model, seconds, usable_device
 from ..models import calibrate
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
-from .objective import OutputCurrent, evaluate, needs_output_current, predict, progress_bar, sample_losses
+from .evaluate import load_trained
+from .objective import OutputCurrent, evaluate, logits, needs_output_current, predict, progress_bar, sample_losses
 from .optimizer import FLUSH_EVERY, flush_subnormal_state, learning_rate, make_optimizer, plan_epochs
 from .rundir import (
     CHECKPOINT,
@@ -179,6 +180,28 @@ def build_training(
     return model, optimizer, trained
 
 
+def load_teacher(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, TrainConfig] | None:
+    """The model of ``cfg.teacher``, frozen and in eval mode, with its config; None without one.
+
+    ValueError naming the teacher if it learned another data set, or if the run holds out
+    images to score on (``val_holdout``) that the teacher may have trained on: it must have held
+    out the same ones (the choice depends on the count alone). A run scored on the test set may
+    take any teacher of its data set, since no run trains on test images.
+    """
+    if not cfg.teacher:
+        return None
+    model, taught = load_trained(cfg.teacher, str(device))
+    if taught.dataset != cfg.dataset:
+        raise ValueError(f"teacher {cfg.teacher} learned {taught.dataset}, not this run's {cfg.dataset}")
+    if cfg.val_holdout and taught.val_holdout != cfg.val_holdout:
+        raise ValueError(
+            f"teacher {cfg.teacher} held out {taught.val_holdout} training images, this run {cfg.val_holdout}: "
+            "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
+        )
+    model.eval().requires_grad_(False)
+    return model, taught
+
+
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
 # break the promise that it sees the batches and takes the steps of an uninterrupted run.
 RESUMABLE_SETTINGS = ("epochs", "device", "data_root", "compile", "amp", "deterministic")
@@ -206,6 +229,9 @@ class Run:
         self.model, self.optimizer, self.trained = build_training(
             cfg, self.device, self.procs, data.calibration if fresh else None
         )
+        self.teacher = load_teacher(cfg, self.device)
+        if self.teacher:
+            self.log(f"teacher: {cfg.teacher} ({'ANN twin' if self.teacher[1].ann else 'SNN'} {self.teacher[1].spec})")
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
         self.epoch, self.batch = 0, 0
@@ -390,7 +416,7 @@ class Run:
                 with autocast:
                     output = self.trained(images)
                     current = self.output_current.current() if self.output_current else None
-                losses = sample_losses(output, labels, cfg, current)
+                losses = sample_losses(output, labels, cfg, current, self._teacher_logits(images))
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 loss = losses.sum() * (procs.world / global_batch)
                 with torch.no_grad():  # summed on the device; read back every sync_every steps
@@ -432,6 +458,13 @@ class Run:
                     raise Interrupted(signum, self.save())
         self._read_back(sums)
         self._add_time(t0)
+
+    @torch.no_grad()
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        model, taught = self.teacher
+        return logits(model(images), taught)
 
     def _read_back(self, sums: torch.Tensor) -> None:
         """Add the device's running sums (loss, correct predictions, non-finite losses) to the

@@ -1,0 +1,93 @@
+"""Knowledge distillation (--teacher, --distill): the loss by hand, which teachers a run may
+take, and a student that learns what its teacher says rather than its labels."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from runs import PROGRESS, SHARED, needs_fmnist
+
+from mtsnn.checkpoint import save_checkpoint
+from mtsnn.config import TrainConfig, build_model, preset
+from mtsnn.experiments.objective import loss_fn
+from mtsnn.experiments.train import Run, load_teacher
+
+
+def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():
+    cfg = TrainConfig(loss="ce", teacher="t", distill=0.25, distill_temperature=2.0)
+    out = torch.tensor([[[1.0, 4.0, 0.0]], [[0.0, 6.0, 2.0]]])  # summed counts [1, 10, 2], label 1
+    teacher = [3.0, 5.0, 1.0]
+
+    def softmax(z, tau):
+        e = [math.exp(v / tau) for v in z]
+        return [v / sum(e) for v in e]
+
+    ce = -math.log(softmax([1.0, 10.0, 2.0], 1.0)[1])
+    p, q = softmax(teacher, 2.0), softmax([1.0, 10.0, 2.0], 2.0)
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = 0.75 * ce + 0.25 * 4.0 * kl
+    assert loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([teacher])).item() == pytest.approx(
+        expected
+    )
+    # a student that already says what the teacher says pays the label's share alone
+    same = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[1.0, 10.0, 2.0]]))
+    assert same.item() == pytest.approx(0.75 * ce, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"teacher": "run"}, "distill=0.0 with teacher='run'"),
+        ({"distill": 0.5}, "distill=0.5 with teacher=''"),
+        ({"teacher": "run", "distill": 1.5}, r"distill=1.5 \(need 0 <= distill <= 1"),
+        ({"teacher": "run", "distill": 0.5, "distill_temperature": 0.0}, "distill_temperature=0.0"),
+    ],
+)
+def test_distillation_settings_that_do_not_fit_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        preset("fmnist-mlp", **override)
+
+
+def save_teacher(path, **settings) -> TrainConfig:
+    """A checkpoint of an ANN twin 784-10 whose logits are 10 for class 7 and 0 for the
+    others, whatever the image."""
+    cfg = TrainConfig(spec="784-10", ann=True, **settings).validate()
+    path.mkdir(exist_ok=True)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            tensor.zero_()
+            if name.endswith("bias"):
+                tensor[7] = 10.0
+    tensors = {f"model/{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint(path / "checkpoint.safetensors", tensors, {"config": dataclasses.asdict(cfg), **PROGRESS})
+    return cfg
+
+
+def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_validation_images(tmp_path):
+    save_teacher(tmp_path, dataset="mnist", val_holdout=5000)
+    student = preset("mnist-mlp", teacher=str(tmp_path), distill=0.5)
+    with pytest.raises(ValueError, match=f"teacher {tmp_path} learned mnist, not this run's fashion-mnist"):
+        load_teacher(student.replace(dataset="fashion-mnist"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="held out 5000 training images, this run 1000: it may have learned"):
+        load_teacher(student.replace(val_holdout=1000), torch.device("cpu"))
+    for fitting in (student.replace(val_holdout=5000), student):  # the same held-out images; the test set
+        model, taught = load_teacher(fitting, torch.device("cpu"))
+        assert taught.ann and not model.training
+        assert not any(p.requires_grad for p in model.parameters())
+
+
+@needs_fmnist
+def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_labels(tmp_path):
+    save_teacher(tmp_path / "teacher", dataset="fashion-mnist", data_root=str(SHARED))
+    common = dict(train_limit=512, test_limit=500, epochs=3, data_root=str(SHARED), loss="ce", lr=0.01)
+    taught = Run.start(
+        preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=1.0, **common),
+        tmp_path / "student",
+        log=lambda *a: None,
+    ).fit()
+    labelled = Run.start(preset("fmnist-mlp", **common), tmp_path / "labelled", log=lambda *a: None).fit()
+    # the teacher always answers class 7, one tenth of the test images; labels teach far more
+    assert taught.test_acc == pytest.approx(10.0, abs=3.0)
+    assert labelled.test_acc > 50.0
