@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from runs import PROGRESS, SHARED, needs_fmnist
+from runs import PROGRESS, SHARED, assert_same_run, needs_fmnist
 
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
@@ -91,3 +91,22 @@ def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_
     # the teacher always answers class 7, one tenth of the test images; labels teach far more
     assert taught.test_acc == pytest.approx(10.0, abs=3.0)
     assert labelled.test_acc > 50.0
+
+
+@needs_fmnist
+def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    save_teacher(tmp_path / "teacher", dataset="fashion-mnist", data_root=str(SHARED))
+    cfg = preset(
+        "fmnist-mlp",
+        teacher=str(tmp_path / "teacher"),
+        distill=0.5,
+        train_limit=256,
+        test_limit=100,
+        epochs=2,
+        deterministic=True,
+        data_root=str(SHARED),
+    )
+    Run.start(cfg, tmp_path / "whole", log=lambda *a: None).fit()
+    Run.start(cfg.replace(epochs=1), tmp_path / "parts", log=lambda *a: None).fit()
+    Run.resume(tmp_path / "parts", log=lambda *a: None, epochs=2).fit()
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
