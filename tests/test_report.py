@@ -22,10 +22,12 @@ def make_run(
     preset_name="fmnist-mlp",
     unverified=None,
     recipe="paper",
+    teacher="",
 ):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
+    cfg = cfg.replace(teacher=teacher, distill=0.5 if teacher else 0.0).validate()
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [
@@ -158,3 +160,28 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     ):
         if importlib.util.find_spec("matplotlib"):
             assert f"({name})" in report and (tmp_path / name).exists()
+
+
+def test_distilled_runs_are_a_row_of_their_own_beside_the_same_recipe_without_a_teacher(tmp_path):
+    make_run(tmp_path, "fmnist-cnn-fast", 0, [91.0, 92.4], 2, preset_name="fmnist-cnn", recipe="fast")
+    for seed, acc in ((0, 93.1), (1, 93.3)):
+        teacher = f"runs/fmnist-cnn-fast-ann/seed{seed}"
+        make_run(
+            tmp_path,
+            "fmnist-cnn-fast-kd",
+            seed,
+            [92.0, acc],
+            2,
+            preset_name="fmnist-cnn",
+            recipe="fast",
+            teacher=teacher,
+        )
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(rows) == {"SNN, fast recipe", "SNN, fast recipe, distilled"}
+    assert rows["SNN, fast recipe, distilled"]["accs"] == [93.1, 93.3] and rows["SNN, fast recipe"]["accs"] == [92.4]
+    assert rows["SNN, fast recipe, distilled"]["distilled"] and not rows["SNN, fast recipe"]["distilled"]
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| mtsnn SNN, fast recipe, distilled | 32C5-P2-64C5-P2-1024 | 2 | 2 | 93.20 ± 0.14% over 2 seed(s)" in report
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled.png").exists()

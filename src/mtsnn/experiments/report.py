@@ -49,8 +49,9 @@ def _dataset_label(name: str, rows: list[TableRow]) -> str:
 
 @dataclass
 class TableRow:
-    """One row of the report: a preset's variant (SNN, ANN twin; recipe; output surrogate)
-    over its seeds. ``results/summary.json`` holds these rows, less the curves and run folders."""
+    """One row of the report: a preset's variant (SNN, ANN twin; recipe; output surrogate;
+    distilled from a teacher or not) over its seeds. ``results/summary.json`` holds these rows,
+    less the curves and run folders."""
 
     preset: str
     dataset: str
@@ -59,6 +60,7 @@ class TableRow:
     variant: str
     recipe: str
     output_surrogate: str | None
+    distilled: bool  # trained with --teacher
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -84,7 +86,7 @@ class TableRow:
 
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN, ANN twin), in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str], list[RunRecord]] = {}
+    groups: dict[tuple[str, bool, str, str, bool], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -94,10 +96,16 @@ def collect(runs_root: Path) -> list[TableRow]:
                     f"{run_dir} was scored on only {cfg['test_limit']} test images (test_limit); "
                     "a report needs the whole test set"
                 )
-            key = (cfg["preset"], bool(cfg["ann"]), cfg.get("output_surrogate", ""), cfg.get("recipe", "paper"))
+            key = (
+                cfg["preset"],
+                bool(cfg["ann"]),
+                cfg.get("output_surrogate", ""),
+                cfg.get("recipe", "paper"),
+                bool(cfg.get("teacher")),
+            )
             groups.setdefault(key, []).append(run)
     table = []
-    for (preset, ann, output_surrogate, recipe), runs in sorted(groups.items()):
+    for (preset, ann, output_surrogate, recipe, distilled), runs in sorted(groups.items()):
         cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r.complete] or runs
@@ -109,9 +117,10 @@ def collect(runs_root: Path) -> list[TableRow]:
                 dataset=cfg["dataset"],
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
-                variant=_variant(ann, output_surrogate, recipe),
+                variant=_variant(ann, output_surrogate, recipe, distilled),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
+                distilled=distilled,
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
@@ -141,13 +150,16 @@ def collect(runs_root: Path) -> list[TableRow]:
     return table
 
 
-def _variant(ann: bool, output_surrogate: str, recipe: str) -> str:
+def _variant(ann: bool, output_surrogate: str, recipe: str, distilled: bool) -> str:
     """A row's name: the paper's recipe gives "SNN" (and its ANN twin trained the same way),
-    the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split."""
+    the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split; runs
+    that learned from a teacher (--teacher) add ", distilled"."""
     if ann:
-        return "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
-    name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
-    return f"{name}, fast recipe" if recipe == "fast" else name
+        name = "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
+    else:
+        name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
+        name = f"{name}, fast recipe" if recipe == "fast" else name
+    return f"{name}, distilled" if distilled else name
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
@@ -286,11 +298,12 @@ def build(results: Path = Path("results")) -> Path:
         "means of 5 runs after 200 epochs on a V100. The ANN twin is the same network with ReLU "
         "and cross-entropy, trained with the SNN's settings (Table 1's Adam and learning rate, "
         "the same cropping), not tuned for an ANN. Rows marked *fast recipe* use mtsnn's own recipe "
-        "(`--recipe fast`: warm-up and cosine decay, the output floor, 60 epochs for the MLPs; README); "
+        "(`--recipe fast`: warm-up and cosine decay, the output floor, each preset's own rate and epochs; README); "
         "its settings, and the tuned ANN twin's own learning rate and schedule, were chosen on 5,000 "
         "training images held out for validation (`results/probes/recipe/`), and these runs, trained "
         "on all training images, are scored on the test set once per epoch like the others but were "
-        "not used to choose anything. Minutes to the paper's figure are the run's "
+        "not used to choose anything. Rows marked *distilled* also learned a teacher's outputs "
+        "(`--teacher`, `--distill`; each run's config names its teacher). Minutes to the paper's figure are the run's "
         "training time (evaluation excluded), including any slowdown from other jobs on the machine.",
         "",
     ]
@@ -299,7 +312,7 @@ def build(results: Path = Path("results")) -> Path:
         spec, steps = PRESETS[preset].spec, PRESETS[preset].T
         rows = sorted(
             (row for row in table if row.preset == preset),
-            key=lambda row: (row.variant.startswith("ANN"), row.recipe == "fast"),
+            key=lambda row: (row.variant.startswith("ANN"), row.recipe == "fast", row.distilled),
         )
         if not rows:
             continue
@@ -329,6 +342,7 @@ def build(results: Path = Path("results")) -> Path:
         for row in rows:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
+            suffix += "-distilled" if row.distilled else ""
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]
