@@ -2,6 +2,7 @@
 take, and a student that learns what its teacher says rather than its labels."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -49,19 +50,24 @@ def test_distillation_settings_that_do_not_fit_are_named(override, message):
         preset("fmnist-mlp", **override)
 
 
-def save_teacher(path, **settings) -> TrainConfig:
-    """A checkpoint of an ANN twin 784-10 whose logits are 10 for class 7 and 0 for the
-    others, whatever the image."""
+def save_teacher(path, always_seven=True, finished=True, **settings) -> TrainConfig:
+    """The run directory of an ANN twin 784-10: with ``always_seven``, logits 10 for class 7 and
+    0 for the others, whatever the image; otherwise random weights, whose answers depend on the
+    image. ``finished``: with the summary.json of a run that ended."""
     cfg = TrainConfig(spec="784-10", ann=True, **settings).validate()
     path.mkdir(exist_ok=True)
+    torch.manual_seed(1)
     model = build_model(cfg)
-    with torch.no_grad():
-        for name, tensor in model.named_parameters():
-            tensor.zero_()
-            if name.endswith("bias"):
-                tensor[7] = 10.0
+    if always_seven:
+        with torch.no_grad():
+            for name, tensor in model.named_parameters():
+                tensor.zero_()
+                if name.endswith("bias"):
+                    tensor[7] = 10.0
     tensors = {f"model/{k}": v.contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(path / "checkpoint.safetensors", tensors, {"config": dataclasses.asdict(cfg), **PROGRESS})
+    if finished:
+        (path / "summary.json").write_text(json.dumps({"preset": cfg.preset, "epochs": 2, "wall_seconds": 1.0}))
     return cfg
 
 
@@ -72,10 +78,19 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
         load_teacher(student.replace(dataset="fashion-mnist"), torch.device("cpu"))
     with pytest.raises(ValueError, match="held out 5000 training images, this run 1000: it may have learned"):
         load_teacher(student.replace(val_holdout=1000), torch.device("cpu"))
+    save_teacher(tmp_path / "all", dataset="mnist")  # trained on every training image
+    with pytest.raises(ValueError, match="held out 0 training images, this run 5000"):
+        load_teacher(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
     for fitting in (student.replace(val_holdout=5000), student):  # the same held-out images; the test set
         model, taught = load_teacher(fitting, torch.device("cpu"))
         assert taught.ann and not model.training
         assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_a_run_refuses_a_teacher_whose_run_has_not_finished(tmp_path):
+    save_teacher(tmp_path, finished=False, dataset="mnist")
+    with pytest.raises(ValueError, match=f"teacher {tmp_path} has not finished its run \\(no summary.json\\)"):
+        load_teacher(preset("mnist-mlp", teacher=str(tmp_path), distill=0.5), torch.device("cpu"))
 
 
 @needs_fmnist
@@ -95,7 +110,8 @@ def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_
 
 @needs_fmnist
 def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    save_teacher(tmp_path / "teacher", dataset="fashion-mnist", data_root=str(SHARED))
+    # a teacher whose answers depend on the image: a resumed run must show it the same images
+    save_teacher(tmp_path / "teacher", always_seven=False, dataset="fashion-mnist", data_root=str(SHARED))
     cfg = preset(
         "fmnist-mlp",
         teacher=str(tmp_path / "teacher"),

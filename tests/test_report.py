@@ -23,11 +23,12 @@ def make_run(
     unverified=None,
     recipe="paper",
     teacher="",
+    distill=0.5,
 ):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
-    cfg = cfg.replace(teacher=teacher, distill=0.5 if teacher else 0.0).validate()
+    cfg = cfg.replace(teacher=teacher, distill=distill if teacher else 0.0).validate()
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [
@@ -176,12 +177,25 @@ def test_distilled_runs_are_a_row_of_their_own_beside_the_same_recipe_without_a_
             recipe="fast",
             teacher=teacher,
         )
+    teacher = "runs/fmnist-cnn-fast-ann/seed0"
+    make_run(
+        tmp_path,
+        "fmnist-cnn-kd9",
+        0,
+        [92.0, 93.5],
+        2,
+        preset_name="fmnist-cnn",
+        recipe="fast",
+        teacher=teacher,
+        distill=0.9,
+    )
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    assert set(rows) == {"SNN, fast recipe", "SNN, fast recipe, distilled"}
-    assert rows["SNN, fast recipe, distilled"]["accs"] == [93.1, 93.3] and rows["SNN, fast recipe"]["accs"] == [92.4]
-    assert rows["SNN, fast recipe, distilled"]["distilled"] and not rows["SNN, fast recipe"]["distilled"]
+    distilled = "SNN, fast recipe, distilled 0.5, tau 4"
+    assert set(rows) == {"SNN, fast recipe", distilled, "SNN, fast recipe, distilled 0.9, tau 4"}
+    assert rows[distilled]["accs"] == [93.1, 93.3] and rows["SNN, fast recipe"]["accs"] == [92.4]
+    assert rows[distilled]["distill"] == 0.5 and rows["SNN, fast recipe"]["distill"] == 0.0
     report = (tmp_path / "REPORT.md").read_text()
-    assert "| mtsnn SNN, fast recipe, distilled | 32C5-P2-64C5-P2-1024 | 2 | 2 | 93.20 ± 0.14% over 2 seed(s)" in report
+    assert f"| mtsnn {distilled} | 32C5-P2-64C5-P2-1024 | 2 | 2 | 93.20 ± 0.14% over 2 seed(s)" in report
     if importlib.util.find_spec("matplotlib"):
-        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled.png").exists()
+        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled0.5.png").exists()

@@ -224,12 +224,12 @@ class TrainConfig:
                 not (self.ann and self.readout != "counts"),
                 f"readout={self.readout!r} with ann=True (the ANN twin is read by its logits)",
             ),
+            (0 <= self.distill <= 1, f"distill={self.distill} (need 0 <= distill <= 1; 0 means off)"),
             (
                 bool(self.teacher) == (self.distill > 0),
                 f"distill={self.distill} with teacher={self.teacher!r} (a teacher needs distill > 0, "
                 "and distill > 0 a teacher)",
             ),
-            (0 <= self.distill <= 1, f"distill={self.distill} (need 0 <= distill <= 1; 0 means off)"),
             (
                 math.isfinite(self.distill_temperature) and self.distill_temperature > 0,
                 f"distill_temperature={self.distill_temperature} (need a finite value > 0)",

@@ -7,7 +7,8 @@ configured epochs is reported as partial, with the epochs it has. A run whose ou
 neurons for some classes never fired on the test set (``silent_outputs`` in its last
 metrics row, or in an ``eval.json`` written by ``mtsnn eval --json`` for runs logged
 before that field existed) is named, with those classes. Runs are grouped by preset, SNN or
-ANN twin, and the SNN's ``output_surrogate``, read from each ``config.toml``.
+ANN twin, the SNN's ``output_surrogate``, the recipe, and the share and temperature of
+distillation from a teacher, read from each ``config.toml``.
 
 What was tried where we fall short is written by hand, once per preset, in
 ``results/notes/<preset>.md``; the report places it under that preset's table.
@@ -21,7 +22,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PRESETS
+from ..config import PRESETS, TrainConfig
 from .rundir import RunRecord, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
@@ -60,7 +61,7 @@ class TableRow:
     variant: str
     recipe: str
     output_surrogate: str | None
-    distilled: bool  # trained with --teacher
+    distill: float  # the share of the loss given to a teacher's outputs (--distill; 0: none)
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -85,8 +86,9 @@ class TableRow:
 
 
 def collect(runs_root: Path) -> list[TableRow]:
-    """One row per preset x variant (SNN, ANN twin), in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str, bool], list[RunRecord]] = {}
+    """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
+    in the keys of results/summary.json."""
+    groups: dict[tuple[str, bool, str, str, float, float], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -101,11 +103,12 @@ def collect(runs_root: Path) -> list[TableRow]:
                 bool(cfg["ann"]),
                 cfg.get("output_surrogate", ""),
                 cfg.get("recipe", "paper"),
-                bool(cfg.get("teacher")),
+                cfg.get("distill", 0.0),
+                cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
             )
             groups.setdefault(key, []).append(run)
     table = []
-    for (preset, ann, output_surrogate, recipe, distilled), runs in sorted(groups.items()):
+    for (preset, ann, output_surrogate, recipe, distill, temperature), runs in sorted(groups.items()):
         cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r.complete] or runs
@@ -117,10 +120,10 @@ def collect(runs_root: Path) -> list[TableRow]:
                 dataset=cfg["dataset"],
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
-                variant=_variant(ann, output_surrogate, recipe, distilled),
+                variant=_variant(ann, output_surrogate, recipe, distill, temperature),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
-                distilled=distilled,
+                distill=distill,
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
@@ -150,16 +153,16 @@ def collect(runs_root: Path) -> list[TableRow]:
     return table
 
 
-def _variant(ann: bool, output_surrogate: str, recipe: str, distilled: bool) -> str:
+def _variant(ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float) -> str:
     """A row's name: the paper's recipe gives "SNN" (and its ANN twin trained the same way),
     the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split; runs
-    that learned from a teacher (--teacher) add ", distilled"."""
+    that learned from a teacher add its share and temperature (", distilled 0.9, tau 4")."""
     if ann:
         name = "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
     else:
         name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
         name = f"{name}, fast recipe" if recipe == "fast" else name
-    return f"{name}, distilled" if distilled else name
+    return f"{name}, distilled {distill:g}, tau {temperature:g}" if distill else name
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
@@ -303,7 +306,8 @@ def build(results: Path = Path("results")) -> Path:
         "training images held out for validation (`results/probes/recipe/`), and these runs, trained "
         "on all training images, are scored on the test set once per epoch like the others but were "
         "not used to choose anything. Rows marked *distilled* also learned a teacher's outputs "
-        "(`--teacher`, `--distill`; each run's config names its teacher). Minutes to the paper's figure are the run's "
+        "(`--teacher`, `--distill`; each run's config names its teacher), and their minutes leave out "
+        "the teacher's training. Minutes to the paper's figure are the run's "
         "training time (evaluation excluded), including any slowdown from other jobs on the machine.",
         "",
     ]
@@ -312,7 +316,7 @@ def build(results: Path = Path("results")) -> Path:
         spec, steps = PRESETS[preset].spec, PRESETS[preset].T
         rows = sorted(
             (row for row in table if row.preset == preset),
-            key=lambda row: (row.variant.startswith("ANN"), row.recipe == "fast", row.distilled),
+            key=lambda row: (row.variant.startswith("ANN"), row.recipe == "fast", row.distill),
         )
         if not rows:
             continue
@@ -342,7 +346,7 @@ def build(results: Path = Path("results")) -> Path:
         for row in rows:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
-            suffix += "-distilled" if row.distilled else ""
+            suffix += f"-distilled{row.distill:g}" if row.distill else ""
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]

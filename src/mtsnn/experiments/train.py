@@ -183,13 +183,17 @@ def build_training(
 def load_teacher(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, TrainConfig] | None:
     """The model of ``cfg.teacher``, frozen and in eval mode, with its config; None without one.
 
-    ValueError naming the teacher if it learned another data set, or if the run holds out
-    images to score on (``val_holdout``) that the teacher may have trained on: it must have held
-    out the same ones (the choice depends on the count alone). A run scored on the test set may
-    take any teacher of its data set, since no run trains on test images.
+    ValueError naming the teacher if it is a run directory whose run has not finished (its
+    checkpoint would be a half-trained teacher, and another once the run goes on), if it learned
+    another data set, or if the run holds out images to score on (``val_holdout``) that the
+    teacher may have trained on: it must have held out the same ones (the choice depends on the
+    count alone). A run scored on the test set may take any teacher of its data set, since no run
+    trains on test images.
     """
     if not cfg.teacher:
         return None
+    if Path(cfg.teacher).is_dir() and not (Path(cfg.teacher) / SUMMARY).exists():
+        raise ValueError(f"teacher {cfg.teacher} has not finished its run (no {SUMMARY}): finish it first")
     model, taught = load_trained(cfg.teacher, str(device))
     if taught.dataset != cfg.dataset:
         raise ValueError(f"teacher {cfg.teacher} learned {taught.dataset}, not this run's {cfg.dataset}")
