@@ -235,7 +235,10 @@ class Run:
         )
         self.teacher = load_teacher(cfg, self.device)
         if self.teacher:
-            self.log(f"teacher: {cfg.teacher} ({'ANN twin' if self.teacher[1].ann else 'SNN'} {self.teacher[1].spec})")
+            kind = "ANN twin" if self.teacher[1].ann else "SNN"
+            file = Path(cfg.teacher) / CHECKPOINT if Path(cfg.teacher).is_dir() else Path(cfg.teacher)
+            digest = f", checkpoint sha256 {_sha256(file)}" if file.is_file() else ""  # not for pretrained:NAME
+            self.log(f"teacher: {cfg.teacher} ({kind} {self.teacher[1].spec}{digest})")
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
         self.epoch, self.batch = 0, 0
