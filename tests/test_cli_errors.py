@@ -92,9 +92,9 @@ def test_after_a_nan_loss_the_message_says_which_epoch_the_kept_checkpoint_holds
     run = Run.start(preset("fmnist-mlp", epochs=2, train_limit=512, data_root=str(SHARED)), tmp_path, log=quiet)
     calls = {"n": 0}
 
-    def poisoned(output, labels, cfg, current=None):
+    def poisoned(output, labels, cfg, current=None, teacher_logits=None):
         calls["n"] += 1
-        losses = sample_losses(output, labels, cfg, current)
+        losses = sample_losses(output, labels, cfg, current, teacher_logits)
         return losses * float("nan") if calls["n"] > 6 else losses  # epoch 1 has 4 batches
 
     monkeypatch.setattr("mtsnn.experiments.train.sample_losses", poisoned)
