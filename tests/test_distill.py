@@ -82,7 +82,7 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
     with pytest.raises(ValueError, match="held out 0 training images, this run 5000"):
         load_teacher(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
     for fitting in (student.replace(val_holdout=5000), student):  # the same held-out images; the test set
-        model, taught = load_teacher(fitting, torch.device("cpu"))
+        model, taught = load_teacher(fitting, torch.device("cpu"), log=lambda *a: None)
         assert taught.ann and not model.training
         assert not any(p.requires_grad for p in model.parameters())
 

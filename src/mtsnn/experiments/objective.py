@@ -141,10 +141,8 @@ def predict(output: torch.Tensor, cfg: TrainConfig, current: torch.Tensor | None
     membrane potential left after the last step, ``u[T]``, recomputed from the output
     layer's ``current`` ``[T, B, classes]`` (:class:`OutputCurrent`): the count plus
     ``sigmoid(u[T] / V_th)``, which lies in (0, 1), so it never overturns a difference in counts."""
-    if cfg.ann:
-        return output.argmax(1)
-    counts = output.sum(0).float()
-    if cfg.readout == "counts":
+    counts = logits(output, cfg)
+    if cfg.ann or cfg.readout == "counts":
         return counts.argmax(1)
     if current is None:
         raise ValueError(f"readout={cfg.readout!r} needs the output layer's current (see OutputCurrent)")

@@ -180,8 +180,9 @@ def build_training(
     return model, optimizer, trained
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, TrainConfig] | None:
+def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> tuple[nn.Module, TrainConfig] | None:
     """The model of ``cfg.teacher``, frozen and in eval mode, with its config; None without one.
+    ``log`` gets one line naming it, with its checkpoint's sha256 (but for ``pretrained:NAME``).
 
     ValueError naming the teacher if it is a run directory whose run has not finished (its
     checkpoint would be a half-trained teacher, and another once the run goes on), if it learned
@@ -192,7 +193,8 @@ def load_teacher(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Tra
     """
     if not cfg.teacher:
         return None
-    if Path(cfg.teacher).is_dir() and not (Path(cfg.teacher) / SUMMARY).exists():
+    path = Path(cfg.teacher)
+    if path.is_dir() and not (path / SUMMARY).exists():
         raise ValueError(f"teacher {cfg.teacher} has not finished its run (no {SUMMARY}): finish it first")
     model, taught = load_trained(cfg.teacher, str(device))
     if taught.dataset != cfg.dataset:
@@ -203,6 +205,9 @@ def load_teacher(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Tra
             "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
         )
     model.eval().requires_grad_(False)
+    file = path / CHECKPOINT if path.is_dir() else path
+    digest = f", checkpoint sha256 {_sha256(file)}" if file.is_file() else ""
+    log(f"teacher: {cfg.teacher} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}{digest})")
     return model, taught
 
 
@@ -233,12 +238,7 @@ class Run:
         self.model, self.optimizer, self.trained = build_training(
             cfg, self.device, self.procs, data.calibration if fresh else None
         )
-        self.teacher = load_teacher(cfg, self.device)
-        if self.teacher:
-            kind = "ANN twin" if self.teacher[1].ann else "SNN"
-            file = Path(cfg.teacher) / CHECKPOINT if Path(cfg.teacher).is_dir() else Path(cfg.teacher)
-            digest = f", checkpoint sha256 {_sha256(file)}" if file.is_file() else ""  # not for pretrained:NAME
-            self.log(f"teacher: {cfg.teacher} ({kind} {self.teacher[1].spec}{digest})")
+        self.teacher = load_teacher(cfg, self.device, self.log)
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
         self.epoch, self.batch = 0, 0
