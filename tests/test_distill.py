@@ -2,14 +2,16 @@
 take, and a student that learns what its teacher says rather than its labels."""
 
 import dataclasses
+import hashlib
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from runs import PROGRESS, SHARED, assert_same_run, needs_fmnist
 
-from mtsnn.checkpoint import save_checkpoint
+from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments.objective import loss_fn
 from mtsnn.experiments.train import Run, load_teacher
@@ -82,9 +84,10 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
     with pytest.raises(ValueError, match="held out 0 training images, this run 5000"):
         load_teacher(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
     for fitting in (student.replace(val_holdout=5000), student):  # the same held-out images; the test set
-        model, taught = load_teacher(fitting, torch.device("cpu"), log=lambda *a: None)
-        assert taught.ann and not model.training
-        assert not any(p.requires_grad for p in model.parameters())
+        teacher = load_teacher(fitting, torch.device("cpu"), log=lambda *a: None)
+        assert teacher.config.ann and not teacher.model.training
+        assert not any(p.requires_grad for p in teacher.model.parameters())
+        assert teacher.sha256 == hashlib.sha256((tmp_path / "checkpoint.safetensors").read_bytes()).hexdigest()
 
 
 def test_a_run_refuses_a_teacher_whose_run_has_not_finished(tmp_path):
@@ -126,3 +129,32 @@ def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_un
     Run.start(cfg.replace(epochs=1), tmp_path / "parts", log=lambda *a: None).fit()
     Run.resume(tmp_path / "parts", log=lambda *a: None, epochs=2).fit()
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+@needs_fmnist
+def test_a_resumed_distilled_run_knows_its_teacher_by_sha256_not_by_path(tmp_path):
+    quiet = dict(log=lambda *a: None)
+    save_teacher(tmp_path / "teacher", always_seven=False, dataset="fashion-mnist", data_root=str(SHARED))
+    shutil.copytree(tmp_path / "teacher", tmp_path / "moved")
+    digest = hashlib.sha256((tmp_path / "moved" / "checkpoint.safetensors").read_bytes()).hexdigest()
+    common = dict(train_limit=256, test_limit=100, epochs=1, data_root=str(SHARED))
+    Run.start(
+        preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=0.5, **common), tmp_path / "run", **quiet
+    ).fit()
+    save_teacher(tmp_path / "teacher", always_seven=True, dataset="fashion-mnist", data_root=str(SHARED))
+    with pytest.raises(
+        ValueError, match=f"weights have sha256 {digest}, but {tmp_path / 'teacher'} holds other weights"
+    ):
+        Run.resume(tmp_path / "run", epochs=2, **quiet)
+    shutil.rmtree(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="teacher .*: no such run directory or checkpoint .* with --teacher"):
+        Run.resume(tmp_path / "run", epochs=2, **quiet)
+    # a checkpoint written before the teacher's sha256 was recorded cannot tell a moved teacher from another
+    shutil.copytree(tmp_path / "run", tmp_path / "older")
+    tensors, state = load_checkpoint(tmp_path / "older" / "checkpoint.safetensors")
+    del state["teacher_sha256"]
+    save_checkpoint(tmp_path / "older" / "checkpoint.safetensors", tensors, state)
+    with pytest.raises(ValueError, match="a resumed run keeps its settings, but teacher="):
+        Run.resume(tmp_path / "older", teacher=str(tmp_path / "moved"), epochs=2, **quiet)
+    resumed = Run.resume(tmp_path / "run", teacher=str(tmp_path / "moved"), epochs=2, **quiet).fit()
+    assert resumed.epochs == 2

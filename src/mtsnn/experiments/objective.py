@@ -55,6 +55,8 @@ def sample_losses(
     step, and otherwise pulls that current up along a path that bypasses the surrogate. Without
     it an output neuron pushed a few f2 widths below threshold on every image gets no gradient
     from eq. (6), and its class is never predicted again (results/probes/recipe/README.md).
+    The term reads the label and keeps its full weight even at ``distill=1``: the teacher's
+    term reaches the output neurons through the same surrogate, so it cannot revive one either.
     """
     output = output.float()
     if cfg.ann or cfg.loss == "ce":

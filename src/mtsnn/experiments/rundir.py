@@ -263,6 +263,7 @@ class Progress:
     wall_seconds: float  # training time so far
     planned: bool  # whether a time-budget run has planned its epochs
     param_groups: list  # the optimizer's (learning rate, betas, ...)
+    teacher_sha256: str = ""  # the sha256 of the teacher's weights the run learns from ('' none)
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)
@@ -271,7 +272,8 @@ class Progress:
     def from_state(cls, state: dict, path: Path) -> Progress:
         """The progress a checkpoint's metadata holds; CheckpointError naming ``path`` unless it
         says where the run stopped. (``planned`` is missing from checkpoints older than time
-        budgets: those runs had none, or had planned.)"""
+        budgets: those runs had none, or had planned; ``teacher_sha256`` from those older than
+        its record: their teacher is taken unchecked.)"""
         numbers = {"epoch": int, "batch": int, "wall_seconds": (int, float)}
         sums = {"loss_sum": (int, float), "correct": (int, float), "total": (int, float), "seconds": (int, float)}
         acc = state.get("acc")
@@ -285,15 +287,24 @@ class Progress:
             and isinstance(state.get("param_groups"), list)
             and all(isinstance(group, dict) for group in state["param_groups"])
             and isinstance(state.get("config"), dict)
+            and isinstance(state.get("teacher_sha256", ""), str)
         )
         if not ok:
             raise CheckpointError(
                 f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
-                f"wall_seconds >= 0, the epoch's sums and the optimizer's param_groups)"
+                f"wall_seconds >= 0, the epoch's sums, the optimizer's param_groups and, if any, the "
+                "teacher's sha256 as text)"
             )
         planned = state.get("planned", not state["config"].get("time_budget"))
         return cls(
-            state["config"], state["epoch"], state["batch"], acc, state["wall_seconds"], planned, state["param_groups"]
+            state["config"],
+            state["epoch"],
+            state["batch"],
+            acc,
+            state["wall_seconds"],
+            planned,
+            state["param_groups"],
+            state.get("teacher_sha256", ""),
         )
 
 

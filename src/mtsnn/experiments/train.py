@@ -21,11 +21,13 @@ import platform
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .. import data as datasets
+from .. import zoo
 from ..checkpoint import CheckpointError
 from ..config import TrainConfig, build_model, seconds, usable_device
 from ..models import calibrate
@@ -180,23 +182,41 @@ def build_training(
     return model, optimizer, trained
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> tuple[nn.Module, TrainConfig] | None:
-    """The model of ``cfg.teacher``, frozen and in eval mode, with its config; None without one.
-    ``log`` gets one line naming it, with its checkpoint's sha256 (but for ``pretrained:NAME``).
+class Teacher(NamedTuple):
+    """A frozen model that a distilled run learns from (:func:`load_teacher`)."""
 
-    ValueError naming the teacher if it is a run directory whose run has not finished (its
-    checkpoint would be a half-trained teacher, and another once the run goes on), if it learned
-    another data set, or if the run holds out images to score on (``val_holdout``) that the
-    teacher may have trained on: it must have held out the same ones (the choice depends on the
-    count alone). A run scored on the test set may take any teacher of its data set, since no run
-    trains on test images.
+    model: nn.Module  # in eval mode, without gradients
+    config: TrainConfig
+    sha256: str  # of its weights file: what a resumed run checks it still learns from
+
+
+def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> Teacher | None:
+    """The teacher ``cfg.teacher`` names; None without one. ``log`` gets one line naming it,
+    with its weights' sha256.
+
+    ValueError naming the teacher if no such run directory or file exists, if it is a run
+    directory whose run has not finished (its checkpoint would be a half-trained teacher, and
+    another once the run goes on), if it learned another data set, or if the run holds out
+    images to score on (``val_holdout``) that the teacher may have trained on: it must have
+    held out the same ones (the choice depends on the count alone). A run scored on the test
+    set may take any teacher of its data set, since no run trains on test images.
     """
     if not cfg.teacher:
         return None
-    path = Path(cfg.teacher)
-    if path.is_dir() and not (path / SUMMARY).exists():
-        raise ValueError(f"teacher {cfg.teacher} has not finished its run (no {SUMMARY}): finish it first")
-    model, taught = load_trained(cfg.teacher, str(device))
+    if cfg.teacher.startswith(zoo.PREFIX):
+        file, digest = None, zoo.record(cfg.teacher[len(zoo.PREFIX) :])["sha256"]  # checked as it loads
+    else:
+        path = Path(cfg.teacher)
+        if not path.exists():
+            raise ValueError(
+                f"teacher {cfg.teacher}: no such run directory or checkpoint (a relative path is read from "
+                f"the working directory, {Path.cwd()}; a resumed run may name its teacher's new place with --teacher)"
+            )
+        if path.is_dir() and not (path / SUMMARY).exists():
+            raise ValueError(f"teacher {cfg.teacher} has not finished its run (no {SUMMARY}): finish it first")
+        file = path / CHECKPOINT if path.is_dir() else path
+        digest = _sha256(file)
+    model, taught = load_trained(file or cfg.teacher, str(device))
     if taught.dataset != cfg.dataset:
         raise ValueError(f"teacher {cfg.teacher} learned {taught.dataset}, not this run's {cfg.dataset}")
     if cfg.val_holdout and taught.val_holdout != cfg.val_holdout:
@@ -205,10 +225,8 @@ def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> tuple[nn.
             "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
         )
     model.eval().requires_grad_(False)
-    file = path / CHECKPOINT if path.is_dir() else path
-    digest = f", checkpoint sha256 {_sha256(file)}" if file.is_file() else ""
-    log(f"teacher: {cfg.teacher} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}{digest})")
-    return model, taught
+    log(f"teacher: {cfg.teacher} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, weights sha256 {digest})")
+    return Teacher(model, taught, digest)
 
 
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
@@ -293,13 +311,17 @@ class Run:
         run_dir = path.parent
         tensors, saved, progress = read_checkpoint(path)
         cfg = saved.replace(**overrides)
+        # A teacher known by its sha256 may move: the check below refuses other weights
+        movable = ("teacher",) if progress.teacher_sha256 else ()
         changed = [
-            f"{name}={old!r} to {new!r}" for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)
+            f"{name}={old!r} to {new!r}"
+            for name, old, new in _fixed_changes(dataclasses.asdict(saved), overrides)
+            if name not in movable
         ]
         if changed:
             raise ValueError(
                 f"{run_dir}: a resumed run keeps its settings, but {', '.join(changed)} was asked "
-                f"(only {', '.join(RESUMABLE_SETTINGS)} can change). Start a new run to change them"
+                f"(only {', '.join(RESUMABLE_SETTINGS + movable)} can change). Start a new run to change them"
             )
         if cfg.epochs < progress.epoch + (progress.batch > 0):
             raise ValueError(
@@ -308,6 +330,12 @@ class Run:
             )
         run = cls(cfg, run_dir, log, fresh=False)
         run.lock = held
+        if progress.teacher_sha256 and run.teacher is not None and run.teacher.sha256 != progress.teacher_sha256:
+            raise ValueError(
+                f"{run_dir} learned from a teacher whose weights have sha256 {progress.teacher_sha256}, but "
+                f"{cfg.teacher} holds other weights ({run.teacher.sha256}): a resumed run keeps its teacher "
+                "(name where the same file is now with --teacher)"
+            )
         try:
             restore(run.model, run.optimizer, tensors, progress.param_groups)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -335,6 +363,7 @@ class Run:
                 wall_seconds=self.wall_seconds,
                 planned=self.planned,
                 param_groups=self.optimizer.state_dict()["param_groups"],
+                teacher_sha256=self.teacher.sha256 if self.teacher else "",
             )
             try:
                 write_checkpoint(path, self.model, self.optimizer, progress)
@@ -470,8 +499,7 @@ class Run:
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor | None:
         if self.teacher is None:
             return None
-        model, taught = self.teacher
-        return logits(model(images), taught)
+        return logits(self.teacher.model(images), self.teacher.config)
 
     def _read_back(self, sums: torch.Tensor) -> None:
         """Add the device's running sums (loss, correct predictions, non-finite losses) to the
