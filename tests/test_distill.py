@@ -38,6 +38,17 @@ def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():
     assert same.item() == pytest.approx(0.75 * ce, abs=1e-7)
 
 
+def test_distillation_mixes_eq_6_with_the_teachers_term_by_hand():
+    cfg = TrainConfig(loss="mse", target_true=2.0, teacher="t", distill=0.5, distill_temperature=1.0)
+    out = torch.tensor([[[1.0, 2.0, 0.0]], [[0.0, 1.0, 1.0]]])  # label 1: desired counts [0, 2, 0] a step
+    eq6 = 0.5 * ((0 - 1) ** 2 + (2 - 1) ** 2 + (0 - 1) ** 2)  # step 1 matches but for class 0
+    p = [math.exp(v) / (math.exp(2.0) + 2) for v in (2.0, 0.0, 0.0)]  # the teacher's logits [2, 0, 0]
+    q = [math.exp(v) / (2 * math.exp(1.0) + math.exp(3.0)) for v in (1.0, 3.0, 1.0)]  # summed counts
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    loss = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[2.0, 0.0, 0.0]]))
+    assert loss.item() == pytest.approx(0.5 * eq6 + 0.5 * kl)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -52,11 +63,13 @@ def test_distillation_settings_that_do_not_fit_are_named(override, message):
         preset("fmnist-mlp", **override)
 
 
-def save_teacher(path, always_seven=True, finished=True, **settings) -> TrainConfig:
-    """The run directory of an ANN twin 784-10: with ``always_seven``, logits 10 for class 7 and
-    0 for the others, whatever the image; otherwise random weights, whose answers depend on the
-    image. ``finished``: with the summary.json of a run that ended."""
-    cfg = TrainConfig(spec="784-10", ann=True, **settings).validate()
+def save_teacher(path, always_seven=True, finished=True, ann=True, **settings) -> TrainConfig:
+    """The run directory of a 784-10 network, the ANN twin unless ``ann`` is False: with
+    ``always_seven``, no weights and a bias of 10 on class 7 alone (the ANN's logits are 10 for
+    class 7 and 0 for the others, whatever the image; the SNN's class 7 fires its most spikes
+    at each step, the others none); otherwise random weights, whose answers depend on the image.
+    ``finished``: with the summary.json of a run that ended."""
+    cfg = TrainConfig(spec="784-10", ann=ann, **settings).validate()
     path.mkdir(exist_ok=True)
     torch.manual_seed(1)
     model = build_model(cfg)
@@ -97,9 +110,12 @@ def test_a_run_refuses_a_teacher_whose_run_has_not_finished(tmp_path):
 
 
 @needs_fmnist
-def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_labels(tmp_path):
-    save_teacher(tmp_path / "teacher", dataset="fashion-mnist", data_root=str(SHARED))
-    common = dict(train_limit=512, test_limit=500, epochs=3, data_root=str(SHARED), loss="ce", lr=0.01)
+@pytest.mark.parametrize("teacher_ann, student_ann", [(True, False), (False, True)], ids=["ann-to-snn", "snn-to-ann"])
+def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_labels(
+    tmp_path, teacher_ann, student_ann
+):
+    save_teacher(tmp_path / "teacher", ann=teacher_ann, dataset="fashion-mnist", data_root=str(SHARED))
+    common = dict(train_limit=512, test_limit=500, epochs=3, data_root=str(SHARED), loss="ce", lr=0.01, ann=student_ann)
     taught = Run.start(
         preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=1.0, **common),
         tmp_path / "student",
