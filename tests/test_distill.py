@@ -14,7 +14,7 @@ from runs import PROGRESS, SHARED, assert_same_run, needs_fmnist
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments.objective import loss_fn
-from mtsnn.experiments.train import Run, load_teacher
+from mtsnn.experiments.train import Run, load_teachers
 
 
 def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():
@@ -30,11 +30,11 @@ def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():
     p, q = softmax(teacher, 2.0), softmax([1.0, 10.0, 2.0], 2.0)
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     expected = 0.75 * ce + 0.25 * 4.0 * kl
-    assert loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([teacher])).item() == pytest.approx(
+    assert loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[teacher]])).item() == pytest.approx(
         expected
     )
     # a student that already says what the teacher says pays the label's share alone
-    same = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[1.0, 10.0, 2.0]]))
+    same = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[[1.0, 10.0, 2.0]]]))
     assert same.item() == pytest.approx(0.75 * ce, abs=1e-7)
 
 
@@ -45,8 +45,23 @@ def test_distillation_mixes_eq_6_with_the_teachers_term_by_hand():
     p = [math.exp(v) / (math.exp(2.0) + 2) for v in (2.0, 0.0, 0.0)]  # the teacher's logits [2, 0, 0]
     q = [math.exp(v) / (2 * math.exp(1.0) + math.exp(3.0)) for v in (1.0, 3.0, 1.0)]  # summed counts
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    loss = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[2.0, 0.0, 0.0]]))
+    loss = loss_fn(out, torch.tensor([1]), cfg, teacher_logits=torch.tensor([[[2.0, 0.0, 0.0]]]))
     assert loss.item() == pytest.approx(0.5 * eq6 + 0.5 * kl)
+
+
+def test_an_ensemble_teaches_the_mean_of_its_softened_probabilities_by_hand():
+    cfg = TrainConfig(loss="ce", teacher="a,b", distill=1.0, distill_temperature=2.0)
+    out = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]])  # summed counts [1, 1, 0]
+    teachers = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 0.0, 2.0]]])  # [K=2, B=1, classes]
+
+    def softmax(z, tau):
+        e = [math.exp(v / tau) for v in z]
+        return [v / sum(e) for v in e]
+
+    a, b = softmax([4.0, 0.0, 0.0], 2.0), softmax([0.0, 0.0, 2.0], 2.0)
+    p, q = [(x + y) / 2 for x, y in zip(a, b)], softmax([1.0, 1.0, 0.0], 2.0)
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    assert loss_fn(out, torch.tensor([0]), cfg, teacher_logits=teachers).item() == pytest.approx(4.0 * kl)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +71,8 @@ def test_distillation_mixes_eq_6_with_the_teachers_term_by_hand():
         ({"distill": 0.5}, "distill=0.5 with teacher=''"),
         ({"teacher": "run", "distill": 1.5}, r"distill=1.5 \(need 0 <= distill <= 1"),
         ({"teacher": "run", "distill": 0.5, "distill_temperature": 0.0}, "distill_temperature=0.0"),
+        ({"teacher": "a,,b", "distill": 0.5}, "teacher='a,,b' \\(an ensemble names each teacher once"),
+        ({"teacher": "a,b,a", "distill": 0.5}, "teacher='a,b,a' \\(an ensemble names each teacher once"),
     ],
 )
 def test_distillation_settings_that_do_not_fit_are_named(override, message):
@@ -71,7 +88,7 @@ def save_teacher(path, always_seven=True, finished=True, ann=True, **settings) -
     ``finished``: with the summary.json of a run that ended."""
     cfg = TrainConfig(spec="784-10", ann=ann, **settings).validate()
     path.mkdir(exist_ok=True)
-    torch.manual_seed(1)
+    torch.manual_seed(cfg.seed + 1)  # random weights differ by seed
     model = build_model(cfg)
     if always_seven:
         with torch.no_grad():
@@ -90,14 +107,20 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
     save_teacher(tmp_path, dataset="mnist", val_holdout=5000)
     student = preset("mnist-mlp", teacher=str(tmp_path), distill=0.5)
     with pytest.raises(ValueError, match=f"teacher {tmp_path} learned mnist, not this run's fashion-mnist"):
-        load_teacher(student.replace(dataset="fashion-mnist"), torch.device("cpu"))
+        load_teachers(student.replace(dataset="fashion-mnist"), torch.device("cpu"))
     with pytest.raises(ValueError, match="held out 5000 training images, this run 1000: it may have learned"):
-        load_teacher(student.replace(val_holdout=1000), torch.device("cpu"))
+        load_teachers(student.replace(val_holdout=1000), torch.device("cpu"))
     save_teacher(tmp_path / "all", dataset="mnist")  # trained on every training image
     with pytest.raises(ValueError, match="held out 0 training images, this run 5000"):
-        load_teacher(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
+        load_teachers(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
+    ensemble = student.replace(teacher=f"{tmp_path},{tmp_path / 'all'}", val_holdout=5000)
+    with pytest.raises(ValueError, match=f"teacher {tmp_path / 'all'} held out 0 training images, this run 5000"):
+        load_teachers(ensemble, torch.device("cpu"))  # each teacher of an ensemble is checked
+    lines = []
+    assert len(load_teachers(ensemble.replace(val_holdout=0), torch.device("cpu"), log=lines.append)) == 2
+    assert [line.split(" (")[0] for line in lines] == [f"teacher: {tmp_path}", f"teacher: {tmp_path / 'all'}"]
     for fitting in (student.replace(val_holdout=5000), student):  # the same held-out images; the test set
-        teacher = load_teacher(fitting, torch.device("cpu"), log=lambda *a: None)
+        [teacher] = load_teachers(fitting, torch.device("cpu"), log=lambda *a: None)
         assert teacher.config.ann and not teacher.model.training
         assert not any(p.requires_grad for p in teacher.model.parameters())
         assert teacher.sha256 == hashlib.sha256((tmp_path / "checkpoint.safetensors").read_bytes()).hexdigest()
@@ -106,7 +129,7 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
 def test_a_run_refuses_a_teacher_whose_run_has_not_finished(tmp_path):
     save_teacher(tmp_path, finished=False, dataset="mnist")
     with pytest.raises(ValueError, match=f"teacher {tmp_path} has not finished its run \\(no summary.json\\)"):
-        load_teacher(preset("mnist-mlp", teacher=str(tmp_path), distill=0.5), torch.device("cpu"))
+        load_teachers(preset("mnist-mlp", teacher=str(tmp_path), distill=0.5), torch.device("cpu"))
 
 
 @needs_fmnist
@@ -128,12 +151,15 @@ def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_
 
 
 @needs_fmnist
-def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    # a teacher whose answers depend on the image: a resumed run must show it the same images
-    save_teacher(tmp_path / "teacher", always_seven=False, dataset="fashion-mnist", data_root=str(SHARED))
+@pytest.mark.parametrize("count", [1, 2], ids=["one-teacher", "ensemble"])
+def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, count):
+    # teachers whose answers depend on the image: a resumed run must show them the same images
+    names = [tmp_path / f"teacher{i}" for i in range(count)]
+    for i, name in enumerate(names):
+        save_teacher(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
     cfg = preset(
         "fmnist-mlp",
-        teacher=str(tmp_path / "teacher"),
+        teacher=",".join(map(str, names)),
         distill=0.5,
         train_limit=256,
         test_limit=100,

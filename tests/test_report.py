@@ -189,13 +189,30 @@ def test_distilled_runs_are_a_row_of_their_own_beside_the_same_recipe_without_a_
         teacher=teacher,
         distill=0.9,
     )
+    make_run(  # an ensemble of three teachers: a row apart from one teacher's at the same share
+        tmp_path,
+        "fmnist-cnn-kd9-ensemble",
+        0,
+        [92.0, 93.7],
+        2,
+        preset_name="fmnist-cnn",
+        recipe="fast",
+        teacher="runs/a,runs/b,runs/c",
+        distill=0.9,
+    )
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    distilled = "SNN, fast recipe, distilled 0.5, tau 4"
-    assert set(rows) == {"SNN, fast recipe", distilled, "SNN, fast recipe, distilled 0.9, tau 4"}
+    distilled, ensemble = (
+        "SNN, fast recipe, distilled 0.5, tau 4",
+        "SNN, fast recipe, distilled 0.9 from 3 teachers, tau 4",
+    )
+    assert set(rows) == {"SNN, fast recipe", distilled, "SNN, fast recipe, distilled 0.9, tau 4", ensemble}
     assert rows[distilled]["accs"] == [93.1, 93.3] and rows["SNN, fast recipe"]["accs"] == [92.4]
     assert rows[distilled]["distill"] == 0.5 and rows["SNN, fast recipe"]["distill"] == 0.0
+    assert (rows[distilled]["teachers"], rows[ensemble]["teachers"], rows["SNN, fast recipe"]["teachers"]) == (1, 3, 0)
+    assert rows[ensemble]["accs"] == [93.7]
     report = (tmp_path / "REPORT.md").read_text()
     assert f"| mtsnn {distilled} | 32C5-P2-64C5-P2-1024 | 2 | 2 | 93.20 ± 0.14% over 2 seed(s)" in report
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled0.5.png").exists()
+        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled0.9-from3.png").exists()

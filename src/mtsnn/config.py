@@ -79,7 +79,8 @@ class TrainConfig:
     teacher: str = setting(
         "",
         "not in the paper: a trained run directory, checkpoint or pretrained:NAME on the same data and "
-        "split whose outputs the loss also matches (knowledge distillation; '' none)",
+        "split whose outputs the loss also matches (knowledge distillation; '' none), or several joined "
+        "by commas: an ensemble, whose softened outputs are averaged",
     )
     distill: float = setting(
         0.0,
@@ -231,6 +232,10 @@ class TrainConfig:
                 "and distill > 0 a teacher)",
             ),
             (
+                all(teachers(self.teacher)) and len(set(teachers(self.teacher))) == len(teachers(self.teacher)),
+                f"teacher={self.teacher!r} (an ensemble names each teacher once, joined by commas)",
+            ),
+            (
                 math.isfinite(self.distill_temperature) and self.distill_temperature > 0,
                 f"distill_temperature={self.distill_temperature} (need a finite value > 0)",
             ),
@@ -284,6 +289,11 @@ class TrainConfig:
                 f"{', '.join(f.name for f in dataclasses.fields(self))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+def teachers(teacher: str) -> list[str]:
+    """The teachers a ``teacher`` setting names: none, one, or an ensemble joined by commas."""
+    return teacher.split(",") if teacher else []
 
 
 def seconds(duration: str) -> float:

@@ -10,6 +10,7 @@ lucky draw.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 
 import torch
@@ -43,11 +44,13 @@ def sample_losses(
     ``cfg.label_smoothing / classes`` on every class and the rest on the label.
 
     ``cfg.distill`` = ``a`` > 0 (knowledge distillation, Hinton et al. 2015), given the
-    teacher's ``teacher_logits`` ``[B, classes]``, mixes that loss with the teacher's: with
-    ``p = softmax(teacher / tau)``, ``q = softmax(student / tau)`` over the student's
+    teachers' ``teacher_logits`` ``[K, B, classes]`` (``K`` teachers, one or an ensemble),
+    mixes that loss with the teachers': with ``p`` the mean over the teachers of
+    ``softmax(teacher / tau)``, ``q = softmax(student / tau)`` over the student's
     :func:`logits`, ``tau = cfg.distill_temperature``, the loss becomes
     ``(1 - a) loss + a tau^2 KL(p || q)``. The ``tau^2`` keeps the term's gradient on the
-    scale of the label's as ``tau`` changes.
+    scale of the label's as ``tau`` changes. Averaging probabilities, not logits, lets
+    teachers whose logits differ in scale (an SNN's counts, an ANN's) count alike.
 
     ``cfg.output_floor`` > 0 adds, given the output layer's input ``current`` ``[T, B, classes]``
     (:class:`OutputCurrent`), ``output_floor * sum_t relu(V_th - I_y[t])`` for the true class
@@ -70,7 +73,8 @@ def sample_losses(
             raise ValueError(f"distill={cfg.distill} needs the teacher's logits")
         tau = cfg.distill_temperature
         log_q = F.log_softmax(logits(output, cfg) / tau, 1)
-        log_p = F.log_softmax(teacher_logits.float() / tau, 1)
+        # log of the mean of the teachers' softened probabilities (for one teacher, exactly its own)
+        log_p = torch.logsumexp(F.log_softmax(teacher_logits.float() / tau, -1), 0) - math.log(len(teacher_logits))
         kl = (log_p.exp() * (log_p - log_q)).sum(1)
         losses = (1 - cfg.distill) * losses + cfg.distill * tau * tau * kl
     if cfg.output_floor and not cfg.ann:

@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PRESETS, TrainConfig
+from ..config import PRESETS, TrainConfig, teachers
 from .rundir import RunRecord, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
@@ -62,6 +62,7 @@ class TableRow:
     recipe: str
     output_surrogate: str | None
     distill: float  # the share of the loss given to a teacher's outputs (--distill; 0: none)
+    teachers: int  # how many teachers' outputs it learned (an ensemble: several; 0: none)
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -88,7 +89,7 @@ class TableRow:
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
     in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str, float, float], list[RunRecord]] = {}
+    groups: dict[tuple[str, bool, str, str, float, float, int], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -105,10 +106,11 @@ def collect(runs_root: Path) -> list[TableRow]:
                 cfg.get("recipe", "paper"),
                 cfg.get("distill", 0.0),
                 cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
+                len(teachers(cfg.get("teacher", ""))),
             )
             groups.setdefault(key, []).append(run)
     table = []
-    for (preset, ann, output_surrogate, recipe, distill, temperature), runs in sorted(groups.items()):
+    for (preset, ann, output_surrogate, recipe, distill, temperature, taught), runs in sorted(groups.items()):
         cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r.complete] or runs
@@ -120,10 +122,11 @@ def collect(runs_root: Path) -> list[TableRow]:
                 dataset=cfg["dataset"],
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
-                variant=_variant(ann, output_surrogate, recipe, distill, temperature),
+                variant=_variant(ann, output_surrogate, recipe, distill, temperature, taught),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
                 distill=distill,
+                teachers=taught,
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
@@ -153,16 +156,18 @@ def collect(runs_root: Path) -> list[TableRow]:
     return table
 
 
-def _variant(ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float) -> str:
+def _variant(ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float, taught: int) -> str:
     """A row's name: the paper's recipe gives "SNN" (and its ANN twin trained the same way),
     the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split; runs
-    that learned from a teacher add its share and temperature (", distilled 0.9, tau 4")."""
+    that learned from a teacher add its share and temperature (", distilled 0.9, tau 4"), and
+    from an ensemble its size (", distilled 0.9 from 3 teachers, tau 4")."""
     if ann:
         name = "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
     else:
         name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
         name = f"{name}, fast recipe" if recipe == "fast" else name
-    return f"{name}, distilled {distill:g}, tau {temperature:g}" if distill else name
+    ensemble = f" from {taught} teachers" if taught > 1 else ""
+    return f"{name}, distilled {distill:g}{ensemble}, tau {temperature:g}" if distill else name
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
@@ -347,6 +352,7 @@ def build(results: Path = Path("results")) -> Path:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
             suffix += f"-distilled{row.distill:g}" if row.distill else ""
+            suffix += f"-from{row.teachers}" if row.teachers > 1 else ""
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]

@@ -263,7 +263,7 @@ class Progress:
     wall_seconds: float  # training time so far
     planned: bool  # whether a time-budget run has planned its epochs
     param_groups: list  # the optimizer's (learning rate, betas, ...)
-    teacher_sha256: str = ""  # the sha256 of the teacher's weights the run learns from ('' none)
+    teacher_sha256: str = ""  # the sha256s of the teachers' weights, joined by commas ('' none)
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)
@@ -273,7 +273,7 @@ class Progress:
         """The progress a checkpoint's metadata holds; CheckpointError naming ``path`` unless it
         says where the run stopped. (``planned`` is missing from checkpoints older than time
         budgets: those runs had none, or had planned; ``teacher_sha256`` from those older than
-        its record: their teacher is taken unchecked.)"""
+        its record: their teachers are taken unchecked.)"""
         numbers = {"epoch": int, "batch": int, "wall_seconds": (int, float)}
         sums = {"loss_sum": (int, float), "correct": (int, float), "total": (int, float), "seconds": (int, float)}
         acc = state.get("acc")
@@ -293,7 +293,7 @@ class Progress:
             raise CheckpointError(
                 f"{path}: its saved progress is incomplete or malformed (need epoch, batch, "
                 f"wall_seconds >= 0, the epoch's sums, the optimizer's param_groups and, if any, the "
-                "teacher's sha256 as text)"
+                "teachers' sha256s as text)"
             )
         planned = state.get("planned", not state["config"].get("time_budget"))
         return cls(

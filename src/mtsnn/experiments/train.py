@@ -29,7 +29,7 @@ from torch import nn
 from .. import data as datasets
 from .. import zoo
 from ..checkpoint import CheckpointError
-from ..config import TrainConfig, build_model, seconds, usable_device
+from ..config import TrainConfig, build_model, seconds, teachers, usable_device
 from ..models import calibrate
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
@@ -183,16 +183,16 @@ def build_training(
 
 
 class Teacher(NamedTuple):
-    """A frozen model that a distilled run learns from (:func:`load_teacher`)."""
+    """A frozen model that a distilled run learns from (:func:`load_teachers`)."""
 
     model: nn.Module  # in eval mode, without gradients
     config: TrainConfig
     sha256: str  # of its weights file: what a resumed run checks it still learns from
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> Teacher | None:
-    """The teacher ``cfg.teacher`` names; None without one. ``log`` gets one line naming it,
-    with its weights' sha256.
+def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Teacher]:
+    """The teachers ``cfg.teacher`` names (:func:`mtsnn.config.teachers`), in its order; none
+    without one. ``log`` gets one line for each, naming it, with its weights' sha256.
 
     ValueError naming the teacher if no such run directory or file exists, if it is a run
     directory whose run has not finished (its checkpoint would be a half-trained teacher, and
@@ -201,31 +201,33 @@ def load_teacher(cfg: TrainConfig, device: torch.device, log=print) -> Teacher |
     held out the same ones (the choice depends on the count alone). A run scored on the test
     set may take any teacher of its data set, since no run trains on test images.
     """
-    if not cfg.teacher:
-        return None
-    if cfg.teacher.startswith(zoo.PREFIX):
-        file, digest = None, zoo.record(cfg.teacher[len(zoo.PREFIX) :])["sha256"]  # checked as it loads
+    return [_load_teacher(name, cfg, device, log) for name in teachers(cfg.teacher)]
+
+
+def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Teacher:
+    if name.startswith(zoo.PREFIX):
+        file, digest = None, zoo.record(name[len(zoo.PREFIX) :])["sha256"]  # checked as it loads
     else:
-        path = Path(cfg.teacher)
+        path = Path(name)
         if not path.exists():
             raise ValueError(
-                f"teacher {cfg.teacher}: no such run directory or checkpoint (a relative path is read from "
+                f"teacher {name}: no such run directory or checkpoint (a relative path is read from "
                 f"the working directory, {Path.cwd()}; a resumed run may name its teacher's new place with --teacher)"
             )
         if path.is_dir() and not (path / SUMMARY).exists():
-            raise ValueError(f"teacher {cfg.teacher} has not finished its run (no {SUMMARY}): finish it first")
+            raise ValueError(f"teacher {name} has not finished its run (no {SUMMARY}): finish it first")
         file = path / CHECKPOINT if path.is_dir() else path
         digest = _sha256(file)
-    model, taught = load_trained(file or cfg.teacher, str(device))
+    model, taught = load_trained(file or name, str(device))
     if taught.dataset != cfg.dataset:
-        raise ValueError(f"teacher {cfg.teacher} learned {taught.dataset}, not this run's {cfg.dataset}")
+        raise ValueError(f"teacher {name} learned {taught.dataset}, not this run's {cfg.dataset}")
     if cfg.val_holdout and taught.val_holdout != cfg.val_holdout:
         raise ValueError(
-            f"teacher {cfg.teacher} held out {taught.val_holdout} training images, this run {cfg.val_holdout}: "
+            f"teacher {name} held out {taught.val_holdout} training images, this run {cfg.val_holdout}: "
             "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
         )
     model.eval().requires_grad_(False)
-    log(f"teacher: {cfg.teacher} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, weights sha256 {digest})")
+    log(f"teacher: {name} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, weights sha256 {digest})")
     return Teacher(model, taught, digest)
 
 
@@ -256,7 +258,7 @@ class Run:
         self.model, self.optimizer, self.trained = build_training(
             cfg, self.device, self.procs, data.calibration if fresh else None
         )
-        self.teacher = load_teacher(cfg, self.device, self.log)
+        self.teachers = load_teachers(cfg, self.device, self.log)
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
         self.epoch, self.batch = 0, 0
@@ -311,7 +313,7 @@ class Run:
         run_dir = path.parent
         tensors, saved, progress = read_checkpoint(path)
         cfg = saved.replace(**overrides)
-        # A teacher known by its sha256 may move: the check below refuses other weights
+        # Teachers known by their sha256 may move: the check below refuses other weights
         movable = ("teacher",) if progress.teacher_sha256 else ()
         changed = [
             f"{name}={old!r} to {new!r}"
@@ -330,11 +332,12 @@ class Run:
             )
         run = cls(cfg, run_dir, log, fresh=False)
         run.lock = held
-        if progress.teacher_sha256 and run.teacher is not None and run.teacher.sha256 != progress.teacher_sha256:
+        digests = _digests(run.teachers)
+        if progress.teacher_sha256 and digests != progress.teacher_sha256:
             raise ValueError(
-                f"{run_dir} learned from a teacher whose weights have sha256 {progress.teacher_sha256}, but "
-                f"{cfg.teacher} holds other weights ({run.teacher.sha256}): a resumed run keeps its teacher "
-                "(name where the same file is now with --teacher)"
+                f"{run_dir} learned from teachers whose weights have sha256 {progress.teacher_sha256}, but "
+                f"{cfg.teacher} holds other weights ({digests}): a resumed run keeps its teachers "
+                "(name where the same files are now with --teacher)"
             )
         try:
             restore(run.model, run.optimizer, tensors, progress.param_groups)
@@ -363,7 +366,7 @@ class Run:
                 wall_seconds=self.wall_seconds,
                 planned=self.planned,
                 param_groups=self.optimizer.state_dict()["param_groups"],
-                teacher_sha256=self.teacher.sha256 if self.teacher else "",
+                teacher_sha256=_digests(self.teachers),
             )
             try:
                 write_checkpoint(path, self.model, self.optimizer, progress)
@@ -497,9 +500,9 @@ class Run:
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor | None:
-        if self.teacher is None:
+        if not self.teachers:
             return None
-        return logits(self.teacher.model(images), self.teacher.config)
+        return torch.stack([logits(teacher.model(images), teacher.config) for teacher in self.teachers])
 
     def _read_back(self, sums: torch.Tensor) -> None:
         """Add the device's running sums (loss, correct predictions, non-finite losses) to the
@@ -633,6 +636,11 @@ def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
         for name, value in asked.items()
         if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value
     ]
+
+
+def _digests(taught: list[Teacher]) -> str:
+    """The teachers' sha256s as a checkpoint records them: joined by commas, in order ('' none)."""
+    return ",".join(teacher.sha256 for teacher in taught)
 
 
 def _sha256(path: Path) -> str:
