@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The fast recipe distilled from its tuned ANN twin (issue 16): for each seed, the twin
-# (`--recipe fast --ann`, trained on all 60,000 training images) is trained first as the
-# teacher, under results/teachers/ (not a report row: the twin's rows are results/runs/
-# PRESET-fast-ann/), then the SNN (`--recipe fast --teacher TWIN --distill A`) under
-# results/runs/PRESET-fast-distilledA/. A is the share chosen on the validation split
-# (results/probes/recipe/README.md). Resumable like plan-fast.sh: a run with a summary.json is
-# done, one with a checkpoint continues from it, others start. Checkpoints are not committed: on
-# a fresh clone, a student still to train needs its teacher's folder removed and trained again
-# (a teacher with a summary.json but no checkpoint stops the student with that file named). A
-# teacher that did not finish (stopped, failed) leaves its student unstarted.
-# Run from the repository root:
-#   nohup bash results/runs/plan-distilled.sh PRESET A > results/runs/plan-distilled.log 2>&1 &
+# The fast recipe distilled (issue 16), seeds 0-2: PRESET A [TEACHERS]. A is the share of the
+# loss given to the teachers (--distill A), chosen on the validation split
+# (results/probes/recipe/README.md). TEACHERS:
+#   twin  (default) each seed's tuned ANN twin (`--recipe fast --ann`, all 60,000 training
+#         images) teaches that seed's SNN; students go to results/runs/PRESET-fast-distilledA/.
+#   twins the three twins teach each SNN as an ensemble (--teacher A,B,C); students go to
+#         results/runs/PRESET-fast-ens3-distilledA/.
+#   runs  the fast recipe's own three SNN test runs, results/runs/PRESET-fast/seedN, teach each
+#         SNN as an ensemble; students go to results/runs/PRESET-fast-snn3-distilledA/.
+# Twins are trained under results/teachers/ (not report rows: the twin's rows are results/runs/
+# PRESET-fast-ann/). Resumable like plan-fast.sh: a run with a summary.json is done, one with a
+# checkpoint continues from it, others start. Checkpoints are not committed: on a fresh clone a
+# teacher with a summary.json but no checkpoint stops its student with that file named (remove
+# the teacher's folder to train it again). A student whose teachers have not all finished is
+# not started. Run from the repository root:
+#   nohup bash results/runs/plan-distilled.sh PRESET A [TEACHERS] >> results/runs/plan-distilled.log 2>&1 &
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
-preset=$1 share=$2
+preset=$1 share=$2 kind=${3:-twin}
 train() {  # train DIR SETTINGS...
     local dir=$1
     shift
@@ -27,12 +31,35 @@ train() {  # train DIR SETTINGS...
     fi
     tail -1 "$dir/console.log"
 }
+finished() {  # finished RUN...: each has a summary.json, or its student is not started
+    for run in "$@"; do
+        [ -f "$run/summary.json" ] || { echo "  $run has not finished: its student is not started"; return 1; }
+    done
+}
+case $kind in
+    twin) students="results/runs/$preset-fast-distilled$share" ;;
+    twins) students="results/runs/$preset-fast-ens3-distilled$share" ;;
+    runs) students="results/runs/$preset-fast-snn3-distilled$share" ;;
+    *) echo "TEACHERS must be twin, twins or runs, not '$kind'" >&2; exit 2 ;;
+esac
+ensemble=()
 for seed in 0 1 2; do
-    teacher="results/teachers/$preset-fast-ann/seed$seed"
-    train "$teacher" --ann --seed "$seed"
-    if [ ! -f "$teacher/summary.json" ]; then
-        echo "  $teacher has not finished: its student is not started"
-        continue
+    case $kind in
+        runs) ensemble+=("results/runs/$preset-fast/seed$seed") ;;
+        *)
+            twin="results/teachers/$preset-fast-ann/seed$seed"
+            [ "$kind" = twin ] || { train "$twin" --ann --seed "$seed"; ensemble+=("$twin"); }
+            ;;
+    esac
+done
+for seed in 0 1 2; do
+    if [ "$kind" = twin ]; then
+        teachers="results/teachers/$preset-fast-ann/seed$seed"
+        train "$teachers" --ann --seed "$seed"
+        finished "$teachers" || continue
+    else
+        teachers=$(IFS=,; echo "${ensemble[*]}")
+        finished "${ensemble[@]}" || continue
     fi
-    train "results/runs/$preset-fast-distilled$share/seed$seed" --seed "$seed" --teacher "$teacher" --distill "$share"
+    train "$students/seed$seed" --seed "$seed" --teacher "$teachers" --distill "$share"
 done
