@@ -14,7 +14,7 @@ from runs import PROGRESS, SHARED, assert_same_run, needs_fmnist
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, build_model, preset
 from mtsnn.experiments.objective import loss_fn
-from mtsnn.experiments.train import Run, load_teachers
+from mtsnn.experiments.train import Run, finish, load_teachers
 
 
 def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():
@@ -49,6 +49,12 @@ def test_distillation_mixes_eq_6_with_the_teachers_term_by_hand():
     assert loss.item() == pytest.approx(0.5 * eq6 + 0.5 * kl)
 
 
+def test_teacher_logits_without_a_teachers_axis_are_refused():
+    cfg = TrainConfig(loss="ce", teacher="t", distill=0.5)
+    with pytest.raises(ValueError, match=r"teacher_logits of shape \(4, 3\); need \[teachers, 4, 3\]"):
+        loss_fn(torch.zeros(2, 4, 3), torch.zeros(4, dtype=torch.long), cfg, teacher_logits=torch.zeros(4, 3))
+
+
 def test_an_ensemble_teaches_the_mean_of_its_softened_probabilities_by_hand():
     cfg = TrainConfig(loss="ce", teacher="a,b", distill=1.0, distill_temperature=2.0)
     out = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]])  # summed counts [1, 1, 0]
@@ -73,6 +79,7 @@ def test_an_ensemble_teaches_the_mean_of_its_softened_probabilities_by_hand():
         ({"teacher": "run", "distill": 0.5, "distill_temperature": 0.0}, "distill_temperature=0.0"),
         ({"teacher": "a,,b", "distill": 0.5}, "teacher='a,,b' \\(an ensemble names each teacher once"),
         ({"teacher": "a,b,a", "distill": 0.5}, "teacher='a,b,a' \\(an ensemble names each teacher once"),
+        ({"teacher": "a, b", "distill": 0.5}, "teacher='a, b' \\(an ensemble names each teacher once"),
     ],
 )
 def test_distillation_settings_that_do_not_fit_are_named(override, message):
@@ -126,10 +133,15 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
         assert teacher.sha256 == hashlib.sha256((tmp_path / "checkpoint.safetensors").read_bytes()).hexdigest()
 
 
-def test_a_run_refuses_a_teacher_whose_run_has_not_finished(tmp_path):
+def test_a_run_refuses_a_teacher_whose_run_has_not_finished_or_lost_its_checkpoint(tmp_path):
     save_teacher(tmp_path, finished=False, dataset="mnist")
+    student = preset("mnist-mlp", teacher=str(tmp_path), distill=0.5)
     with pytest.raises(ValueError, match=f"teacher {tmp_path} has not finished its run \\(no summary.json\\)"):
-        load_teachers(preset("mnist-mlp", teacher=str(tmp_path), distill=0.5), torch.device("cpu"))
+        load_teachers(student, torch.device("cpu"))
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "checkpoint.safetensors").unlink()  # as on a fresh clone: checkpoints are not committed
+    with pytest.raises(ValueError, match=f"teacher {tmp_path}: its run finished, but its checkpoint .* is gone"):
+        load_teachers(student, torch.device("cpu"))
 
 
 @needs_fmnist
@@ -174,29 +186,44 @@ def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_un
 
 
 @needs_fmnist
-def test_a_resumed_distilled_run_knows_its_teacher_by_sha256_not_by_path(tmp_path):
+def test_a_distilled_run_knows_its_teachers_by_sha256_not_by_path(tmp_path):
     quiet = dict(log=lambda *a: None)
-    save_teacher(tmp_path / "teacher", always_seven=False, dataset="fashion-mnist", data_root=str(SHARED))
-    shutil.copytree(tmp_path / "teacher", tmp_path / "moved")
-    digest = hashlib.sha256((tmp_path / "moved" / "checkpoint.safetensors").read_bytes()).hexdigest()
-    common = dict(train_limit=256, test_limit=100, epochs=1, data_root=str(SHARED))
-    Run.start(
-        preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=0.5, **common), tmp_path / "run", **quiet
-    ).fit()
-    save_teacher(tmp_path / "teacher", always_seven=True, dataset="fashion-mnist", data_root=str(SHARED))
-    with pytest.raises(
-        ValueError, match=f"weights have sha256 {digest}, but {tmp_path / 'teacher'} holds other weights"
-    ):
+    first, second = tmp_path / "t0", tmp_path / "t1"
+    for i, name in enumerate((first, second)):
+        save_teacher(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
+        shutil.copytree(name, tmp_path / f"moved{i}")
+    digest = hashlib.sha256((tmp_path / "moved0" / "checkpoint.safetensors").read_bytes()).hexdigest()
+    moved = f"{tmp_path / 'moved0'},{tmp_path / 'moved1'}"
+    cfg = preset(
+        "fmnist-mlp",
+        teacher=f"{first},{second}",
+        distill=0.5,
+        train_limit=256,
+        test_limit=100,
+        epochs=1,
+        data_root=str(SHARED),
+    )
+    Run.start(cfg, tmp_path / "run", **quiet).fit()
+    lines = []  # the same command with the teachers' new place keeps the finished run
+    finish(cfg.replace(teacher=moved), tmp_path / "run", log=lines.append)
+    assert lines == [f"{tmp_path / 'run'}: finished before, kept"]
+    save_teacher(first, always_seven=True, dataset="fashion-mnist", data_root=str(SHARED))  # other weights
+    changed = f"learned from teacher 1 with file sha256 {digest}, but {first} has "
+    with pytest.raises(ValueError, match=changed):
         Run.resume(tmp_path / "run", epochs=2, **quiet)
-    shutil.rmtree(tmp_path / "teacher")
-    with pytest.raises(ValueError, match="teacher .*: no such run directory or checkpoint .* with --teacher"):
+    with pytest.raises(ValueError, match=changed):
+        finish(cfg.replace(teacher=f"{first},{tmp_path / 'moved1'}"), tmp_path / "run", **quiet)
+    with pytest.raises(ValueError, match="learned from the same teachers in another order"):
+        Run.resume(tmp_path / "run", teacher=f"{tmp_path / 'moved1'},{tmp_path / 'moved0'}", epochs=2, **quiet)
+    shutil.rmtree(first)
+    with pytest.raises(ValueError, match=f"teacher {first}: no such run directory or checkpoint"):
         Run.resume(tmp_path / "run", epochs=2, **quiet)
-    # a checkpoint written before the teacher's sha256 was recorded cannot tell a moved teacher from another
+    # a checkpoint written before the teachers' sha256s were recorded cannot tell a moved teacher from another
     shutil.copytree(tmp_path / "run", tmp_path / "older")
     tensors, state = load_checkpoint(tmp_path / "older" / "checkpoint.safetensors")
     del state["teacher_sha256"]
     save_checkpoint(tmp_path / "older" / "checkpoint.safetensors", tensors, state)
     with pytest.raises(ValueError, match="a resumed run keeps its settings, but teacher="):
-        Run.resume(tmp_path / "older", teacher=str(tmp_path / "moved"), epochs=2, **quiet)
-    resumed = Run.resume(tmp_path / "run", teacher=str(tmp_path / "moved"), epochs=2, **quiet).fit()
+        Run.resume(tmp_path / "older", teacher=moved, epochs=2, **quiet)
+    resumed = Run.resume(tmp_path / "run", teacher=moved, epochs=2, **quiet).fit()
     assert resumed.epochs == 2

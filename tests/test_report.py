@@ -163,56 +163,43 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
             assert f"({name})" in report and (tmp_path / name).exists()
 
 
-def test_distilled_runs_are_a_row_of_their_own_beside_the_same_recipe_without_a_teacher(tmp_path):
+def test_distilled_runs_are_rows_of_their_own_named_by_share_and_teachers(tmp_path):
+    def teacher(name, ann):  # a teacher's run folder, outside runs/: only its config is read
+        folder = tmp_path / "teachers" / name
+        folder.mkdir(parents=True)
+        (folder / "config.toml").write_text(dump_toml(preset("fmnist-cnn", ann=ann).__dict__))
+        return str(folder)
+
+    twins = [teacher(f"twin{seed}", ann=True) for seed in range(3)]
+    snns = [teacher(f"snn{seed}", ann=False) for seed in range(3)]
     make_run(tmp_path, "fmnist-cnn-fast", 0, [91.0, 92.4], 2, preset_name="fmnist-cnn", recipe="fast")
-    for seed, acc in ((0, 93.1), (1, 93.3)):
-        teacher = f"runs/fmnist-cnn-fast-ann/seed{seed}"
-        make_run(
-            tmp_path,
-            "fmnist-cnn-fast-kd",
-            seed,
-            [92.0, acc],
-            2,
-            preset_name="fmnist-cnn",
-            recipe="fast",
-            teacher=teacher,
-        )
-    teacher = "runs/fmnist-cnn-fast-ann/seed0"
-    make_run(
-        tmp_path,
-        "fmnist-cnn-kd9",
-        0,
-        [92.0, 93.5],
-        2,
-        preset_name="fmnist-cnn",
-        recipe="fast",
-        teacher=teacher,
-        distill=0.9,
-    )
-    make_run(  # an ensemble of three teachers: a row apart from one teacher's at the same share
-        tmp_path,
-        "fmnist-cnn-kd9-ensemble",
-        0,
-        [92.0, 93.7],
-        2,
-        preset_name="fmnist-cnn",
-        recipe="fast",
-        teacher="runs/a,runs/b,runs/c",
-        distill=0.9,
-    )
+    common = dict(preset_name="fmnist-cnn", recipe="fast")
+    for seed, acc in ((0, 93.1), (1, 93.3)):  # each seed its own twin: one row
+        make_run(tmp_path, "fmnist-cnn-fast-kd", seed, [92.0, acc], 2, teacher=twins[seed], **common)
+    make_run(tmp_path, "fmnist-cnn-kd9", 0, [92.0, 93.5], 2, teacher=twins[0], distill=0.9, **common)
+    # ensembles of the same size and share: rows apart when their teachers differ in kind
+    make_run(tmp_path, "fmnist-cnn-ens3", 0, [92.0, 93.7], 2, teacher=",".join(twins), distill=0.9, **common)
+    make_run(tmp_path, "fmnist-cnn-snn3", 0, [92.0, 92.9], 2, teacher=",".join(snns), distill=0.9, **common)
+    make_run(tmp_path, "fmnist-cnn-lost", 0, [92.0, 92.8], 2, teacher="gone/a,gone/b", distill=0.9, **common)
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    distilled, ensemble = (
-        "SNN, fast recipe, distilled 0.5, tau 4",
-        "SNN, fast recipe, distilled 0.9 from 3 teachers, tau 4",
-    )
-    assert set(rows) == {"SNN, fast recipe", distilled, "SNN, fast recipe, distilled 0.9, tau 4", ensemble}
-    assert rows[distilled]["accs"] == [93.1, 93.3] and rows["SNN, fast recipe"]["accs"] == [92.4]
-    assert rows[distilled]["distill"] == 0.5 and rows["SNN, fast recipe"]["distill"] == 0.0
-    assert (rows[distilled]["teachers"], rows[ensemble]["teachers"], rows["SNN, fast recipe"]["teachers"]) == (1, 3, 0)
-    assert rows[ensemble]["accs"] == [93.7]
+    base = "SNN, fast recipe"
+    distilled = f"{base}, distilled 0.5 from an ANN twin, tau 4"
+    assert set(rows) == {
+        base,
+        distilled,
+        f"{base}, distilled 0.9 from an ANN twin, tau 4",
+        f"{base}, distilled 0.9 from 3 ANN twins, tau 4",
+        f"{base}, distilled 0.9 from 3 SNNs, tau 4",
+        f"{base}, distilled 0.9 from 2 teachers, tau 4",  # teachers whose configs are not found
+    }
+    assert rows[distilled]["accs"] == [93.1, 93.3] and rows[base]["accs"] == [92.4]
+    assert rows[distilled]["distill"] == 0.5 and rows[base]["distill"] == 0.0
+    assert rows[distilled]["teachers"] == ["ANN twin"] and rows[base]["teachers"] == []
+    assert rows[f"{base}, distilled 0.9 from 3 SNNs, tau 4"]["accs"] == [92.9]
+    assert rows[f"{base}, distilled 0.9 from 3 ANN twins, tau 4"]["accs"] == [93.7]
     report = (tmp_path / "REPORT.md").read_text()
     assert f"| mtsnn {distilled} | 32C5-P2-64C5-P2-1024 | 2 | 2 | 93.20 ± 0.14% over 2 seed(s)" in report
     if importlib.util.find_spec("matplotlib"):
-        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled0.5.png").exists()
-        assert (tmp_path / "curves-fmnist-cnn-snn-fast-distilled0.9-from3.png").exists()
+        for suffix in ("0.5-from1ann", "0.9-from3ann", "0.9-from3snn", "0.9-from2"):
+            assert (tmp_path / f"curves-fmnist-cnn-snn-fast-distilled{suffix}.png").exists()

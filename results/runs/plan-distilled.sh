@@ -11,9 +11,10 @@
 # Twins are trained under results/teachers/ (not report rows: the twin's rows are results/runs/
 # PRESET-fast-ann/). Resumable like plan-fast.sh: a run with a summary.json is done, one with a
 # checkpoint continues from it, others start. Checkpoints are not committed: on a fresh clone a
-# teacher with a summary.json but no checkpoint stops its student with that file named (remove
-# the teacher's folder to train it again). A student whose teachers have not all finished is
-# not started. Run from the repository root:
+# teacher with a summary.json but no checkpoint stops its student with that file named. A twin
+# under results/teachers/ is trained again once its folder is removed; the SNN test runs of
+# `runs` are report rows, never retrained here: train them again elsewhere and keep their
+# results. A student whose teachers have not all finished is not started. Run from the repository root:
 #   nohup bash results/runs/plan-distilled.sh PRESET A [TEACHERS] >> results/runs/plan-distilled.log 2>&1 &
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}

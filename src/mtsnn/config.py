@@ -232,8 +232,9 @@ class TrainConfig:
                 "and distill > 0 a teacher)",
             ),
             (
-                all(teachers(self.teacher)) and len(set(teachers(self.teacher))) == len(teachers(self.teacher)),
-                f"teacher={self.teacher!r} (an ensemble names each teacher once, joined by commas)",
+                all(name and name == name.strip() for name in teachers(self.teacher))
+                and len(set(teachers(self.teacher))) == len(teachers(self.teacher)),
+                f"teacher={self.teacher!r} (an ensemble names each teacher once, joined by commas without spaces)",
             ),
             (
                 math.isfinite(self.distill_temperature) and self.distill_temperature > 0,

@@ -73,6 +73,11 @@ def sample_losses(
             raise ValueError(f"distill={cfg.distill} needs the teacher's logits")
         tau = cfg.distill_temperature
         log_q = F.log_softmax(logits(output, cfg) / tau, 1)
+        if teacher_logits.dim() != 3 or teacher_logits.shape[1:] != log_q.shape:
+            raise ValueError(
+                f"teacher_logits of shape {tuple(teacher_logits.shape)}; need [teachers, "
+                f"{', '.join(map(str, log_q.shape))}] (batch, classes)"
+            )
         # log of the mean of the teachers' softened probabilities (for one teacher, exactly its own)
         log_p = torch.logsumexp(F.log_softmax(teacher_logits.float() / tau, -1), 0) - math.log(len(teacher_logits))
         kl = (log_p.exp() * (log_p - log_q)).sum(1)

@@ -22,7 +22,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PRESETS, TrainConfig, teachers
+from .. import zoo
+from ..config import PRESETS, TrainConfig, load_toml, teachers
 from .rundir import RunRecord, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
@@ -62,7 +63,7 @@ class TableRow:
     recipe: str
     output_surrogate: str | None
     distill: float  # the share of the loss given to a teacher's outputs (--distill; 0: none)
-    teachers: int  # how many teachers' outputs it learned (an ensemble: several; 0: none)
+    teachers: list[str]  # each teacher's kind, 'ANN twin', 'SNN' or '?' (not found); [] none
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -89,7 +90,7 @@ class TableRow:
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
     in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str, float, float, int], list[RunRecord]] = {}
+    groups: dict[tuple[str, bool, str, str, float, float, tuple[str, ...]], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -106,7 +107,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                 cfg.get("recipe", "paper"),
                 cfg.get("distill", 0.0),
                 cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
-                len(teachers(cfg.get("teacher", ""))),
+                tuple(teacher_kind(name) for name in teachers(cfg.get("teacher", ""))),
             )
             groups.setdefault(key, []).append(run)
     table = []
@@ -126,7 +127,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
                 distill=distill,
-                teachers=taught,
+                teachers=list(taught),
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
@@ -156,18 +157,42 @@ def collect(runs_root: Path) -> list[TableRow]:
     return table
 
 
-def _variant(ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float, taught: int) -> str:
+def _variant(
+    ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float, taught: tuple[str, ...]
+) -> str:
     """A row's name: the paper's recipe gives "SNN" (and its ANN twin trained the same way),
     the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split; runs
-    that learned from a teacher add its share and temperature (", distilled 0.9, tau 4"), and
-    from an ensemble its size (", distilled 0.9 from 3 teachers, tau 4")."""
+    that learned from teachers add the share, the teachers and the temperature
+    (", distilled 0.9 from an ANN twin, tau 4", ", distilled 0.5 from 3 SNNs, tau 4")."""
     if ann:
         name = "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
     else:
         name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
         name = f"{name}, fast recipe" if recipe == "fast" else name
-    ensemble = f" from {taught} teachers" if taught > 1 else ""
-    return f"{name}, distilled {distill:g}{ensemble}, tau {temperature:g}" if distill else name
+    return f"{name}, distilled {distill:g} from {_teachers_text(taught)}, tau {temperature:g}" if distill else name
+
+
+def _teachers_text(taught: tuple[str, ...]) -> str:
+    """'an ANN twin', '3 SNNs', '2 teachers' (of mixed or unknown kinds)."""
+    kinds = set(taught)
+    if len(kinds) != 1 or "?" in kinds:
+        return f"{len(taught)} teacher{'s' * (len(taught) > 1)}"
+    kind = taught[0]
+    return f"an {kind}" if len(taught) == 1 else f"{len(taught)} {kind}s"
+
+
+def teacher_kind(name: str) -> str:
+    """'ANN twin' or 'SNN': what the teacher ``name`` of a run's config is, from its own config
+    (a run directory's config.toml, the one beside a checkpoint file, or a shipped model's
+    NAME.toml); '?' where none is found (a relative path is read from the working directory)."""
+    if name.startswith(zoo.PREFIX):
+        path = zoo.folder() / f"{name[len(zoo.PREFIX) :]}.toml"
+    else:
+        path = Path(name) / "config.toml" if Path(name).is_dir() else Path(name).parent / "config.toml"
+    try:
+        return "ANN twin" if load_toml(path).get("ann") else "SNN"
+    except ValueError:  # no such file, or not a config
+        return "?"
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
@@ -351,8 +376,10 @@ def build(results: Path = Path("results")) -> Path:
         for row in rows:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
-            suffix += f"-distilled{row.distill:g}" if row.distill else ""
-            suffix += f"-from{row.teachers}" if row.teachers > 1 else ""
+            if row.distill:
+                kinds = {"ANN twin": "ann", "SNN": "snn"}
+                kind = kinds.get(row.teachers[0], "") if len(set(row.teachers)) == 1 else ""
+                suffix += f"-distilled{row.distill:g}-from{len(row.teachers)}{kind}"
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]

@@ -263,7 +263,7 @@ class Progress:
     wall_seconds: float  # training time so far
     planned: bool  # whether a time-budget run has planned its epochs
     param_groups: list  # the optimizer's (learning rate, betas, ...)
-    teacher_sha256: str = ""  # the sha256s of the teachers' weights, joined by commas ('' none)
+    teacher_sha256: str = ""  # the sha256s of the teachers' files, joined by commas ('' none)
 
     def to_state(self) -> dict:
         return dataclasses.asdict(self)

@@ -187,7 +187,7 @@ class Teacher(NamedTuple):
 
     model: nn.Module  # in eval mode, without gradients
     config: TrainConfig
-    sha256: str  # of its weights file: what a resumed run checks it still learns from
+    sha256: str  # of its file (teacher_file): what a resumed run checks it still learns from
 
 
 def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Teacher]:
@@ -205,19 +205,7 @@ def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Tea
 
 
 def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Teacher:
-    if name.startswith(zoo.PREFIX):
-        file, digest = None, zoo.record(name[len(zoo.PREFIX) :])["sha256"]  # checked as it loads
-    else:
-        path = Path(name)
-        if not path.exists():
-            raise ValueError(
-                f"teacher {name}: no such run directory or checkpoint (a relative path is read from "
-                f"the working directory, {Path.cwd()}; a resumed run may name its teacher's new place with --teacher)"
-            )
-        if path.is_dir() and not (path / SUMMARY).exists():
-            raise ValueError(f"teacher {name} has not finished its run (no {SUMMARY}): finish it first")
-        file = path / CHECKPOINT if path.is_dir() else path
-        digest = _sha256(file)
+    file, digest = teacher_file(name)
     model, taught = load_trained(file or name, str(device))
     if taught.dataset != cfg.dataset:
         raise ValueError(f"teacher {name} learned {taught.dataset}, not this run's {cfg.dataset}")
@@ -227,8 +215,29 @@ def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Tea
             "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
         )
     model.eval().requires_grad_(False)
-    log(f"teacher: {name} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, weights sha256 {digest})")
+    log(f"teacher: {name} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, file sha256 {digest})")
     return Teacher(model, taught, digest)
+
+
+def teacher_file(name: str) -> tuple[Path | None, str]:
+    """The file that holds the teacher ``name`` (None for ``pretrained:NAME``) and its sha256:
+    the whole checkpoint file's for a run or checkpoint, the shipped weights' for a shipped
+    model (checked as it loads). ValueError naming the teacher if there is no such file, or if
+    it is a run directory whose run has not finished."""
+    if name.startswith(zoo.PREFIX):
+        return None, zoo.record(name[len(zoo.PREFIX) :])["sha256"]
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(
+            f"teacher {name}: no such run directory or checkpoint (a relative path is read from "
+            f"the working directory, {Path.cwd()})"
+        )
+    if path.is_dir() and not (path / SUMMARY).exists():
+        raise ValueError(f"teacher {name} has not finished its run (no {SUMMARY}): finish it first")
+    file = path / CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"teacher {name}: its run finished, but its checkpoint {file} is gone (train it again)")
+    return file, _sha256(file)
 
 
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
@@ -332,13 +341,8 @@ class Run:
             )
         run = cls(cfg, run_dir, log, fresh=False)
         run.lock = held
-        digests = _digests(run.teachers)
-        if progress.teacher_sha256 and digests != progress.teacher_sha256:
-            raise ValueError(
-                f"{run_dir} learned from teachers whose weights have sha256 {progress.teacher_sha256}, but "
-                f"{cfg.teacher} holds other weights ({digests}): a resumed run keeps its teachers "
-                "(name where the same files are now with --teacher)"
-            )
+        if progress.teacher_sha256:
+            _check_teachers(run_dir, progress.teacher_sha256, teachers(cfg.teacher), _digests(run.teachers))
         try:
             restore(run.model, run.optimizer, tensors, progress.param_groups)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -600,7 +604,10 @@ def finish(cfg: TrainConfig, run_dir: str | Path, log=print, **resumable) -> Sum
     summary = read_summary(run_dir)
     if summary is not None:
         saved = read_config(run_dir)
-        changed = [f"{name}={old!r}, not {new!r}" for name, old, new in _fixed_changes(saved, fixed)]
+        changes = _fixed_changes(saved, fixed)
+        if [name for name, *_ in changes] == ["teacher"] and _moved_teachers(run_dir, cfg):
+            changes = []
+        changed = [f"{name}={old!r}, not {new!r}" for name, old, new in changes]
         if changed:
             raise ValueError(f"{run_dir} holds a finished run with {', '.join(changed)}; choose another run directory")
         more = (
@@ -636,6 +643,39 @@ def _fixed_changes(saved: dict, asked: dict) -> list[tuple]:
         for name, value in asked.items()
         if name not in RESUMABLE_SETTINGS and saved.get(name, defaults.get(name)) != value
     ]
+
+
+def _moved_teachers(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether the finished run in ``run_dir`` learned from the teachers ``cfg`` names, moved:
+    its checkpoint recorded their sha256s (ValueError naming the first that differs). False if
+    it recorded none, or its checkpoint is gone: then the paths alone tell."""
+    path = run_dir / CHECKPOINT
+    recorded = read_checkpoint(path)[2].teacher_sha256 if path.is_file() else ""
+    if not recorded:
+        return False
+    names = teachers(cfg.teacher)
+    _check_teachers(run_dir, recorded, names, ",".join(teacher_file(name)[1] for name in names))
+    return True
+
+
+def _check_teachers(run_dir: Path, recorded: str, names: list[str], digests: str) -> None:
+    """ValueError unless the teachers ``names``, whose files have the sha256s ``digests``, are
+    those ``run_dir`` recorded (``recorded``), in the same order; it names the first that differs."""
+    if digests == recorded:
+        return
+    was, now = recorded.split(","), digests.split(",")
+    if sorted(was) == sorted(now):
+        raise ValueError(
+            f"{run_dir} learned from the same teachers in another order ({', '.join(names)} has them "
+            "in a different order): name them in the order the run started with"
+        )
+    if len(was) != len(now):
+        raise ValueError(f"{run_dir} learned from {len(was)} teacher(s), not the {len(now)} named ({', '.join(names)})")
+    i = next(i for i, (a, b) in enumerate(zip(was, now)) if a != b)
+    raise ValueError(
+        f"{run_dir} learned from teacher {i + 1} with file sha256 {was[i]}, but {names[i]} has {now[i]}: "
+        "a resumed or kept run keeps its teachers (name where the same files are now with --teacher)"
+    )
 
 
 def _digests(taught: list[Teacher]) -> str:
