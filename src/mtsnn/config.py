@@ -178,6 +178,7 @@ class TrainConfig:
                     f"invalid setting {item.name}={value!r} (choose one of "
                     f"{', '.join(repr(c) if c == '' else c for c in choices)})"
                 )
+        named = teachers(self.teacher)
         checks = [
             (self.T >= 1, f"T={self.T} (need >= 1)"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} (need a finite value > 0)"),
@@ -232,8 +233,7 @@ class TrainConfig:
                 "and distill > 0 a teacher)",
             ),
             (
-                all(name and name == name.strip() for name in teachers(self.teacher))
-                and len(set(teachers(self.teacher))) == len(teachers(self.teacher)),
+                all(name and name == name.strip() for name in named) and len(set(named)) == len(named),
                 f"teacher={self.teacher!r} (an ensemble names each teacher once, joined by commas without spaces)",
             ),
             (

@@ -28,6 +28,12 @@ from .config import TrainConfig, build_model
 PREFIX = "pretrained:"  # how the command line names a shipped model: mtsnn eval pretrained:mnist-mlp
 
 
+def shipped(path) -> str | None:
+    """``NAME`` if ``path`` names a shipped model (``pretrained:NAME``), else None."""
+    path = str(path)
+    return path[len(PREFIX) :] if path.startswith(PREFIX) else None
+
+
 def folder() -> Path:
     """Where the shipped models are: $MTSNN_MODELS, else ``models/`` of this checkout."""
     return Path(os.environ.get("MTSNN_MODELS") or Path(__file__).resolve().parents[2] / "models")

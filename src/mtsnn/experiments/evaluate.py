@@ -23,8 +23,8 @@ from .rundir import CHECKPOINT, read_weights
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The model and config of a run directory, a checkpoint file, or a shipped model
     (``pretrained:NAME``, :mod:`mtsnn.zoo`: its sha256 checked)."""
-    if str(path).startswith(zoo.PREFIX):
-        return zoo.load(str(path)[len(zoo.PREFIX) :], device)
+    if name := zoo.shipped(path):
+        return zoo.load(name, device)
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -64,8 +64,8 @@ def evaluate_checkpoint(
             raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
         train_set = datasets.load(cfg.dataset, "train", root=data_root or cfg.data_root or None, download=True)
         extra["int8_test_acc"], extra["int8_agreement"] = integer_accuracy(model, loader, test_set, train_set)
-    if str(path).startswith(zoo.PREFIX):  # what was measured when the weights were kept
-        extra["recorded_test_acc"] = zoo.record(str(path)[len(zoo.PREFIX) :])["test_acc"]
+    if name := zoo.shipped(path):  # what was measured when the weights were kept
+        extra["recorded_test_acc"] = zoo.record(name)["test_acc"]
     return {
         **extra,
         "preset": cfg.preset,

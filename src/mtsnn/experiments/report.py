@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import zoo
 from ..config import PRESETS, TrainConfig, load_toml, teachers
-from .rundir import RunRecord, read_run
+from .rundir import RunRecord, read_config, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
 # are the preset's (mtsnn.config.PRESETS)
@@ -185,12 +185,13 @@ def teacher_kind(name: str) -> str:
     """'ANN twin' or 'SNN': what the teacher ``name`` of a run's config is, from its own config
     (a run directory's config.toml, the one beside a checkpoint file, or a shipped model's
     NAME.toml); '?' where none is found (a relative path is read from the working directory)."""
-    if name.startswith(zoo.PREFIX):
-        path = zoo.folder() / f"{name[len(zoo.PREFIX) :]}.toml"
-    else:
-        path = Path(name) / "config.toml" if Path(name).is_dir() else Path(name).parent / "config.toml"
+    shipped, path = zoo.shipped(name), Path(name)
     try:
-        return "ANN twin" if load_toml(path).get("ann") else "SNN"
+        if shipped:
+            config = load_toml(zoo.folder() / f"{shipped}.toml")
+        else:
+            config = read_config(path if path.is_dir() else path.parent)
+        return "ANN twin" if config.get("ann") else "SNN"
     except ValueError:  # no such file, or not a config
         return "?"
 

@@ -192,7 +192,7 @@ class Teacher(NamedTuple):
 
 def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Teacher]:
     """The teachers ``cfg.teacher`` names (:func:`mtsnn.config.teachers`), in its order; none
-    without one. ``log`` gets one line for each, naming it, with its weights' sha256.
+    without one. ``log`` gets one line for each, naming it, with its file's sha256 (:func:`teacher_file`).
 
     ValueError naming the teacher if no such run directory or file exists, if it is a run
     directory whose run has not finished (its checkpoint would be a half-trained teacher, and
@@ -224,8 +224,8 @@ def teacher_file(name: str) -> tuple[Path | None, str]:
     the whole checkpoint file's for a run or checkpoint, the shipped weights' for a shipped
     model (checked as it loads). ValueError naming the teacher if there is no such file, or if
     it is a run directory whose run has not finished."""
-    if name.startswith(zoo.PREFIX):
-        return None, zoo.record(name[len(zoo.PREFIX) :])["sha256"]
+    if shipped := zoo.shipped(name):
+        return None, zoo.record(shipped)["sha256"]
     path = Path(name)
     if not path.exists():
         raise ValueError(
