@@ -1,6 +1,7 @@
 """Agreement of int8 with float on training images 10000-19999 (issue 18): max-abs scales against
 per-channel scales chosen to minimise the rounding error (squared, over the channel's weights)."""
 
+import dataclasses
 import sys
 
 import torch
@@ -32,16 +33,16 @@ model, name = sys.argv[1], sys.argv[2]
 net = mtsnn.pretrained(model).eval()
 train = data.load(name, "train", "../shared/datasets")
 mean, std = data.NORMALISATION[name]
-pix = train.images[10000:20000]
-x = ((pix.float() / 255.0) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+part = dataclasses.replace(train, images=train.images[10000:20000], labels=train.labels[10000:20000])
+pix = part.images
 with torch.no_grad():
-    ref = torch.cat([net(x[i : i + 1000]).sum(0).argmax(1) for i in range(0, len(x), 1000)])
+    ref = torch.cat([net(x).sum(0).argmax(1) for x, _ in data.DeviceLoader(part, 1000, train=False).epoch(0)])
 orig = I._quantize
 for label, q in (("max-abs", orig), ("mse", quantize_mse)):
     I._quantize = q
     integer = I.IntegerNetwork(net, mean, std, calibration=train.images[:1000])
     pred = torch.cat([integer(pix[i : i + 1000]).sum(0).argmax(1) for i in range(0, len(pix), 1000)])
     agreement = (pred == ref).float().mean() * 100
-    labels = train.labels[10000:20000]
+    labels = part.labels
     accuracy, float_accuracy = ((p == labels).float().mean() * 100 for p in (pred, ref))
     print(f"{model} {label}: agreement {agreement:.2f}% accuracy {accuracy:.2f}% (float {float_accuracy:.2f}%)")

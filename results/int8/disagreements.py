@@ -2,13 +2,14 @@
 and the agreement when one block's weights alone are rounded to int8. ARGS: MODEL DATASET."""
 
 import copy
+import dataclasses
 import sys
 
 import torch
 
 import mtsnn
 from mtsnn import data
-from mtsnn.integer import WEIGHT_MAX, IntegerBlock, IntegerNetwork
+from mtsnn.integer import IntegerBlock, IntegerNetwork, _quantize
 from mtsnn.layers import SpikingBlock
 
 torch.manual_seed(0)
@@ -16,17 +17,13 @@ net = mtsnn.pretrained(sys.argv[1]).eval()
 name = sys.argv[2]
 train = data.load(name, "train", "../shared/datasets")
 mean, std = data.NORMALISATION[name]
-pix = train.images[10000:13000]
-
-
-def norm(p):
-    x = p.float() / 255.0
-    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+part = dataclasses.replace(train, images=train.images[10000:13000], labels=train.labels[10000:13000])
+pix = part.images
 
 
 def counts(model):
     with torch.no_grad():
-        return torch.cat([model(norm(pix[i : i + 500])).sum(0) for i in range(0, 3000, 500)], 0)
+        return torch.cat([model(x).sum(0) for x, _ in data.DeviceLoader(part, 500, train=False).epoch(0)], 0)
 
 
 def top(c):
@@ -54,9 +51,7 @@ for k in range(len(blocks)):
     model = copy.deepcopy(net)
     b = [m for m in model.modules() if isinstance(m, SpikingBlock)][k]
     with torch.no_grad():
-        w = b.weight
-        dims = tuple(range(1, w.dim()))
-        sc = w.abs().amax(dims, keepdim=True) / WEIGHT_MAX
-        w.copy_(torch.round(w / sc) * sc)
+        q, scale, _ = _quantize(b.weight.double(), b.params.v_th)  # the integer path's rounding
+        b.weight.copy_(q.double() * scale.view((-1,) + (1,) * (q.dim() - 1)))
     c = counts(model)
     print(f"block {k} weights quantized alone: agreement {(top(c) == top(fc)).float().mean() * 100:.2f}%")
