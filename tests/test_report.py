@@ -181,9 +181,15 @@ def test_distilled_runs_are_rows_of_their_own_named_by_share_and_teachers(tmp_pa
     make_run(tmp_path, "fmnist-cnn-ens3", 0, [92.0, 93.7], 2, teacher=",".join(twins), distill=0.9, **common)
     make_run(tmp_path, "fmnist-cnn-snn3", 0, [92.0, 92.9], 2, teacher=",".join(snns), distill=0.9, **common)
     make_run(tmp_path, "fmnist-cnn-lost", 0, [92.0, 92.8], 2, teacher="gone/a,gone/b", distill=0.9, **common)
+    # another network's teachers are named with their preset: the MLP learns from the CNN's twins
+    make_run(tmp_path, "fmnist-mlp-x", 0, [90.0, 91.3], 2, teacher=",".join(twins), distill=0.9, recipe="fast")
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
-    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["variant"]: r for r in summary if r["preset"] == "fmnist-cnn"}
     base = "SNN, fast recipe"
+    (mlp,) = [r for r in summary if r["preset"] == "fmnist-mlp"]
+    assert mlp["variant"] == f"{base}, distilled 0.9 from 3 fmnist-cnn ANN twins, tau 4"
+    assert mlp["teachers"] == ["fmnist-cnn ANN twin"] * 3 and mlp["accs"] == [91.3]
     distilled = f"{base}, distilled 0.5 from an ANN twin, tau 4"
     assert set(rows) == {
         base,
@@ -203,3 +209,4 @@ def test_distilled_runs_are_rows_of_their_own_named_by_share_and_teachers(tmp_pa
     if importlib.util.find_spec("matplotlib"):
         for suffix in ("0.5-from1ann", "0.9-from3ann", "0.9-from3snn", "0.9-from2"):
             assert (tmp_path / f"curves-fmnist-cnn-snn-fast-distilled{suffix}.png").exists()
+        assert (tmp_path / "curves-fmnist-mlp-snn-fast-distilled0.9-from3fmnist-cnn-ann.png").exists()

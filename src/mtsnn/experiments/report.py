@@ -107,7 +107,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                 cfg.get("recipe", "paper"),
                 cfg.get("distill", 0.0),
                 cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
-                tuple(teacher_kind(name) for name in teachers(cfg.get("teacher", ""))),
+                tuple(teacher_kind(name, cfg["preset"]) for name in teachers(cfg.get("teacher", ""))),
             )
             groups.setdefault(key, []).append(run)
     table = []
@@ -181,19 +181,33 @@ def _teachers_text(taught: tuple[str, ...]) -> str:
     return f"an {kind}" if len(taught) == 1 else f"{len(taught)} {kind}s"
 
 
-def teacher_kind(name: str) -> str:
-    """'ANN twin' or 'SNN': what the teacher ``name`` of a run's config is, from its own config
-    (a run directory's config.toml, the one beside a checkpoint file, or a shipped model's
-    NAME.toml); '?' where none is found (a relative path is read from the working directory)."""
+def teacher_kind(name: str, preset: str) -> str:
+    """'ANN twin' or 'SNN': what the teacher ``name`` of a run of ``preset`` is, from its own
+    config (a run directory's config.toml, the one beside a checkpoint file, or a shipped
+    model's NAME.toml), led by the teacher's preset where it is another network ('fmnist-cnn
+    ANN twin' teaching fmnist-mlp); '?' where none is found (a relative path is read from the
+    working directory)."""
     shipped, path = zoo.shipped(name), Path(name)
     try:
         if shipped:
             config = load_toml(zoo.folder() / f"{shipped}.toml")
         else:
             config = read_config(path if path.is_dir() else path.parent)
-        return "ANN twin" if config.get("ann") else "SNN"
+        kind = "ANN twin" if config.get("ann") else "SNN"
     except ValueError:  # no such file, or not a config
         return "?"
+    taught = config.get("preset", preset)
+    return kind if taught == preset else f"{taught} {kind}"
+
+
+def _kind_suffix(kind: str) -> str:
+    """A teacher's kind (:func:`teacher_kind`) in a curve file's name: 'ann', 'snn',
+    'fmnist-cnn-ann'; '' unknown."""
+    for word, short in (("ANN twin", "ann"), ("SNN", "snn")):
+        if kind == word or kind.endswith(f" {word}"):
+            taught = kind.removesuffix(word).strip()
+            return f"{taught}-{short}" if taught else short
+    return ""
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
@@ -378,8 +392,7 @@ def build(results: Path = Path("results")) -> Path:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
             if row.distill:
-                kinds = {"ANN twin": "ann", "SNN": "snn"}
-                kind = kinds.get(row.teachers[0], "") if len(set(row.teachers)) == 1 else ""
+                kind = _kind_suffix(row.teachers[0]) if len(set(row.teachers)) == 1 else ""
                 suffix += f"-distilled{row.distill:g}-from{len(row.teachers)}{kind}"
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
