@@ -203,11 +203,7 @@ def teacher_kind(name: str, preset: str) -> str:
 def _kind_suffix(kind: str) -> str:
     """A teacher's kind (:func:`teacher_kind`) in a curve file's name: 'ann', 'snn',
     'fmnist-cnn-ann'; '' unknown."""
-    for word, short in (("ANN twin", "ann"), ("SNN", "snn")):
-        if kind == word or kind.endswith(f" {word}"):
-            taught = kind.removesuffix(word).strip()
-            return f"{taught}-{short}" if taught else short
-    return ""
+    return "" if kind == "?" else kind.replace("ANN twin", "ann").replace("SNN", "snn").replace(" ", "-")
 
 
 def _first_reaching(run: RunRecord, target: float) -> dict | None:
