@@ -396,6 +396,7 @@ def as_pixels(batch):
         ({"seed": -1}, "seed=-1 (need >= 0)"),
         ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
         ({"cutout": -1}, "cutout=-1 (need >= 0)"),
+        ({"elastic": -1.0}, "elastic=-1.0 (need >= 0)"),
     ],
 )
 def test_loader_settings_out_of_range_are_named(setting, message):
@@ -459,6 +460,52 @@ def test_cutout_blacks_out_one_square_per_image_clipped_at_the_border_and_leaves
     # centre row 0 leaves 2 rows, 1 leaves 3, 2-6 all 4, and 7 (rows 5-7) 3; every kind occurs
     assert {(r, c) for r, c, _, _ in sides} == {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}
     assert (4, 4, False, False) in sides and (2, 2, True, True) in sides
+
+
+def bilinear_reference(images, displacement):
+    """elastic_warp by hand: each output pixel from its four neighbours around the displaced
+    point, weighted by closeness, pixels outside the image black."""
+    n, channels, height, width = images.shape
+    out = torch.zeros(n, channels, height, width, dtype=torch.float64)
+    for i in range(n):
+        for y in range(height):
+            for x in range(width):
+                sy, sx = y + displacement[i, 1, y, x].item(), x + displacement[i, 0, y, x].item()
+                y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+                for yy, wy in ((y0, 1 - (sy - y0)), (y0 + 1, sy - y0)):
+                    for xx, wx in ((x0, 1 - (sx - x0)), (x0 + 1, sx - x0)):
+                        if 0 <= yy < height and 0 <= xx < width:
+                            out[i, :, y, x] += wy * wx * images[i, :, yy, xx].double()
+    return out
+
+
+def test_elastic_warp_samples_each_displaced_point_as_a_slow_bilinear_reference_does():
+    images = torch.randint(0, 256, (3, 2, 5, 6), dtype=torch.uint8)
+    displacement = torch.empty(3, 2, 5, 6).uniform_(-2.5, 2.5, generator=torch.Generator().manual_seed(1))
+    warped = data.elastic_warp(images, displacement)
+    torch.testing.assert_close(warped.double(), bilinear_reference(images, displacement), atol=1e-3, rtol=0)
+
+
+def test_elastic_displacement_is_uniform_noise_blurred_by_a_three_sigma_gaussian_times_alpha():
+    field = data.elastic_displacement(4, 20, 30, 7.0, torch.Generator().manual_seed(5))
+    noise = torch.rand(4, 2, 20, 30, generator=torch.Generator().manual_seed(5)) * 2 - 1  # the same draws
+    taps = torch.tensor([np.exp(-0.5 * (k / 4.0) ** 2) for k in range(-12, 13)])  # sigma 4, cut at 3 sigma
+    kernel = torch.outer(taps, taps) / taps.sum() ** 2
+    blurred = torch.nn.functional.conv2d(noise.reshape(8, 1, 20, 30), kernel[None, None].float(), padding=12)
+    torch.testing.assert_close(field, 7.0 * blurred.reshape(4, 2, 20, 30), atol=1e-5, rtol=1e-4)
+
+
+def test_elastic_distortion_keeps_the_crops_and_flips_and_bends_the_images():
+    pixels = torch.randint(0, 256, (200, 1, 12, 12))
+    make = partial(DeviceLoader, dataset_of(pixels), 50, train=True, crop_padding=1, flip=True, mean=(0.0,), std=(1.0,))
+    # a vanishing distortion is the identity: the crops and flips draw the numbers they did without it
+    for (plain, _), (tiny, _) in zip(make(), make(elastic=1e-6)):
+        torch.testing.assert_close(tiny, plain, atol=1e-4, rtol=0)
+    for (plain, _), (bent, _) in zip(make(), make(elastic=34.0)):
+        moved = (bent - plain).abs().mean()  # in pixels / 255: random pixels differ by ~85/255 on average
+        assert 0.1 < moved < 0.5
+    again = [images for images, _ in make(elastic=34.0)]
+    assert all(torch.equal(a, b) for a, b in zip(again, [images for images, _ in make(elastic=34.0)]))
 
 
 def test_padding_is_black_before_normalisation():

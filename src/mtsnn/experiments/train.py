@@ -147,6 +147,7 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
         crop_padding=cfg.crop_padding,
         flip=cfg.flip,
         cutout=cfg.cutout,
+        elastic=cfg.elastic,
     )
     calibration = None
     if cfg.calibrate:  # the same first images on every process, so that all start alike
