@@ -397,6 +397,7 @@ def as_pixels(batch):
         ({"crop_padding": -2}, "crop_padding=-2 (need >= 0)"),
         ({"cutout": -1}, "cutout=-1 (need >= 0)"),
         ({"elastic": -1.0}, "elastic=-1.0 (need >= 0)"),
+        ({"elastic": float("nan")}, "elastic=nan (need >= 0)"),
     ],
 )
 def test_loader_settings_out_of_range_are_named(setting, message):
@@ -479,9 +480,11 @@ def bilinear_reference(images, displacement):
     return out
 
 
-def test_elastic_warp_samples_each_displaced_point_as_a_slow_bilinear_reference_does():
-    images = torch.randint(0, 256, (3, 2, 5, 6), dtype=torch.uint8)
-    displacement = torch.empty(3, 2, 5, 6).uniform_(-2.5, 2.5, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("height, width", [(5, 6), (1, 4), (3, 1)])
+def test_elastic_warp_samples_each_displaced_point_as_a_slow_bilinear_reference_does(height, width):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, 2, height, width), dtype=torch.uint8, generator=generator)
+    displacement = torch.empty(3, 2, height, width).uniform_(-2.5, 2.5, generator=generator)
     warped = data.elastic_warp(images, displacement)
     torch.testing.assert_close(warped.double(), bilinear_reference(images, displacement), atol=1e-3, rtol=0)
 
@@ -496,7 +499,7 @@ def test_elastic_displacement_is_uniform_noise_blurred_by_a_three_sigma_gaussian
 
 
 def test_elastic_distortion_keeps_the_crops_and_flips_and_bends_the_images():
-    pixels = torch.randint(0, 256, (200, 1, 12, 12))
+    pixels = torch.randint(0, 256, (200, 1, 12, 12), generator=torch.Generator().manual_seed(2))
     make = partial(DeviceLoader, dataset_of(pixels), 50, train=True, crop_padding=1, flip=True, mean=(0.0,), std=(1.0,))
     # a vanishing distortion is the identity: the crops and flips draw the numbers they did without it
     for (plain, _), (tiny, _) in zip(make(), make(elastic=1e-6)):
@@ -506,6 +509,11 @@ def test_elastic_distortion_keeps_the_crops_and_flips_and_bends_the_images():
         assert 0.1 < moved < 0.5
     again = [images for images, _ in make(elastic=34.0)]
     assert all(torch.equal(a, b) for a, b in zip(again, [images for images, _ in make(elastic=34.0)]))
+    # alone (no crop, no flip) it still bends the training images, and never the test images
+    alone = partial(DeviceLoader, dataset_of(pixels), 200, crop_padding=0, elastic=34.0, mean=(0.0,), std=(1.0,))
+    (bent, _), (kept, _) = next(iter(alone(train=True))), next(iter(alone(train=False)))
+    assert not (as_pixels(bent)[:, None] == pixels[None]).flatten(2).all(2).any()  # no image is any original
+    assert torch.equal(as_pixels(kept), pixels)
 
 
 def test_padding_is_black_before_normalisation():

@@ -146,8 +146,8 @@ class TrainConfig:
     )
     elastic: float = setting(
         0.0,
-        "not in the paper: elastic distortion (Simard et al. 2003), each pixel moved by a random field "
-        "smoothed over 4 pixels and scaled by this many (they took 34 for digits; 0: none)",
+        "not in the paper: elastic distortion (Simard et al. 2003) of this strength, alpha: each pixel moved "
+        "by uniform noise blurred over 4 pixels times alpha (they took 34 for digits, about 1.3 pixels; 0: none)",
     )
     train_limit: int = setting(0, "train on the first N training images (0: all)")
     test_limit: int = setting(
@@ -249,7 +249,7 @@ class TrainConfig:
             (self.seed >= 0, f"seed={self.seed} (need >= 0)"),
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.cutout >= 0, f"cutout={self.cutout} (need >= 0; 0 means none)"),
-            (self.elastic >= 0, f"elastic={self.elastic} (need >= 0; 0 means none)"),
+            (0 <= self.elastic < math.inf, f"elastic={self.elastic} (need a finite number >= 0; 0 means none)"),
             (0 <= self.dropout < 1, f"dropout={self.dropout} (need 0 <= dropout < 1; 0 means none)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),
