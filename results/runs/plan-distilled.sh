@@ -2,8 +2,10 @@
 # The fast recipe distilled (issue 16), seeds 0-2: PRESET A [TEACHERS [FROM]]. A is the share of
 # the loss given to the teachers (--distill A), chosen on the validation split
 # (results/probes/recipe/README.md). FROM (default PRESET) is the preset whose networks teach:
-# fmnist-cnn's twins may teach fmnist-mlp (`twins` only). Settings after FROM go to the students
-# only (`--epochs 60`). TEACHERS:
+# fmnist-cnn's twins may teach fmnist-mlp (`twins` only). Settings after FROM (give FROM, PRESET
+# itself for the default, to pass them) go to the students only (`--epochs 60`); the students'
+# folder names do not carry them, and a stopped student resumes with the settings it started
+# with. TEACHERS:
 #   twin  (default) each seed's tuned ANN twin (`--recipe fast --ann`, all 60,000 training
 #         images) teaches that seed's SNN; students go to results/runs/PRESET-fast-distilledA/.
 #   twins the three twins teach each SNN as an ensemble (--teacher A,B,C); students go to
