@@ -568,8 +568,8 @@ class DeviceLoader:
     with ``cutout`` > 0 a black ``cutout`` x ``cutout`` square centred on a random pixel,
     clipped at the border (Cutout, DeVries & Taylor 2017, arXiv:1708.04552), and with
     ``elastic`` > 0 an elastic distortion of that strength (the ``alpha`` of
-    :func:`elastic_displacement`, applied last). Padding and cut-out pixels are black raw pixels, as torchvision's
-    RandomCrop(padding=...) before Normalize.
+    :func:`elastic_displacement`, applied last). Padding and cut-out pixels are black raw
+    pixels, as torchvision's RandomCrop(padding=...) before Normalize.
     Test: examples in order, no augmentation. Every batch is then turned into float32
     ``(x / 255 - mean) / std`` with the data set's NORMALISATION unless ``mean``/``std`` given.
 
