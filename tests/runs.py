@@ -1,5 +1,6 @@
 """Helpers for tests that train: where the real data is, the CLI in a subprocess, and a run's final state."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtsnn.checkpoint import load_checkpoint
+from mtsnn.checkpoint import load_checkpoint, save_checkpoint
+from mtsnn.config import TrainConfig, build_model
 
 SHARED = Path(os.environ.get("MTSNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 # what a checkpoint of a stopped run holds beside its config (mtsnn.experiments.rundir.Progress)
@@ -94,3 +96,26 @@ def in_namespace(script: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def save_trained(path, always_seven=True, finished=True, ann=True, **settings) -> TrainConfig:
+    """The run directory of a 784-10 network, the ANN twin unless ``ann`` is False: with
+    ``always_seven``, no weights and a bias of 10 on class 7 alone (the ANN's logits are 10 for
+    class 7 and 0 for the others, whatever the image; the SNN's class 7 fires its most spikes
+    at each step, the others none); otherwise random weights, whose answers depend on the image.
+    ``finished``: with the summary.json of a run that ended."""
+    cfg = TrainConfig(spec="784-10", ann=ann, **settings).validate()
+    path.mkdir(exist_ok=True)
+    torch.manual_seed(cfg.seed + 1)  # random weights differ by seed
+    model = build_model(cfg)
+    if always_seven:
+        with torch.no_grad():
+            for name, tensor in model.named_parameters():
+                tensor.zero_()
+                if name.endswith("bias"):
+                    tensor[7] = 10.0
+    tensors = {f"model/{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint(path / "checkpoint.safetensors", tensors, {"config": dataclasses.asdict(cfg), **PROGRESS})
+    if finished:
+        (path / "summary.json").write_text(json.dumps({"preset": cfg.preset, "epochs": 2, "wall_seconds": 1.0}))
+    return cfg

@@ -1,18 +1,16 @@
 """Knowledge distillation (--teacher, --distill): the loss by hand, which teachers a run may
 take, and a student that learns what its teacher says rather than its labels."""
 
-import dataclasses
 import hashlib
-import json
 import math
 import shutil
 
 import pytest
 import torch
-from runs import PROGRESS, SHARED, assert_same_run, needs_fmnist
+from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
-from mtsnn.config import TrainConfig, build_model, preset
+from mtsnn.config import TrainConfig, preset
 from mtsnn.experiments.objective import loss_fn
 from mtsnn.experiments.train import Run, finish, load_teachers
 
@@ -87,37 +85,14 @@ def test_distillation_settings_that_do_not_fit_are_named(override, message):
         preset("fmnist-mlp", **override)
 
 
-def save_teacher(path, always_seven=True, finished=True, ann=True, **settings) -> TrainConfig:
-    """The run directory of a 784-10 network, the ANN twin unless ``ann`` is False: with
-    ``always_seven``, no weights and a bias of 10 on class 7 alone (the ANN's logits are 10 for
-    class 7 and 0 for the others, whatever the image; the SNN's class 7 fires its most spikes
-    at each step, the others none); otherwise random weights, whose answers depend on the image.
-    ``finished``: with the summary.json of a run that ended."""
-    cfg = TrainConfig(spec="784-10", ann=ann, **settings).validate()
-    path.mkdir(exist_ok=True)
-    torch.manual_seed(cfg.seed + 1)  # random weights differ by seed
-    model = build_model(cfg)
-    if always_seven:
-        with torch.no_grad():
-            for name, tensor in model.named_parameters():
-                tensor.zero_()
-                if name.endswith("bias"):
-                    tensor[7] = 10.0
-    tensors = {f"model/{k}": v.contiguous() for k, v in model.state_dict().items()}
-    save_checkpoint(path / "checkpoint.safetensors", tensors, {"config": dataclasses.asdict(cfg), **PROGRESS})
-    if finished:
-        (path / "summary.json").write_text(json.dumps({"preset": cfg.preset, "epochs": 2, "wall_seconds": 1.0}))
-    return cfg
-
-
 def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_validation_images(tmp_path):
-    save_teacher(tmp_path, dataset="mnist", val_holdout=5000)
+    save_trained(tmp_path, dataset="mnist", val_holdout=5000)
     student = preset("mnist-mlp", teacher=str(tmp_path), distill=0.5)
     with pytest.raises(ValueError, match=f"teacher {tmp_path} learned mnist, not this run's fashion-mnist"):
         load_teachers(student.replace(dataset="fashion-mnist"), torch.device("cpu"))
     with pytest.raises(ValueError, match="held out 5000 training images, this run 1000: it may have learned"):
         load_teachers(student.replace(val_holdout=1000), torch.device("cpu"))
-    save_teacher(tmp_path / "all", dataset="mnist")  # trained on every training image
+    save_trained(tmp_path / "all", dataset="mnist")  # trained on every training image
     with pytest.raises(ValueError, match="held out 0 training images, this run 5000"):
         load_teachers(student.replace(teacher=str(tmp_path / "all"), val_holdout=5000), torch.device("cpu"))
     ensemble = student.replace(teacher=f"{tmp_path},{tmp_path / 'all'}", val_holdout=5000)
@@ -134,7 +109,7 @@ def test_a_run_refuses_a_teacher_of_other_data_or_one_that_may_have_seen_its_val
 
 
 def test_a_run_refuses_a_teacher_whose_run_has_not_finished_or_lost_its_checkpoint(tmp_path):
-    save_teacher(tmp_path, finished=False, dataset="mnist")
+    save_trained(tmp_path, finished=False, dataset="mnist")
     student = preset("mnist-mlp", teacher=str(tmp_path), distill=0.5)
     with pytest.raises(ValueError, match=f"teacher {tmp_path} has not finished its run \\(no summary.json\\)"):
         load_teachers(student, torch.device("cpu"))
@@ -149,7 +124,7 @@ def test_a_run_refuses_a_teacher_whose_run_has_not_finished_or_lost_its_checkpoi
 def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_labels(
     tmp_path, teacher_ann, student_ann
 ):
-    save_teacher(tmp_path / "teacher", ann=teacher_ann, dataset="fashion-mnist", data_root=str(SHARED))
+    save_trained(tmp_path / "teacher", ann=teacher_ann, dataset="fashion-mnist", data_root=str(SHARED))
     common = dict(train_limit=512, test_limit=500, epochs=3, data_root=str(SHARED), loss="ce", lr=0.01, ann=student_ann)
     taught = Run.start(
         preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=1.0, **common),
@@ -168,7 +143,7 @@ def test_a_distilled_run_resumed_after_each_epoch_ends_with_the_weights_of_an_un
     # teachers whose answers depend on the image: a resumed run must show them the same images
     names = [tmp_path / f"teacher{i}" for i in range(count)]
     for i, name in enumerate(names):
-        save_teacher(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
+        save_trained(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
     cfg = preset(
         "fmnist-mlp",
         teacher=",".join(map(str, names)),
@@ -190,7 +165,7 @@ def test_a_distilled_run_knows_its_teachers_by_sha256_not_by_path(tmp_path):
     quiet = dict(log=lambda *a: None)
     first, second = tmp_path / "t0", tmp_path / "t1"
     for i, name in enumerate((first, second)):
-        save_teacher(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
+        save_trained(name, always_seven=False, dataset="fashion-mnist", data_root=str(SHARED), seed=i)
         shutil.copytree(name, tmp_path / f"moved{i}")
     digest = hashlib.sha256((tmp_path / "moved0" / "checkpoint.safetensors").read_bytes()).hexdigest()
     moved = f"{tmp_path / 'moved0'},{tmp_path / 'moved1'}"
@@ -207,7 +182,7 @@ def test_a_distilled_run_knows_its_teachers_by_sha256_not_by_path(tmp_path):
     lines = []  # the same command with the teachers' new place keeps the finished run
     finish(cfg.replace(teacher=moved), tmp_path / "run", log=lines.append)
     assert lines == [f"{tmp_path / 'run'}: finished before, kept"]
-    save_teacher(first, always_seven=True, dataset="fashion-mnist", data_root=str(SHARED))  # other weights
+    save_trained(first, always_seven=True, dataset="fashion-mnist", data_root=str(SHARED))  # other weights
     changed = f"learned from teacher 1 with file sha256 {digest}, but {first} has "
     with pytest.raises(ValueError, match=changed):
         Run.resume(tmp_path / "run", epochs=2, **quiet)

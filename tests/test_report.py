@@ -24,11 +24,12 @@ def make_run(
     recipe="paper",
     teacher="",
     distill=0.5,
+    **settings,
 ):
     run = root / "runs" / name / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = preset(preset_name, seed=seed, epochs=epochs, ann=ann, output_surrogate=output_surrogate, recipe=recipe)
-    cfg = cfg.replace(teacher=teacher, distill=distill if teacher else 0.0).validate()
+    cfg = cfg.replace(teacher=teacher, distill=distill if teacher else 0.0, **settings).validate()
     (run / "config.toml").write_text(dump_toml(cfg.__dict__))
     seconds = seconds or [2.0] * len(accs)
     rows = [
@@ -145,9 +146,22 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     make_run(tmp_path, "mnist-mlp-fast", 1, [98.7, 99.3], 2, preset_name="mnist-mlp", recipe="fast")
     make_run(tmp_path, "mnist-mlp-ann", 0, [97.0, 97.5], 2, preset_name="mnist-mlp", ann=True)
     make_run(tmp_path, "mnist-mlp-fast-ann", 0, [98.9, 99.1], 2, preset_name="mnist-mlp", ann=True, recipe="fast")
+    # a trained model fine-tuned with the fast recipe is not a seed of it
+    tuned = dict(preset_name="mnist-mlp", recipe="fast", init_from="pretrained:mnist-mlp")
+    make_run(tmp_path, "mnist-mlp-qat", 0, [99.3, 99.26], 2, qat=True, **tuned)
+    make_run(tmp_path, "mnist-mlp-tuned", 0, [99.3, 99.28], 2, **tuned)
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
-    assert set(rows) == {"SNN", "SNN, fast recipe", "ANN twin", "ANN twin, tuned (fast recipe)"}
+    assert set(rows) == {
+        "SNN",
+        "SNN, fast recipe",
+        "SNN, fast recipe, fine-tuned with qat",
+        "SNN, fast recipe, fine-tuned",
+        "ANN twin",
+        "ANN twin, tuned (fast recipe)",
+    }
+    assert rows["SNN, fast recipe, fine-tuned with qat"]["accs"] == [99.26]
+    assert rows["SNN, fast recipe, fine-tuned"]["accs"] == [99.28]
     assert rows["SNN, fast recipe"]["accs"] == [99.2, 99.3] and rows["SNN"]["accs"] == [99.0]
     assert rows["ANN twin, tuned (fast recipe)"]["accs"] == [99.1] and rows["ANN twin"]["accs"] == [97.5]
     assert rows["SNN, fast recipe"]["reached_paper"] == [{"epoch": 2, "minutes": 0.1}] * 2
@@ -158,6 +172,7 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
         "curves-mnist-mlp-snn-fast.png",
         "curves-mnist-mlp-ann.png",
         "curves-mnist-mlp-ann-fast.png",
+        "curves-mnist-mlp-snn-fast-finetuned-with-qat.png",
     ):
         if importlib.util.find_spec("matplotlib"):
             assert f"({name})" in report and (tmp_path / name).exists()

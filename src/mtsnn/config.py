@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .data import NORMALISATION
+from .integer import round_weights
 from .layers import BLOCK_GRAD_MODE, INIT, INITS
-from .models import POOLING, POOLINGS, from_spec
+from .models import POOLING, POOLINGS, SpikingNetwork, from_spec
 from .neuron import GRAD_MODES, LIFParams
 from .surrogate import NAMES as SURROGATES
 
@@ -102,6 +104,17 @@ class TrainConfig:
         "not in the paper: > 0 scales each block's initial weights, input to output, so that its "
         "current on the first training images has this standard deviation in thresholds "
         "(mtsnn.models.calibrate; for deep networks)",
+    )
+    init_from: str = setting(
+        "",
+        "not in the paper: start from the weights of this trained model of the same network and data "
+        "(a run directory, checkpoint or pretrained:NAME; '' a random start), e.g. to fine-tune it with --qat",
+    )
+    qat: bool = setting(
+        False,
+        "not in the paper: train through the int8 weights that integer-only inference makes of them "
+        "(mtsnn.integer.RoundedWeight), so that the float network is the integer one but for rounding "
+        "of biases, thresholds and the leak",
     )
     readout: str = setting(
         "counts",
@@ -227,6 +240,11 @@ class TrainConfig:
                 f"calibrate={self.calibrate} (need a finite value >= 0; 0 means off)",
             ),
             (not (self.ann and self.calibrate), f"calibrate={self.calibrate} with ann=True (no threshold to scale to)"),
+            (not (self.ann and self.qat), "qat=True with ann=True (the integer-only path is the SNN's)"),
+            (
+                not (self.init_from and self.calibrate),
+                f"calibrate={self.calibrate} with init_from (the weights come from it)",
+            ),
             (
                 not (self.ann and self.readout != "counts"),
                 f"readout={self.readout!r} with ann=True (the ANN twin is read by its logits)",
@@ -434,6 +452,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             dropout=cfg.dropout,
             **cfg.neuron_kwargs(),
         )
+    if cfg.qat and isinstance(model, SpikingNetwork):  # (validate refuses qat for the ANN twin)
+        round_weights(model, NORMALISATION[cfg.dataset][1])
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stub lacks it)
 
 

@@ -64,6 +64,7 @@ class TableRow:
     output_surrogate: str | None
     distill: float  # the share of the loss given to a teacher's outputs (--distill; 0: none)
     teachers: list[str]  # each teacher's kind, 'ANN twin', 'SNN' or '?' (not found); [] none
+    start: str  # 'fine-tuned' (--init-from a trained model), 'fine-tuned with qat', or '' (a random start)
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -90,7 +91,7 @@ class TableRow:
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
     in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str, float, float, tuple[str, ...]], list[RunRecord]] = {}
+    groups: dict[tuple[str, bool, str, str, float, float, tuple[str, ...], str], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -108,10 +109,11 @@ def collect(runs_root: Path) -> list[TableRow]:
                 cfg.get("distill", 0.0),
                 cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
                 tuple(teacher_kind(name, cfg["preset"]) for name in teachers(cfg.get("teacher", ""))),
+                _start(cfg),
             )
             groups.setdefault(key, []).append(run)
     table = []
-    for (preset, ann, output_surrogate, recipe, distill, temperature, taught), runs in sorted(groups.items()):
+    for (preset, ann, output_surrogate, recipe, distill, temperature, taught, start), runs in sorted(groups.items()):
         cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r.complete] or runs
@@ -123,11 +125,13 @@ def collect(runs_root: Path) -> list[TableRow]:
                 dataset=cfg["dataset"],
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
-                variant=_variant(ann, output_surrogate, recipe, distill, temperature, taught),
+                variant=_variant(ann, output_surrogate, recipe, distill, temperature, taught)
+                + (start and f", {start}"),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
                 distill=distill,
                 teachers=list(taught),
+                start=start,
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
@@ -155,6 +159,13 @@ def collect(runs_root: Path) -> list[TableRow]:
             )
         )
     return table
+
+
+def _start(cfg: dict) -> str:
+    """How a run started, for its row: from a trained model (fine-tuned), with qat or without."""
+    if not cfg.get("init_from"):
+        return "with qat" if cfg.get("qat") else ""
+    return "fine-tuned with qat" if cfg.get("qat") else "fine-tuned"
 
 
 def _variant(
@@ -390,6 +401,7 @@ def build(results: Path = Path("results")) -> Path:
             if row.distill:
                 kind = _kind_suffix(row.teachers[0]) if len(set(row.teachers)) == 1 else ""
                 suffix += f"-distilled{row.distill:g}-from{len(row.teachers)}{kind}"
+            suffix += "-" + row.start.replace("fine-tuned", "finetuned").replace(" ", "-") if row.start else ""
             name = f"curves-{preset}-{'ann' if row.T is None else 'snn'}{suffix}.png"
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]

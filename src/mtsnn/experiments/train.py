@@ -188,12 +188,12 @@ class Teacher(NamedTuple):
 
     model: nn.Module  # in eval mode, without gradients
     config: TrainConfig
-    sha256: str  # of its file (teacher_file): what a resumed run checks it still learns from
+    sha256: str  # of its file (trained_file): what a resumed run checks it still learns from
 
 
 def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Teacher]:
     """The teachers ``cfg.teacher`` names (:func:`mtsnn.config.teachers`), in its order; none
-    without one. ``log`` gets one line for each, naming it, with its file's sha256 (:func:`teacher_file`).
+    without one. ``log`` gets one line for each, naming it, with its file's sha256 (:func:`trained_file`).
 
     ValueError naming the teacher if no such run directory or file exists, if it is a run
     directory whose run has not finished (its checkpoint would be a half-trained teacher, and
@@ -206,38 +206,65 @@ def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Tea
 
 
 def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Teacher:
-    file, digest = teacher_file(name)
-    model, taught = load_trained(file or name, str(device))
-    if taught.dataset != cfg.dataset:
-        raise ValueError(f"teacher {name} learned {taught.dataset}, not this run's {cfg.dataset}")
-    if cfg.val_holdout and taught.val_holdout != cfg.val_holdout:
-        raise ValueError(
-            f"teacher {name} held out {taught.val_holdout} training images, this run {cfg.val_holdout}: "
-            "it may have learned the images this run is scored on (train the teacher with the same --val-holdout)"
-        )
+    model, taught, digest = _load_trained_for(name, cfg, device, "teacher")
     model.eval().requires_grad_(False)
     log(f"teacher: {name} ({'ANN twin' if taught.ann else 'SNN'} {taught.spec}, file sha256 {digest})")
     return Teacher(model, taught, digest)
 
 
-def teacher_file(name: str) -> tuple[Path | None, str]:
-    """The file that holds the teacher ``name`` (None for ``pretrained:NAME``) and its sha256:
-    the whole checkpoint file's for a run or checkpoint, the shipped weights' for a shipped
-    model (checked as it loads). ValueError naming the teacher if there is no such file, or if
-    it is a run directory whose run has not finished."""
+def start_from(model: nn.Module, cfg: TrainConfig, device: torch.device, log=print) -> None:
+    """Copy into ``model`` (``cfg``'s network, on ``device``) the weights of the trained model
+    ``cfg.init_from``, checked as :func:`load_teachers` checks a teacher, and of the same network.
+    A block trained with ``qat`` passes on the float weight it keeps."""
+    source, trained, digest = _load_trained_for(cfg.init_from, cfg, device, "init_from")
+    if (trained.spec, trained.ann) != (cfg.spec, cfg.ann):
+        kind = {False: "an SNN", True: "an ANN twin"}
+        raise ValueError(
+            f"init_from {cfg.init_from} is {kind[trained.ann]} {trained.spec}, this run {kind[cfg.ann]} "
+            f"{cfg.spec}: it can only start from the same network"
+        )
+    plain = {name.replace("parametrizations.weight.original", "weight"): p for name, p in source.named_parameters()}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(plain[name.replace("parametrizations.weight.original", "weight")])
+    log(f"init_from: {cfg.init_from} ({trained.spec}, file sha256 {digest})")
+
+
+def _load_trained_for(
+    name: str, cfg: TrainConfig, device: torch.device, role: str
+) -> tuple[nn.Module, TrainConfig, str]:
+    """(model, config, sha256 of its file) of the trained model ``name`` that run ``cfg`` uses as
+    its ``role`` (see :func:`load_teachers` for the checks)."""
+    file, digest = trained_file(name, role)
+    model, trained = load_trained(file or name, str(device))
+    if trained.dataset != cfg.dataset:
+        raise ValueError(f"{role} {name} learned {trained.dataset}, not this run's {cfg.dataset}")
+    if cfg.val_holdout and trained.val_holdout != cfg.val_holdout:
+        raise ValueError(
+            f"{role} {name} held out {trained.val_holdout} training images, this run {cfg.val_holdout}: "
+            f"it may have learned the images this run is scored on (train the {role} with the same --val-holdout)"
+        )
+    return model, trained, digest
+
+
+def trained_file(name: str, role: str = "teacher") -> tuple[Path | None, str]:
+    """The file that holds the trained model ``name`` (None for ``pretrained:NAME``) and its
+    sha256: the whole checkpoint file's for a run or checkpoint, the shipped weights' for a
+    shipped model (checked as it loads). ValueError naming it, as the run's ``role``, if there
+    is no such file, or if it is a run directory whose run has not finished."""
     if shipped := zoo.shipped(name):
         return None, zoo.record(shipped)["sha256"]
     path = Path(name)
     if not path.exists():
         raise ValueError(
-            f"teacher {name}: no such run directory or checkpoint (a relative path is read from "
+            f"{role} {name}: no such run directory or checkpoint (a relative path is read from "
             f"the working directory, {Path.cwd()})"
         )
     if path.is_dir() and not (path / SUMMARY).exists():
-        raise ValueError(f"teacher {name} has not finished its run (no {SUMMARY}): finish it first")
+        raise ValueError(f"{role} {name} has not finished its run (no {SUMMARY}): finish it first")
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"teacher {name}: its run finished, but its checkpoint {file} is gone (train it again)")
+        raise ValueError(f"{role} {name}: its run finished, but its checkpoint {file} is gone (train it again)")
     return file, _sha256(file)
 
 
@@ -268,6 +295,8 @@ class Run:
         self.model, self.optimizer, self.trained = build_training(
             cfg, self.device, self.procs, data.calibration if fresh else None
         )
+        if fresh and cfg.init_from:
+            start_from(self.model, cfg, self.device, self.log)
         self.teachers = load_teachers(cfg, self.device, self.log)
         # the output layer's current, for the loss's output_floor term and the residual readout
         self.output_current = OutputCurrent(self.model) if needs_output_current(cfg) else None
@@ -655,7 +684,7 @@ def _moved_teachers(run_dir: Path, cfg: TrainConfig) -> bool:
     if not recorded:
         return False
     names = teachers(cfg.teacher)
-    _check_teachers(run_dir, recorded, names, ",".join(teacher_file(name)[1] for name in names))
+    _check_teachers(run_dir, recorded, names, ",".join(trained_file(name)[1] for name in names))
     return True
 
 
