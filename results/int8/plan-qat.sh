@@ -23,6 +23,8 @@ for preset in "$@"; do
         fi
         tail -1 "$dir/console.log"
     fi
-    [ -f "$dir/summary.json" ] && [ ! -f "models/$preset-qat.json" ] && ./run mtsnn eval "$dir" --keep-weights "models/$preset-qat" >> "$dir/console.log" 2>&1
-    [ -f "models/$preset-qat.json" ] && ./run mtsnn eval "pretrained:$preset-qat" --int8 --json > "results/int8/$preset-qat.json"
+    [ -f "$dir/summary.json" ] && [ ! -f "models/$preset-qat.json" ] \
+        && ./run mtsnn eval "$dir" --keep-weights "models/$preset-qat" >> "$dir/console.log" 2>&1
+    [ -f "models/$preset-qat.json" ] && [ ! -f "results/int8/$preset-qat.json" ] \
+        && ./run mtsnn eval "pretrained:$preset-qat" --int8 --json > "results/int8/$preset-qat.json"
 done

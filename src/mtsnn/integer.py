@@ -131,11 +131,25 @@ def _scale(weight: torch.Tensor) -> torch.Tensor:
     return (weight.abs().amax(dims).clamp_min(1e-30) / WEIGHT_MAX).view((-1,) + (1,) * len(dims))
 
 
+def _steps(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``weight`` rounded to whole steps of its channel's scale, in [-127, 127], as floats;
+    that scale, shaped to multiply them)."""
+    scale = _scale(weight)
+    return torch.round(weight / scale).clamp_(-WEIGHT_MAX, WEIGHT_MAX), scale
+
+
 def _quantize(weight: torch.Tensor, v_th: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(int8 weight, per-output-channel scale, int64 threshold) of a float64 ``weight``."""
-    scale = _scale(weight)
-    q = torch.round(weight / scale).clamp_(-WEIGHT_MAX, WEIGHT_MAX).to(torch.int8)
-    return q, scale.flatten(), torch.round(v_th / scale.flatten()).long()
+    steps, scale = _steps(weight)
+    return steps.to(torch.int8), scale.flatten(), torch.round(v_th / scale.flatten()).long()
+
+
+def _over_inputs(per_channel: torch.Tensor, block: SpikingBlock) -> torch.Tensor:
+    """A value per input channel spread over ``block``'s inputs: a convolution's are the
+    channels; a linear block's are the flattened ``[C, H, W]``, channel after channel."""
+    if isinstance(block, SpikingConv2d):
+        return per_channel
+    return per_channel.repeat_interleave(block.weight.shape[1] // len(per_channel))
 
 
 class RoundedWeight(nn.Module):
@@ -165,9 +179,8 @@ class RoundedWeight(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         f = 1.0 if self.input_factor is None else self.input_factor.view((1, -1) + (1,) * (weight.dim() - 2))
-        scaled = weight.detach() * f
-        scale = _scale(scaled)
-        rounded = torch.round(scaled / scale).clamp_(-WEIGHT_MAX, WEIGHT_MAX) * scale / f
+        steps, scale = _steps(weight.detach() * f)
+        rounded = steps * scale / f
         return rounded + (weight - weight.detach())  # the value of rounded, exactly; the gradient of weight
 
 
@@ -176,13 +189,10 @@ def round_weights(net: SpikingNetwork, std: tuple[float, ...] = (1.0,)) -> Spiki
     state dict then keeps each float weight as ``...parametrizations.weight.original``).
     ``std``: the per-channel normalisation of the input (``mtsnn.data.NORMALISATION``), folded
     into the first block's integer weights."""
-    blocks = [layer for layer in net.layers if isinstance(layer, SpikingBlock)]
-    for index, block in enumerate(blocks):
+    for index, block in enumerate(net.blocks()):
         factor = None
         if index == 0 and len(set(std)) > 1:
-            factor = 1.0 / torch.tensor(std, dtype=block.weight.dtype)
-            if not isinstance(block, SpikingConv2d):
-                factor = factor.repeat_interleave(block.weight.shape[1] // len(std))
+            factor = _over_inputs(1.0 / torch.tensor(std, dtype=block.weight.dtype), block)
         parametrize.register_parametrization(block, "weight", RoundedWeight(factor))
     return net
 
@@ -226,15 +236,13 @@ class IntegerNetwork:
                 b = None if layer.bias is None else layer.bias.detach().double()
                 conv = layer if isinstance(layer, SpikingConv2d) else None
                 if first:  # pixels in: fold (p/255 - mean)/std, the mean as a constant input
-                    per_input = (
-                        per_channel if conv is not None else per_channel.repeat_interleave(w.shape[1] // len(mean))
-                    )
+                    per_input = _over_inputs(per_channel, layer)
                     constant = -mean_t / std_t
                     if conv is not None:
                         image = constant.view(1, -1, 1, 1).expand(1, -1, *shape[1:])
                         b = F.conv2d(image, w, b, padding=conv.padding)[0]
                     else:
-                        b = (0 if b is None else b) + w @ constant.repeat_interleave(w.shape[1] // len(mean))
+                        b = (0 if b is None else b) + w @ _over_inputs(constant, layer)
                     w = w * (per_input.view(1, -1, 1, 1) if conv is not None else per_input)
                 else:
                     w = w * factor

@@ -223,11 +223,17 @@ def start_from(model: nn.Module, cfg: TrainConfig, device: torch.device, log=pri
             f"init_from {cfg.init_from} is {kind[trained.ann]} {trained.spec}, this run {kind[cfg.ann]} "
             f"{cfg.spec}: it can only start from the same network"
         )
-    plain = {name.replace("parametrizations.weight.original", "weight"): p for name, p in source.named_parameters()}
+    trained_weights = _by_plain_name(source)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(plain[name.replace("parametrizations.weight.original", "weight")])
+        for name, param in _by_plain_name(model).items():
+            param.copy_(trained_weights[name])
     log(f"init_from: {cfg.init_from} ({trained.spec}, file sha256 {digest})")
+
+
+def _by_plain_name(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``model``'s parameters, a block's float weight under qat (``torch.nn.utils.parametrize``)
+    named as the weight it stands for."""
+    return {name.replace("parametrizations.weight.original", "weight"): p for name, p in model.named_parameters()}
 
 
 def _load_trained_for(
