@@ -24,6 +24,7 @@ def make_run(
     recipe="paper",
     teacher="",
     distill=0.5,
+    machine="cpu",
     **settings,
 ):
     run = root / "runs" / name / f"seed{seed}"
@@ -41,7 +42,7 @@ def make_run(
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if len(accs) == epochs:
         summary = {"preset": preset_name, "epochs": epochs, "wall_seconds": sum(seconds), "test_acc": accs[-1]}
-        summary["machine"] = {"device": "cpu"}
+        summary["machine"] = {"device": machine}
         if unverified is not None:
             summary["unverified_data"] = unverified
         (run / "summary.json").write_text(json.dumps(summary))
@@ -176,6 +177,16 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     ):
         if importlib.util.find_spec("matplotlib"):
             assert f"({name})" in report and (tmp_path / name).exists()
+
+
+def test_the_footer_names_each_machine_with_the_rows_that_ran_on_it(tmp_path):
+    make_run(tmp_path, "mnist-mlp", 0, [98.0, 99.0], 2, preset_name="mnist-mlp", machine="Intel Xeon")
+    make_run(tmp_path, "mnist-mlp-fast", 0, [98.5, 99.2], 2, preset_name="mnist-mlp", recipe="fast", machine="AMD EPYC")
+    make_run(tmp_path, "mnist-mlp-ann", 0, [97.0, 97.5], 2, preset_name="mnist-mlp", ann=True, machine="AMD EPYC")
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "- device Intel Xeon: mnist-mlp SNN\n" in report
+    assert "- device AMD EPYC: mnist-mlp SNN, fast recipe; mnist-mlp ANN twin\n" in report
 
 
 def test_distilled_runs_are_rows_of_their_own_named_by_share_and_teachers(tmp_path):

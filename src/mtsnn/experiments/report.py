@@ -88,6 +88,23 @@ class TableRow:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("curves", "curve_seeds", "runs")}
 
 
+def _machines(table: list[TableRow]) -> list[str]:
+    """The footer: the machine of each row's first run, one line for each machine with the rows
+    that ran on it when they differ, since seconds per epoch compare only within one machine."""
+    rows_by_machine: dict[str, list[str]] = {}
+    for row in table:
+        if row.machine:
+            described = ", ".join(f"{k} {v}" for k, v in row.machine.items())
+            rows_by_machine.setdefault(described, []).append(f"{row.preset} {row.variant}")
+    if not rows_by_machine:
+        return []
+    if len(rows_by_machine) == 1:
+        return [f"Machine: {next(iter(rows_by_machine))}", ""]
+    lines = ["Machines (seconds per epoch compare only within one):", ""]
+    lines += [f"- {described}: {'; '.join(rows)}" for described, rows in rows_by_machine.items()]
+    return lines + [""]
+
+
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
     in the keys of results/summary.json."""
@@ -406,9 +423,7 @@ def build(results: Path = Path("results")) -> Path:
             if _plot(row, results / name):
                 lines += ["", f"![{row.preset} {row.variant} learning curves]({name})"]
         lines.append("")
-    machine = next((row.machine for row in table if row.machine), None)
-    if machine:
-        lines += ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
+    lines += _machines(table)
     report = results / "REPORT.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
