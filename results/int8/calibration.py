@@ -7,19 +7,14 @@ against the float network on training images 30,000-59,999, which none of them c
 
 import dataclasses
 
-import torch
-
 import mtsnn
 from mtsnn import data
-from mtsnn.integer import IntegerNetwork
+from mtsnn.experiments.evaluate import integer_accuracy
 
 train = data.load("fashion-mnist", "train", "../shared/datasets")
 held = dataclasses.replace(train, images=train.images[30000:], labels=train.labels[30000:])
+loader = data.DeviceLoader(held, 1000, train=False)
 net = mtsnn.pretrained("fmnist-mlp").eval()
-with torch.no_grad():
-    floats = torch.cat([net(x).sum(0).argmax(1) for x, _ in data.DeviceLoader(held, 1000, train=False).epoch(0)])
 for count in (0, 1000, 5000):
-    calibration = train.images[:count] if count else None
-    integer = IntegerNetwork(net, *data.NORMALISATION["fashion-mnist"], calibration=calibration)
-    ints = torch.cat([integer(held.images[i : i + 1000]).sum(0).argmax(1) for i in range(0, len(held), 1000)])
-    print(f"calibration images {count}: same prediction {(ints == floats).float().mean().item() * 100:.2f}%")
+    _, agreement = integer_accuracy(net, loader, held, train.images[:count] if count else None)
+    print(f"calibration images {count}: same prediction {agreement:.2f}%")

@@ -4,23 +4,16 @@ built without calibration images, on the whole test set, beside the float networ
     ./run python results/int8/without_correction.py > results/int8/without_correction.txt
 """
 
-import torch
+from mtsnn import data, zoo
+from mtsnn.experiments.evaluate import integer_accuracy
+from mtsnn.experiments.objective import evaluate
 
-import mtsnn
-from mtsnn import data
-from mtsnn.integer import IntegerNetwork
-
-DATA = "../shared/datasets"
 for name in ("mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn"):
-    net = mtsnn.pretrained(name).eval()
-    dataset = "mnist" if name.startswith("mnist") else "fashion-mnist"
-    test = data.load(dataset, "test", DATA)
-    integer = IntegerNetwork(net, *data.NORMALISATION[dataset])  # no calibration images
-    with torch.no_grad():
-        floats = torch.cat([net(x).sum(0).argmax(1) for x, _ in data.DeviceLoader(test, 1000, train=False).epoch(0)])
-    ints = torch.cat([integer(test.images[i : i + 1000]).sum(0).argmax(1) for i in range(0, len(test), 1000)])
-    float_acc, int_acc = ((p == test.labels).float().mean().item() * 100 for p in (floats, ints))
-    agreement = (ints == floats).float().mean().item() * 100
+    net, cfg = zoo.load(name)
+    test = data.load(cfg.dataset, "test", "../shared/datasets")
+    loader = data.DeviceLoader(test, 1000, train=False)
+    float_acc = evaluate(net, loader, cfg)["acc"]
+    int_acc, agreement = integer_accuracy(net, loader, test, calibration=None)
     print(
         f"{name}: float {float_acc:.2f}%, int8 without bias correction {int_acc:.2f}% "
         f"({int_acc - float_acc:+.2f}), same prediction {agreement:.2f}%",

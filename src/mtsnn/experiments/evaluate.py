@@ -63,7 +63,8 @@ def evaluate_checkpoint(
         if cfg.ann:
             raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
         train_set = datasets.load(cfg.dataset, "train", root=data_root or cfg.data_root or None, download=True)
-        extra["int8_test_acc"], extra["int8_agreement"] = integer_accuracy(model, loader, test_set, train_set)
+        calibration = train_set.images[:CALIBRATION_IMAGES]
+        extra["int8_test_acc"], extra["int8_agreement"] = integer_accuracy(model, loader, test_set, calibration)
     if name := zoo.shipped(path):  # what was measured when the weights were kept
         extra["recorded_test_acc"] = zoo.record(name)["test_acc"]
     return {
@@ -86,16 +87,16 @@ CALIBRATION_IMAGES = 1000
 
 
 def integer_accuracy(
-    model: torch.nn.Module, loader, test_set: datasets.Dataset, train_set: datasets.Dataset
+    model: torch.nn.Module, loader, test_set: datasets.Dataset, calibration: torch.Tensor | None
 ) -> tuple[float, float]:
     """(accuracy %, agreement %) of ``model``'s :class:`~mtsnn.integer.IntegerNetwork`, its
-    biases calibrated on the first :data:`CALIBRATION_IMAGES` of ``train_set``, on
-    ``test_set``'s raw pixels. Agreement: the share of images on which the integer network
-    and the float one (its ``loader`` batches, in the same order) predict the same class,
-    both by the most output spikes."""
+    biases calibrated on the raw training images ``calibration`` (``mtsnn eval --int8``: the
+    first :data:`CALIBRATION_IMAGES`; None: no bias correction), on ``test_set``'s raw pixels.
+    Agreement: the share of images on which the integer network and the float one (its
+    ``loader`` batches, in the same order) predict the same class, both by the most output
+    spikes."""
     with torch.no_grad():
         floats = torch.cat([model(images).sum(0).argmax(1).cpu() for images, _ in loader.epoch(0)])
-    calibration = train_set.images[:CALIBRATION_IMAGES]
     integer = IntegerNetwork(model.cpu(), *datasets.NORMALISATION[test_set.name], calibration=calibration)
     correct = agree = 0
     for begin in range(0, len(test_set), 1000):
