@@ -2,8 +2,8 @@
 often each run's integer network (calibrated on the first 1,000 training images, as
 `mtsnn eval --int8` does) predicts what its float network predicts, on training images
 10,000-19,999, and its float accuracy there. The rule, written before the taught run trained:
-the taught run replaces models/fmnist-cnn-qat if it agrees at least as often as the untaught
-one; the test set plays no part in the choice.
+the taught run (fmnist-cnn-qat-taught) replaces models/fmnist-cnn-qat (fine-tuned without a
+teacher) if it agrees at least as often; the test set plays no part in the choice.
 
     ./run python results/int8/qat_teacher.py > results/int8/qat_teacher.txt
 """
@@ -19,7 +19,7 @@ part = dataclasses.replace(train, images=train.images[10000:20000], labels=train
 loader = data.DeviceLoader(part, 1000, train=False)
 print("| run | float % | int8 % | same prediction % |")
 print("|---|---|---|---|")
-for run in ("results/int8/runs/fmnist-cnn-qat-untaught/seed0", "results/int8/runs/fmnist-cnn-qat/seed0"):
+for run in ("results/int8/runs/fmnist-cnn-qat/seed0", "results/int8/runs/fmnist-cnn-qat-taught/seed0"):
     net, cfg = load_trained(run)
     float_acc = evaluate(net.eval(), loader, cfg)["acc"]
     int8_acc, agreement = integer_accuracy(net, loader, part, train.images[:CALIBRATION_IMAGES])
