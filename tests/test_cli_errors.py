@@ -48,10 +48,29 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
 
 
 @pytest.mark.parametrize(
-    "device, message", [("cuda:99", "device 'cuda:99' is not usable"), ("gpu", "invalid setting device='gpu'")]
+    "device, message", [("cuda:99", "device 'cuda:99' is not usable"), ("gpu", "'gpu' (need a torch device")]
 )
 def test_eval_names_a_bad_or_missing_device(one_epoch, capsys, device, message):
     refused(cli.main(["eval", str(one_epoch), "--device", device]), capsys.readouterr().err, message)
+    if device == "cuda:99" and torch.cuda.is_available():
+        return  # this machine has CUDA: cuda:99 may exist only as a name
+    refused(cli.main(["eval", "pretrained:mnist-mlp", "--device", device]), capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ('{"weights": "mnist-mlp.safetensors",\n', "not valid JSON"),
+        ('{"sha256": "00", "test_acc": 99.0}', "the record lacks weights"),
+        ("[1, 2]", "the record lacks weights, sha256, test_acc"),
+    ],
+)
+def test_a_damaged_record_of_a_shipped_model_is_refused_naming_its_file(tmp_path, capsys, monkeypatch, record, message):
+    (tmp_path / "mnist-mlp.json").write_text(record)
+    monkeypatch.setenv("MTSNN_MODELS", str(tmp_path))
+    refused(
+        cli.main(["eval", "pretrained:mnist-mlp"]), capsys.readouterr().err, f"{tmp_path / 'mnist-mlp.json'}: ", message
+    )
 
 
 # 3: write errors

@@ -405,6 +405,13 @@ def test_loader_settings_out_of_range_are_named(setting, message):
         data.DeviceLoader(dataset_of(torch.zeros(4, 1, 2, 2)), **{"batch_size": 2, "train": True, **setting})
 
 
+@pytest.mark.parametrize("epoch, start_batch", [(-1, 0), (0, 3), (0, -1)])
+def test_an_epoch_or_start_batch_out_of_range_is_named(epoch, start_batch):
+    loader = data.DeviceLoader(dataset_of(torch.zeros(4, 1, 2, 2)), batch_size=2, train=True)  # 2 batches
+    with pytest.raises(ValueError, match=re.escape(f"epoch={epoch}, start_batch={start_batch}: need epoch >= 0")):
+        loader.epoch(epoch, start_batch)
+
+
 # All nine crops of [[10, 20], [30, 40]] zero-padded by one pixel, by hand
 CROPS = [
     [[0, 0], [0, 10]],

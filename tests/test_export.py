@@ -167,6 +167,10 @@ def test_sinabs_layers_mtsnn_cannot_represent_are_refused_by_name():
             [torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2)],
             "two weight layers",
         ),
+        (
+            [torch.nn.Linear(4, 3), sl.IAFSqueeze(spike_fn=MaxSpike(2), num_timesteps=2), torch.nn.Linear(3, 2)],
+            r"layer 2 \(Linear\): the last weight layer has no neuron after it",
+        ),
     ]
     for layers, message in cases:
         with pytest.raises(ExportError, match=message):
@@ -290,6 +294,11 @@ def test_a_foreign_reset_to_v_reset_or_sum_pooling_or_no_step_count_is_refused()
     )
     with pytest.raises(ExportError, match="node 'pool': NIR SumPool2d has no counterpart .*sums spikes"):
         from_nir(pooled, num_steps=2)
+    unfinished = foreign_graph(layers)
+    del unfinished.nodes["lif0"]
+    unfinished.edges = [("input", "fc0"), ("fc0", "output")]
+    with pytest.raises(ExportError, match="node 'fc0': the last weight layer has no neuron after it"):
+        from_nir(unfinished, num_steps=2)
 
 
 @needs_mnist

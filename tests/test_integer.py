@@ -149,3 +149,19 @@ def test_floats_are_refused_as_input():
     integer = IntegerNetwork(from_spec("4-3", (4,), 3), mean=(0.5,), std=(0.2,), input_shape=(4,))
     with pytest.raises(TypeError, match="raw uint8 pixels"):
         integer(torch.rand(2, 4))
+
+
+def test_an_accumulator_beyond_int32_is_refused_naming_its_block_and_value():
+    # 70,000 inputs of 255 times weight 127: 2,266,950,000 > 2**31 - 1
+    block = IntegerBlock(
+        weight=torch.full((1, 70_000), 127, dtype=torch.int8),
+        bias=torch.zeros(1, dtype=torch.int64),
+        theta=torch.ones(1, dtype=torch.int64),
+        leak=None,
+        s_max=15,
+        padding=None,
+        scale=torch.ones(1, dtype=torch.float64),
+    )
+    assert block.accumulate(torch.full((1, 70_000), 255 // 2)).item() == 70_000 * 127 * 127  # fits
+    with pytest.raises(ValueError, match=r"a \(1, 70000\) block's accumulator reached 2266950000, beyond int32"):
+        block.accumulate(torch.full((1, 70_000), 255))

@@ -117,10 +117,10 @@ def test_the_fast_recipe_keeps_network_time_steps_neuron_and_f2(name):
 def test_cli_applies_the_recipe_then_the_config_file_then_the_command_line(tmp_path):
     parse = cli._parser()[0].parse_args
     cfg = cli._config(parse(["train", "mnist-mlp", "--recipe", "fast", "--lr", "0.002"]))
-    assert (cfg.recipe, cfg.schedule, cfg.lr) == ("fast", FAST["mnist-mlp"]["schedule"], 0.002)
+    assert (cfg.recipe, cfg.schedule, cfg.epochs, cfg.lr) == ("fast", "cosine", 150, 0.002)  # the README's table
     (tmp_path / "c.toml").write_text('recipe = "fast"\nepochs = 7\n')
     cfg = cli._config(parse(["train", "mnist-mlp", "--config", str(tmp_path / "c.toml")]))
-    assert (cfg.recipe, cfg.schedule, cfg.epochs) == ("fast", FAST["mnist-mlp"]["schedule"], 7)
+    assert (cfg.recipe, cfg.schedule, cfg.epochs, cfg.lr) == ("fast", "cosine", 7, 0.01)
     with pytest.raises(SystemExit):  # argparse names the choices
         parse(["train", "mnist-mlp", "--recipe", "slow"])
     (tmp_path / "c.toml").write_text('recipe = "slow"\n')

@@ -148,6 +148,10 @@ def test_cli_lists_presets(capsys):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ["mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn", "cifar10-cnn"])
+    rows = {line.split()[0]: line for line in out.splitlines() if not line.startswith(" ")}
+    assert "15C5-P2-40C5-P2-300" in rows["mnist-cnn"] and "lr=0.005" in rows["mnist-cnn"]  # Table 1
+    fast = out.split("fmnist-cnn")[1].splitlines()[1]  # the line under fmnist-cnn: its fast recipe
+    assert "--recipe fast" in fast and all(s in fast for s in ("loss=ce", "lr=0.02", "epochs=30", "crop_padding=1"))
 
 
 def test_cli_unknown_option_lists_valid_ones(capsys):

@@ -11,7 +11,7 @@ teacher) if it agrees at least as often; the test set plays no part in the choic
 import dataclasses
 
 from mtsnn import data
-from mtsnn.experiments.evaluate import CALIBRATION_IMAGES, integer_accuracy, load_trained
+from mtsnn.experiments.evaluate import INT8_CALIBRATION_IMAGES, integer_accuracy, load_trained
 from mtsnn.experiments.objective import evaluate
 
 train = data.load("fashion-mnist", "train", "../shared/datasets")
@@ -22,5 +22,5 @@ print("|---|---|---|---|")
 for run in ("results/int8/runs/fmnist-cnn-qat/seed0", "results/int8/runs/fmnist-cnn-qat-taught/seed0"):
     net, cfg = load_trained(run)
     float_acc = evaluate(net.eval(), loader, cfg)["acc"]
-    int8_acc, agreement = integer_accuracy(net, loader, part, train.images[:CALIBRATION_IMAGES])
+    int8_acc, agreement = integer_accuracy(net, loader, part, train.images[:INT8_CALIBRATION_IMAGES])
     print(f"| {run} | {float_acc:.2f} | {int8_acc:.2f} | {agreement:.2f} |", flush=True)

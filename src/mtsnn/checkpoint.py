@@ -80,6 +80,15 @@ def atomic_write(path: str | Path, chunks) -> None:
         os.close(dir_fd)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of the file at ``path``, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _digest(entries: dict, metadata: dict[str, str], buffer) -> str:
     """The module docstring's digest of a file's tensor entries, metadata and byte buffer."""
     canonical = json.dumps({"metadata": metadata, "tensors": entries}, sort_keys=True, separators=(",", ":"))

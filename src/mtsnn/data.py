@@ -592,7 +592,7 @@ class DeviceLoader:
         train: bool,
         device: str | torch.device = "cpu",
         seed: int = 0,
-        crop_padding: int = 4,
+        crop_padding: int = 0,
         flip: bool = False,
         cutout: int = 0,
         elastic: float = 0.0,
@@ -632,7 +632,9 @@ class DeviceLoader:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) for batches ``start_batch``.. of epoch ``epoch``."""
         if epoch < 0 or not 0 <= start_batch <= len(self):
-            raise ValueError(f"need epoch >= 0 and 0 <= start_batch <= {len(self)}")
+            raise ValueError(
+                f"epoch={epoch}, start_batch={start_batch}: need epoch >= 0 and 0 <= start_batch <= {len(self)}"
+            )
         return self._batches(epoch, start_batch)
 
     def _batches(self, epoch: int, start_batch: int):

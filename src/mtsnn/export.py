@@ -346,6 +346,7 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
                 raise ExportError(f"{where}: two weight layers with no neuron between them")
             weight = m.weight.detach().numpy()
             bias = None if m.bias is None else m.bias.detach().numpy()
+            pending_at = where
             if isinstance(m, nn.Conv2d):
                 pending = _conv_part(where, weight, bias, m.stride, m.padding, m.dilation, m.groups)
             else:
@@ -402,7 +403,7 @@ def from_sinabs(model: nn.Module, num_steps: int | None = None, **neuron) -> Spi
         else:
             raise ExportError(f"{where}: has no counterpart in mtsnn")
     if pending is not None:
-        raise ExportError("the last weight layer has no neuron after it")
+        raise ExportError(f"{pending_at}: the last weight layer has no neuron after it")
     return _build(parts, steps)
 
 
@@ -542,6 +543,7 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
                 raise ExportError(f"node {name!r}: a second weight layer with no neuron between")
             weight = np.asarray(node.weight, dtype=np.float32)
             bias = np.asarray(node.bias, dtype=np.float32) if kind != "Linear" else None
+            pending_at = f"node {name!r}"
             if kind == "Conv2d":
                 pending = _conv_part(
                     f"node {name!r}", weight, bias, node.stride, node.padding, node.dilation, node.groups
@@ -588,5 +590,5 @@ def from_nir(graph, num_steps: int | None = None, **neuron) -> SpikingNetwork:
                 + (" (it sums spikes; mtsnn pools by average or maximum)" if kind == "SumPool2d" else "")
             )
     if pending is not None:
-        raise ExportError("the last weight layer has no neuron after it")
+        raise ExportError(f"{pending_at}: the last weight layer has no neuron after it")
     return _build(parts, int(steps), input_shape)

@@ -87,8 +87,12 @@ class IntegerBlock:
         """int64 ``W x`` of integer ``x``, computed exactly (see the module docstring)."""
         w, x = self.weight.double(), x.double()
         acc = F.linear(x, w) if self.padding is None else F.conv2d(x, w, padding=self.padding)
-        if acc.abs().max() >= 2**31:
-            raise OverflowError("an accumulator left int32")
+        peak = int(acc.abs().max())
+        if peak >= 2**31:
+            raise ValueError(
+                f"a {tuple(self.weight.shape)} block's accumulator reached {peak}, beyond int32 (2**31 - 1): "
+                "too many inputs of too large a count for integer-only inference"
+            )
         return acc.long()
 
     def neuron(self, acc: torch.Tensor, potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,15 +15,14 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_tensors
-from .config import TrainConfig, build_model
+from .checkpoint import CheckpointError, file_sha256, load_tensors
+from .config import TrainConfig, build_model, usable_device
 
 PREFIX = "pretrained:"  # how the command line names a shipped model: mtsnn eval pretrained:mnist-mlp
 
@@ -45,22 +44,32 @@ def available() -> list[str]:
 
 
 def record(name: str) -> dict:
-    """What ``NAME.json`` records of the shipped model ``name``: sha256, test accuracy, source run."""
+    """What ``NAME.json`` records of the shipped model ``name``: sha256, test accuracy, source run;
+    CheckpointError naming the file if it is missing, not JSON, or lacks one of those."""
     path = folder() / f"{name}.json"
     if not path.exists():
         raise CheckpointError(
             f"no pretrained model {name!r} in {folder()} (available: {', '.join(available()) or 'none'})"
         )
-    return json.loads(path.read_text())
+    try:
+        kept = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    missing = [key for key in ("weights", "sha256", "test_acc") if not isinstance(kept, dict) or key not in kept]
+    if missing:
+        raise CheckpointError(f"{path}: the record lacks {', '.join(missing)}")
+    return kept
 
 
 def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
     """(model in eval mode, its config) of the shipped model ``name``; CheckpointError naming
-    the file if it is missing, or differs from the sha256 its record holds."""
+    the file if it is missing, or differs from the sha256 its record holds; ValueError naming
+    ``device`` if this machine cannot use it."""
     kept = record(name)
+    target = usable_device(device)
     path = folder() / kept["weights"]
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if digest != kept["sha256"]:
@@ -75,7 +84,7 @@ def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
         raise CheckpointError(f"{path}: no valid mtsnn config in its metadata ({type(e).__name__}: {e})") from None
     model = build_model(cfg)
     model.load_state_dict(tensors)
-    return model.to(device).eval(), cfg
+    return model.to(target).eval(), cfg
 
 
 def pretrained(name: str, device: str = "cpu") -> nn.Module:

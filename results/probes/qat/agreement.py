@@ -12,7 +12,7 @@ import sys
 import torch
 
 from mtsnn import data as datasets
-from mtsnn.experiments.evaluate import CALIBRATION_IMAGES, integer_accuracy, load_trained
+from mtsnn.experiments.evaluate import INT8_CALIBRATION_IMAGES, integer_accuracy, load_trained
 from mtsnn.experiments.objective import evaluate
 
 print("| run | float % | int8 % | same prediction % |\n|---|---|---|---|")
@@ -23,5 +23,5 @@ for run in sys.argv[1:]:
     train_set, held_out = datasets.load(cfg.dataset, "train", root=cfg.data_root or None).hold_out(cfg.val_holdout)
     loader = datasets.DeviceLoader(held_out, 1000, train=False, device=torch.device("cpu"))
     float_acc = evaluate(model, loader, cfg)["acc"]
-    int8_acc, agreement = integer_accuracy(model, loader, held_out, train_set.images[:CALIBRATION_IMAGES])
+    int8_acc, agreement = integer_accuracy(model, loader, held_out, train_set.images[:INT8_CALIBRATION_IMAGES])
     print(f"| {run} | {float_acc:.2f} | {int8_acc:.2f} | {agreement:.2f} |", flush=True)

@@ -120,15 +120,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     figures.add_argument("--sweeps", default="results/figures/sweeps", help="where `mtsnn sweep` put its runs")
     report = sub.add_parser("report", help="build REPORT.md and summary.json from RESULTS/runs/")
     report.add_argument("--results", default="results", help="the results folder (default: results)")
-    return parser, {
-        "train": train,
-        "eval": evaluate,
-        "export": exporter,
-        "presets": presets,
-        "report": report,
-        "sweep": sweep,
-        "figures": figures,
+    commands = {
+        "train": (train, cmd_train),
+        "eval": (evaluate, cmd_eval),
+        "export": (exporter, cmd_export),
+        "presets": (presets, cmd_presets),
+        "report": (report, cmd_report),
+        "sweep": (sweep, cmd_sweep),
+        "figures": (figures, cmd_figures),
     }
+    for command, handler in commands.values():
+        command.set_defaults(handler=handler)
+    return parser, {name: command for name, (command, _) in commands.items()}
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -372,16 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted, StorageError
 
     try:
-        commands = {
-            "train": cmd_train,
-            "eval": cmd_eval,
-            "export": cmd_export,
-            "presets": cmd_presets,
-            "report": cmd_report,
-            "sweep": cmd_sweep,
-            "figures": cmd_figures,
-        }
-        code = commands[args.command](args)
+        code = args.handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
     except Interrupted as e:

@@ -4,7 +4,6 @@ its weights, alone, for use without the run."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import torch
 
 from .. import data as datasets
 from .. import zoo
-from ..checkpoint import atomic_write, save_tensors
+from ..checkpoint import atomic_write, file_sha256, save_tensors
 from ..config import TrainConfig, build_model, dump_toml, usable_device
 from ..energy import ann_operations, count_over_loader
 from ..integer import IntegerNetwork
-from .objective import evaluate
+from .objective import EVAL_BATCH, evaluate
 from .rundir import CHECKPOINT, read_weights
 
 
@@ -53,7 +52,7 @@ def evaluate_checkpoint(
     test_set = datasets.load(cfg.dataset, "test", root=data_root or cfg.data_root or None, download=True)
     if test_limit:
         test_set = test_set.subset(test_limit)
-    loader = datasets.DeviceLoader(test_set, 1000, train=False, device=torch.device(device))
+    loader = datasets.DeviceLoader(test_set, EVAL_BATCH, train=False, device=torch.device(device))
     result = evaluate(model, loader, cfg)
     steps = 1 if cfg.ann else cfg.T
     extra = {}
@@ -63,7 +62,7 @@ def evaluate_checkpoint(
         if cfg.ann:
             raise ValueError(f"{path} is an ANN twin: --int8 is the SNN's integer-only path")
         train_set = datasets.load(cfg.dataset, "train", root=data_root or cfg.data_root or None, download=True)
-        calibration = train_set.images[:CALIBRATION_IMAGES]
+        calibration = train_set.images[:INT8_CALIBRATION_IMAGES]
         extra["int8_test_acc"], extra["int8_agreement"] = integer_accuracy(model, loader, test_set, calibration)
     if name := zoo.shipped(path):  # what was measured when the weights were kept
         extra["recorded_test_acc"] = zoo.record(name)["test_acc"]
@@ -83,7 +82,7 @@ def evaluate_checkpoint(
 
 # Training images the integer path calibrates its bias correction on (mtsnn.integer); on the
 # 150-epoch fmnist-mlp, 1,000 and 5,000 gave the same agreement on 30,000 other training images.
-CALIBRATION_IMAGES = 1000
+INT8_CALIBRATION_IMAGES = 1000
 
 
 def integer_accuracy(
@@ -91,7 +90,7 @@ def integer_accuracy(
 ) -> tuple[float, float]:
     """(accuracy %, agreement %) of ``model``'s :class:`~mtsnn.integer.IntegerNetwork`, its
     biases calibrated on the raw training images ``calibration`` (``mtsnn eval --int8``: the
-    first :data:`CALIBRATION_IMAGES`; None: no bias correction), on ``test_set``'s raw pixels.
+    first :data:`INT8_CALIBRATION_IMAGES`; None: no bias correction), on ``test_set``'s raw pixels.
     Agreement: the share of images on which the integer network and the float one (its
     ``loader`` batches, in the same order) predict the same class, both by the most output
     spikes."""
@@ -99,10 +98,11 @@ def integer_accuracy(
         floats = torch.cat([model(images).sum(0).argmax(1).cpu() for images, _ in loader.epoch(0)])
     integer = IntegerNetwork(model.cpu(), *datasets.NORMALISATION[test_set.name], calibration=calibration)
     correct = agree = 0
-    for begin in range(0, len(test_set), 1000):
-        predicted = integer(test_set.images[begin : begin + 1000]).sum(0).argmax(1)
-        correct += (predicted == test_set.labels[begin : begin + 1000]).sum().item()
-        agree += (predicted == floats[begin : begin + 1000]).sum().item()
+    for begin in range(0, len(test_set), EVAL_BATCH):
+        batch = slice(begin, begin + EVAL_BATCH)
+        predicted = integer(test_set.images[batch]).sum(0).argmax(1)
+        correct += (predicted == test_set.labels[batch]).sum().item()
+        agree += (predicted == floats[batch]).sum().item()
     return 100.0 * correct / len(test_set), 100.0 * agree / len(test_set)
 
 
@@ -120,7 +120,7 @@ def keep_weights(path: str | Path, out: str | Path, report: dict) -> dict:
     atomic_write(out.with_name(out.name + ".toml"), [dump_toml(config).encode()])
     record = {
         "weights": weights.name,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "sha256": file_sha256(weights),
         "preset": cfg.preset,
         "recipe": cfg.recipe,
         "ann": cfg.ann,

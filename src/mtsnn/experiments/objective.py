@@ -22,6 +22,8 @@ from ..layers import SpikingBlock
 from ..neuron import LIFParams, lif_step
 from .distributed import is_main_process
 
+EVAL_BATCH = 1000  # images per batch when scoring (no gradient, so memory allows large ones)
+
 
 def logits(output: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """``[B, classes]``: the ANN twin's output as it is; an SNN's output spikes summed over time."""

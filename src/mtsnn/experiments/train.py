@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import platform
 import signal
@@ -28,13 +27,22 @@ from torch import nn
 
 from .. import data as datasets
 from .. import zoo
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, file_sha256
 from ..config import TrainConfig, build_model, seconds, teachers, usable_device
 from ..models import calibrate
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
 from .evaluate import load_trained
-from .objective import OutputCurrent, evaluate, logits, needs_output_current, predict, progress_bar, sample_losses
+from .objective import (
+    EVAL_BATCH,
+    OutputCurrent,
+    evaluate,
+    logits,
+    needs_output_current,
+    predict,
+    progress_bar,
+    sample_losses,
+)
 from .optimizer import FLUSH_EVERY, flush_subnormal_state, learning_rate, make_optimizer, plan_epochs
 from .rundir import (
     CHECKPOINT,
@@ -58,7 +66,7 @@ from .rundir import (
 )
 
 SYNC_EVERY = 25  # steps between host syncs on a GPU (read back sums, check the loss is finite)
-CALIBRATION_IMAGES = 128  # training images that --calibrate scales the initial weights on
+CALIBRATE_IMAGES = 128  # training images that --calibrate scales the initial weights on
 PROBE_STEPS = 20  # steps timed (after 2 left out for warming caches and compiling) to plan a time budget
 
 
@@ -114,7 +122,7 @@ class RunData:
     scored: datasets.DeviceLoader  # the test set, or the held-out validation images
     train_size: int
     unverified: list[str]  # data files that no checksum vouched for
-    calibration: torch.Tensor | None  # with cfg.calibrate: the first CALIBRATION_IMAGES training images
+    calibration: torch.Tensor | None  # with cfg.calibrate: the first CALIBRATE_IMAGES training images
 
 
 def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> RunData:
@@ -151,13 +159,11 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
     )
     calibration = None
     if cfg.calibrate:  # the same first images on every process, so that all start alike
-        first = datasets.DeviceLoader(
-            train_set.subset(CALIBRATION_IMAGES), CALIBRATION_IMAGES, train=False, device=device
-        )
+        first = datasets.DeviceLoader(train_set.subset(CALIBRATE_IMAGES), CALIBRATE_IMAGES, train=False, device=device)
         calibration = next(iter(first.epoch(0)))[0]
     return RunData(
         train,
-        datasets.DeviceLoader(test_set, 1000, train=False, device=device),
+        datasets.DeviceLoader(test_set, EVAL_BATCH, train=False, device=device),
         len(train_set.labels),
         [str(path) for path in dict.fromkeys(train_set.unverified + test_set.unverified)],
         calibration,
@@ -271,7 +277,7 @@ def trained_file(name: str, role: str = "teacher") -> tuple[Path | None, str]:
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise ValueError(f"{role} {name}: its run finished, but its checkpoint {file} is gone (train it again)")
-    return file, _sha256(file)
+    return file, file_sha256(file)
 
 
 # What a resumed run may change: where and how fast it runs, and how long. The rest would
@@ -471,7 +477,7 @@ class Run:
             summary = dataclasses.replace(
                 summary,
                 **{self.score: read_metrics(self.run_dir)[-1].score},
-                checkpoint_sha256=_sha256(self.run_dir / CHECKPOINT),
+                checkpoint_sha256=file_sha256(self.run_dir / CHECKPOINT),
                 machine=machine(self.device, self.procs.world, spiking=not self.cfg.ann),
                 unverified_data=self.unverified_data,
                 peak_memory_mb=peak_memory_mb(self.device),
@@ -717,14 +723,6 @@ def _check_teachers(run_dir: Path, recorded: str, names: list[str], digests: str
 def _digests(taught: list[Teacher]) -> str:
     """The teachers' sha256s as a checkpoint records them: joined by commas, in order ('' none)."""
     return ",".join(teacher.sha256 for teacher in taught)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def machine(device: torch.device, processes: int = 1, spiking: bool = True) -> dict:
