@@ -75,7 +75,7 @@ class TableRow:
     paper_acc: float | None
     reached_paper: list[dict | None] | None  # per counted seed: first epoch at the paper's figure
     unfinished: list[dict]  # runs left out of the mean: seed, epochs, test_acc
-    wall_seconds: float  # mean training time per counted seed
+    training_seconds: float  # mean training time (the epochs' own seconds) per counted seed
     seconds_per_epoch: float
     silent_outputs: dict[int, list[int]]  # seed -> classes never predicted at the end
     machine: dict | None
@@ -163,7 +163,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                     for r in runs
                     if not r.complete and r not in counted
                 ],
-                wall_seconds=statistics.mean(sum(row.epoch_seconds for row in r.rows) for r in counted),
+                training_seconds=statistics.mean(sum(row.epoch_seconds for row in r.rows) for r in counted),
                 # median: robust to epochs slowed by other jobs on the machine
                 seconds_per_epoch=statistics.median(row.epoch_seconds for r in runs for row in r.rows),
                 silent_outputs={r.config["seed"]: r.silent_outputs for r in counted if r.silent_outputs},
