@@ -57,6 +57,12 @@ def test_eval_names_a_bad_or_missing_device(one_epoch, capsys, device, message):
     refused(cli.main(["eval", "pretrained:mnist-mlp", "--device", device]), capsys.readouterr().err, message)
 
 
+def test_keep_weights_with_a_test_limit_is_refused_before_anything_is_written(one_epoch, tmp_path, capsys):
+    code = cli.main(["eval", str(one_epoch), "--test-limit", "100", "--keep-weights", str(tmp_path / "m")])
+    refused(code, capsys.readouterr().err, "--keep-weights records the accuracy on the whole test set", "100")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "record, message",
     [

@@ -11,7 +11,7 @@ from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, preset
-from mtsnn.experiments.objective import loss_fn
+from mtsnn.experiments.objective import loss_fn, predict
 from mtsnn.experiments.train import Run, finish, load_teachers
 
 
@@ -126,15 +126,19 @@ def test_a_student_taught_by_a_teacher_alone_learns_the_teachers_answer_not_its_
 ):
     save_trained(tmp_path / "teacher", ann=teacher_ann, dataset="fashion-mnist", data_root=str(SHARED))
     common = dict(train_limit=512, test_limit=500, epochs=3, data_root=str(SHARED), loss="ce", lr=0.01, ann=student_ann)
-    taught = Run.start(
+    student = Run.start(
         preset("fmnist-mlp", teacher=str(tmp_path / "teacher"), distill=1.0, **common),
         tmp_path / "student",
         log=lambda *a: None,
-    ).fit()
+    )
+    student.fit()
     labelled = Run.start(preset("fmnist-mlp", **common), tmp_path / "labelled", log=lambda *a: None).fit()
-    # the teacher always answers class 7, one tenth of the test images; labels teach far more
-    assert taught.test_acc == pytest.approx(10.0, abs=3.0)
-    assert labelled.test_acc > 50.0
+    # the teacher always answers class 7, and after 3 epochs on 512 images the student does so
+    # for 92-100% of the test images (the SNN student all, the ANN 92%), where labels give one in ten
+    with torch.no_grad():
+        answers = torch.cat([predict(student.model(x), student.cfg) for x, _ in student.test_loader.epoch(0)])
+    assert (answers == 7).float().mean() >= 0.8, answers.bincount(minlength=10)
+    assert labelled.test_acc > 50.0  # labels teach far more
 
 
 @needs_fmnist

@@ -110,11 +110,13 @@ def test_a_trained_cnn_and_its_sinabs_twin_saved_or_not_give_identical_counts_in
     assert type(model[1]).__name__ == "LIFSqueeze" and model[1].spike_fn.max_num_spikes_per_bin == 15
 
 
-def test_an_integrate_and_fire_network_becomes_sinabs_iaf_and_comes_back_exactly():
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_an_integrate_and_fire_network_becomes_sinabs_iaf_and_comes_back_exactly(pooling):
     torch.manual_seed(1)
-    net = from_spec("8C3-P2-16C3-32", (1, 12, 12), 10, tau_m=math.inf, s_max=3, v_th=2.0).eval()
+    net = from_spec("8C3-P2-16C3-32", (1, 12, 12), 10, tau_m=math.inf, s_max=3, v_th=2.0, pooling=pooling).eval()
     model = to_sinabs(net, num_steps=5)
     assert type(model[1]).__name__ == "IAFSqueeze"
+    assert type(model[2]).__name__ == {"avg": "AvgPool2d", "max": "MaxPool2d"}[pooling]
     images = torch.rand(64, 1, 12, 12) * 4
     with torch.no_grad():
         expected = net(images, num_steps=5)
@@ -189,6 +191,12 @@ def test_nir_round_trips_of_a_shipped_model_and_a_cnn_give_identical_spikes(trai
         assert torch.equal(ours, theirs)
         assert [b.params for b in again.blocks()] == [b.params for b in net.blocks()]
         assert again.input_shape == shape  # so that it streams: again.initial_state(batch_size)
+
+
+def test_max_pooling_is_refused_by_nir_export_naming_the_layer():
+    net = from_spec("8C3-P2-16C3-32", (1, 12, 12), 10, pooling="max")
+    with pytest.raises(ExportError, match="NIR has no max pooling node .*pools by maximum"):
+        to_nir(net, (1, 12, 12))
 
 
 def test_the_graph_uses_standard_nodes_and_keeps_s_max_in_metadata_with_one_warning(trained_cnn):

@@ -189,8 +189,13 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_uninterrupted_run(tmp
         p.kill()
         p.wait()
         OUTCOMES["resumed exactly"].append(f"SIGKILL {kill + 1} of 4")  # judged by the final comparison
-    code, out = mtsnn_done(
-        *(["train", "--resume", run_dir] if (run_dir / CHECKPOINT).exists() else [*args, "--run-dir", run_dir])
-    )
+    if not (run_dir / CHECKPOINT).exists():  # every kill came before the first checkpoint: kill once after it
+        p = mtsnn(*args, "--run-dir", run_dir)
+        while not (run_dir / CHECKPOINT).exists() and p.poll() is None:
+            time.sleep(0.05)
+        p.kill()
+        p.wait()
+    assert (run_dir / CHECKPOINT).exists()  # so the last start resumes
+    code, out = mtsnn_done("train", "--resume", run_dir)
     assert code == 0 and "Traceback" not in out, out
     assert_same_run(run_dir, reference)

@@ -165,3 +165,17 @@ def test_an_accumulator_beyond_int32_is_refused_naming_its_block_and_value():
     assert block.accumulate(torch.full((1, 70_000), 255 // 2)).item() == 70_000 * 127 * 127  # fits
     with pytest.raises(ValueError, match=r"a \(1, 70000\) block's accumulator reached 2266950000, beyond int32"):
         block.accumulate(torch.full((1, 70_000), 255))
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_the_integer_path_of_either_pooling_equals_the_slow_reference(pooling):
+    torch.manual_seed(3)
+    net = from_spec("6C3-P2-8C3-P2-10", (1, 12, 12), 10, pooling=pooling).eval()
+    with torch.no_grad():  # eq. (17)'s start is too quiet to reach the output: scale it up
+        for block in net.blocks():
+            block.weight.mul_(4.0)
+    images = torch.randint(0, 256, (5, 1, 12, 12), dtype=torch.uint8)
+    integer = IntegerNetwork(net, mean=(0.5,), std=(0.25,), input_shape=(1, 12, 12))
+    assert [layer.mode for layer in integer.layers if isinstance(layer, IntegerPool)] == [pooling, pooling]
+    got = integer(images, num_steps=3)
+    assert got.sum() > 0 and np.array_equal(got.numpy(), reference(integer, images.numpy(), 3))

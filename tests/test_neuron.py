@@ -56,17 +56,29 @@ def test_s_max_one_is_the_ordinary_lif():
     assert torch.equal(MultiThresholdLIF(s_max=1)(current), torch.stack(expected))
 
 
-def test_output_shape_dtype_and_integer_values():
-    current = torch.randn(2, 3, 4, 5) * 40
+@pytest.mark.parametrize(
+    "dtype, out",
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_output_shape_dtype_and_integer_values(dtype, out):
+    current = (torch.randn(2, 3, 4, 5) * 40).to(dtype)
     s = MultiThresholdLIF()(current)
-    assert s.shape == current.shape and s.dtype == current.dtype
+    assert s.shape == current.shape and s.dtype == out
     assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 15
 
 
 def test_each_call_starts_from_rest():
-    neuron = MultiThresholdLIF()
-    current = torch.full((2, 1), 7.0)
-    assert torch.equal(neuron(current), neuron(current))
+    neuron = MultiThresholdLIF()  # V_th 10, leak 0.9
+    # 25, 25 leaves u = 25 - 20 = 5, then 0.9 * 5 + 25 - 20 = 9.5 behind it
+    assert neuron(torch.full((2, 1), 25.0)).flatten().tolist() == [2.0, 2.0]
+    # from rest: v = 7 -> 0 spikes, then 0.9 * 7 + 7 = 13.3 -> 1; had u = 9.5 stayed,
+    # the first step would have been 0.9 * 9.5 + 7 = 15.55 -> 1
+    assert neuron(torch.full((2, 1), 7.0)).flatten().tolist() == [0.0, 1.0]
 
 
 def test_step_matches_the_multi_step_forward():

@@ -124,6 +124,15 @@ def test_report_on_a_missing_or_empty_results_folder_says_so_and_writes_nothing(
     assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "summary.json").exists()
 
 
+def test_a_run_scored_on_part_of_the_test_set_is_refused_naming_it(tmp_path, capsys):
+    make_run(tmp_path, "fmnist-mlp", 0, [85.0, 91.2, 91.5], 3)
+    make_run(tmp_path, "fmnist-mlp", 1, [86.0, 89.0, 90.5], 3, test_limit=500)
+    assert cli.main(["report", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'runs' / 'fmnist-mlp' / 'seed1'} was scored on only 500 test images" in err
+    assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "summary.json").exists()
+
+
 @pytest.mark.parametrize(
     "unverified, label",
     [

@@ -270,21 +270,32 @@ def test_a_run_directory_has_config_metrics_checkpoint_and_summary(reference_run
 
 
 @needs_fmnist
-@pytest.mark.parametrize("delay", [0.0, 1.5, 3.0])
-def test_sigkill_at_any_moment_then_resume_gives_identical_weights_and_metrics(reference_run, tmp_path, delay):
+@pytest.mark.parametrize(
+    "kill_after, resumes",
+    [
+        ("", False),  # as training begins: no checkpoint yet, so it starts again
+        ("epoch   1/3", None),  # as epoch 1's checkpoint is written: whole, or not there at all
+        ("epoch   2/3", True),  # epoch 1's checkpoint is on disk
+    ],
+)
+def test_sigkill_at_any_moment_then_resume_gives_identical_weights_and_metrics(
+    reference_run, tmp_path, kill_after, resumes
+):
     run_dir = tmp_path / "run"
     p = mtsnn(*TINY, "--run-dir", str(run_dir))
-    # wait until training has begun (the configuration is printed), then kill at some later moment
+    begun = False  # training has begun once the configuration is printed
     for line in p.stdout:
-        if line.startswith("---") and "configuration" not in line:
+        begun = begun or (line.startswith("---") and "configuration" not in line)
+        if begun and line.startswith(kill_after):
             break
-    time.sleep(delay)
     p.kill()
     p.wait()
-    if not (run_dir / "checkpoint.safetensors").exists():  # killed before the first checkpoint: start again
-        finish(run_dir, *TINY, "--run-dir", str(run_dir))
-    else:
+    saved = (run_dir / "checkpoint.safetensors").exists()
+    assert resumes is None or saved == resumes
+    if saved:
         finish(run_dir, "train", "--resume", str(run_dir))
+    else:
+        finish(run_dir, *TINY, "--run-dir", str(run_dir))
     assert_same_run(run_dir, reference_run[0])
 
 

@@ -58,7 +58,11 @@ class TrainConfig:
     v_th: float = setting(LIFParams.v_th, "firing threshold V_th")
     tau_m: float = setting(LIFParams.tau_m, "membrane time constant tau_m (inf: no leak)")
     s_max: int = setting(LIFParams.s_max, "most spikes per neuron per step, S_max")
-    surrogate: str = setting(LIFParams.surrogate, "the surrogate curve of eq. (6)'s gradient", SURROGATES)
+    surrogate: str = setting(
+        LIFParams.surrogate,
+        "the surrogate for the spike count's derivative ds/du: f1, f2, f3 are eqs. (14)-(16)",
+        SURROGATES,
+    )
     output_surrogate: str = setting(
         "",
         "the output layer's surrogate ('' means --surrogate's); a heavy-tailed one (arctan) lets an "

@@ -192,7 +192,9 @@ class SpikingBlock(nn.Module):
 
 
 class SpikingLinear(SpikingBlock):
-    """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in MultiThresholdLIF.
+    """``nn.Linear`` followed by a multi-threshold LIF neuron; ``**neuron`` as in
+    MultiThresholdLIF, but ``grad_mode`` defaults to :data:`BLOCK_GRAD_MODE` and may also be
+    ``"paper"`` (eqs. 7-13), which needs the weight layer a block has.
 
     Input: spikes ``[T, B, in_features]``, or one input ``[B, in_features]`` with
     ``num_steps``. Output: spike counts ``[T, B, out_features]``.
@@ -216,7 +218,8 @@ class SpikingLinear(SpikingBlock):
 
 
 class SpikingConv2d(SpikingBlock):
-    """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron.
+    """``nn.Conv2d`` ('same' padding, odd kernel) followed by a multi-threshold LIF neuron;
+    ``**neuron`` as in :class:`SpikingLinear`.
 
     Input: spikes ``[T, B, in_channels, H, W]``, or images ``[B, in_channels, H, W]`` with
     ``num_steps``. Output: spike counts ``[T, B, out_channels, H, W]``.

@@ -428,7 +428,18 @@ def from_spec(
     dropout: float = 0.0,
     **neuron,
 ) -> nn.Module:
-    """Build the paper's network ``spec`` for images of ``input_shape`` (C, H, W).
+    """Build the paper's network ``spec`` for inputs of ``input_shape``: (C, H, W) images, or
+    (features,) for a network of fully connected layers only.
+
+    Input: images ``[B, *input_shape]`` (held for ``num_steps`` steps) or a sequence
+    ``[T, B, *input_shape]``. Output: the SNN's spike counts ``[T, B, num_classes]``; the
+    ANN twin's logits ``[B, num_classes]``.
+
+    >>> net = from_spec("15C5-P2-40C5-P2-300", (1, 28, 28), 10)       # Table 1's MNIST CNN
+    >>> net(torch.rand(4, 1, 28, 28)).shape
+    torch.Size([2, 4, 10])
+    >>> from_spec("784-800-10", ann=True)(torch.rand(4, 1, 28, 28)).shape
+    torch.Size([4, 10])
 
     ``ann=True`` gives the ANN twin (ReLU, PyTorch's default init, logits out).
     ``init`` (SNN only): ``"paper"`` (eq. 17, the default: it trained best, see

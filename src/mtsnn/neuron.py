@@ -94,7 +94,14 @@ def spike_count(v: torch.Tensor, v_th: float, s_max: int) -> torch.Tensor:
 
 
 def lif_step(current: torch.Tensor, u: torch.Tensor, p: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step for streaming inference: ``(I[t], u[t-1]) -> (s[t], u[t])``. Start from ``u = 0``."""
+    """One step for streaming inference: ``(I[t], u[t-1]) -> (s[t], u[t])``, each of the
+    current's shape. Start from ``u = 0``.
+
+    >>> s, u = lif_step(torch.tensor([25.0]), torch.zeros(1), LIFParams())   # V_th 10: 2 spikes, 5 left
+    >>> s, u = lif_step(torch.tensor([25.0]), u, LIFParams())                # 0.9 * 5 + 25 = 29.5
+    >>> s.item(), round(u.item(), 4)
+    (2.0, 9.5)
+    """
     v = p.decay * u + current
     s = spike_count(v, p.v_th, p.s_max)
     return s, v - s * p.v_th
@@ -344,7 +351,9 @@ class MultiThresholdLIF(nn.Module):
             :class:`mtsnn.layers.SpikingLinear` or :class:`mtsnn.layers.SpikingConv2d`.
 
     Input: currents ``[T, B, ...]``, time first. Output: spike counts of the
-    same shape and dtype (integer values). Every call starts from rest.
+    same shape (integer values), float32 for float16/bfloat16 currents (the membrane
+    integrates in float32, as under autocast) and the input's dtype otherwise. Every call
+    starts from rest.
 
     Example (25 fires 2 and keeps 5, then 0.9 * 5 + 25 = 29.5 fires 2; 160 is clipped at 15):
 

@@ -88,5 +88,14 @@ def load(name: str, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
 
 
 def pretrained(name: str, device: str = "cpu") -> nn.Module:
-    """The shipped trained network ``name`` (see :func:`available`), in eval mode."""
+    """The shipped trained network ``name`` (see :func:`available`), in eval mode, on ``device``.
+
+    Input: images ``[B, 1, 28, 28]`` (raw pixels normalised as in training, see
+    ``mtsnn.data.NORMALISATION``). Output: spike counts ``[T, B, 10]``.
+
+    >>> import torch
+    >>> net = pretrained("mnist-cnn")
+    >>> net(torch.zeros(4, 1, 28, 28)).shape
+    torch.Size([2, 4, 10])
+    """
     return load(name, device)[0]

@@ -230,6 +230,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, keep_weights
 
+    if args.keep_weights and args.test_limit:
+        raise ValueError(
+            f"--keep-weights records the accuracy on the whole test set, not on --test-limit {args.test_limit} "
+            "images: drop one of them"
+        )
+
     report = evaluate_checkpoint(
         args.run,
         data_root=args.data_root,
