@@ -16,11 +16,44 @@ from mtsnn.experiments.train import Run
 pytest.importorskip("matplotlib")
 
 
-def test_figures_from_the_equations(tmp_path, capsys):
+def test_figures_from_the_equations_draw_hand_computed_values(tmp_path, monkeypatch):
+    from mtsnn.experiments import figures
+
+    drawn, save = {}, figures._save
+
+    def recording(fig, path, **layout):  # what each figure plots, read before it is cleared
+        drawn[path.stem] = {
+            "titles": [ax.get_title() for ax in fig.axes],
+            "lines": {line.get_label(): line.get_xydata() for ax in fig.axes for line in ax.get_lines()},
+        }
+        return save(fig, path, **layout)
+
+    monkeypatch.setattr(figures, "_save", recording)
     assert cli.main(["figures", "fig1", "fig4", "fig5", "--out", str(tmp_path)]) == 0
     for name in ("fig1", "fig4", "fig5"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # Figure 1, by hand (V_th 10, leak 0.9): dense input 34, 27, 0, 41, 0, 0 gives the LIF one spike
+    # a step (v = 34, 48.6, 34.74, 63.27, 47.94, 34.15), the multi-threshold LIF 3, 3, 0, 4, 0, 0
+    # (v = 34, 30.6, 0.54, 41.49, 1.34, 1.20); sparse input 6, 0, 7, 0, 0, 12 gives both 0, 0, 1, 0, 0, 1
+    titles = drawn["fig1"]["titles"]
+    assert "(a) sparse input: LIF, spikes 0, 0, 1, 0, 0, 1 (total 2)" in titles
+    assert "(a) sparse input: multi-threshold LIF, spikes 0, 0, 1, 0, 0, 1 (total 2)" in titles
+    assert "(b) dense input: LIF, spikes 1, 1, 1, 1, 1, 1 (total 6)" in titles
+    assert "(b) dense input: multi-threshold LIF, spikes 3, 3, 0, 4, 0, 0 (total 10)" in titles
+
+    def at(curve, v):
+        x, y = curve[:, 0], curve[:, 1]
+        return y[abs(x - v).argmin()]
+
+    staircase = drawn["fig4"]["lines"]["s = clip(floor(v / V_th), 0, 3)"]
+    assert [at(staircase, v) for v in (-5, 9.9, 10, 25, 45)] == [0, 0, 1, 2, 3]
+    lines = drawn["fig5"]["lines"]  # alpha_H = alpha_W = 1, V_th = 10, S_max = 3
+    f1, f2, f3 = lines["f1 (eq. 14)"], lines["f2 (eq. 15)"], lines["f3 (eq. 16)"]
+    assert at(f1, 20) == pytest.approx(2.0) and at(f1, 15) == pytest.approx(0.0, abs=1e-9)  # i e^0 at v = i V_th
+    assert at(f2, 30) == pytest.approx(1.0) and at(f2, 25) == pytest.approx(0.0, abs=1e-9)  # e^-25 between
+    assert at(f3, 5) == pytest.approx(0.5) and at(f3, 20) == 1.0 and at(f3, 35) == pytest.approx(0.5)
+    assert at(f3, -1) == at(f3, 41) == 0.0
 
 
 def data_boxes(fig):
