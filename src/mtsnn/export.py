@@ -25,13 +25,17 @@ is exact. A graph another tool wrote is read as what it says: a single-spike neu
 (per-neuron time constants or thresholds, a leak potential, a reset to ``v_reset`` rather
 than by subtraction, sum pooling, convolutions other than stride-1 'same' ones).
 
-Example::
+Example (``images`` ``[B, 1, 28, 28]``; counts ``[T, B, 10]``)::
 
-    from mtsnn import export, pretrained
-    net = pretrained("mnist-mlp")
-    counts = export.run_sinabs(export.to_sinabs(net), images)   # [T, B, 10], as net(images)
-    graph = export.to_nir(net)                                   # nir.write("net.nir", graph)
-    again = export.from_nir(graph)                               # the same spikes as net
+    >>> import torch
+    >>> from mtsnn import export, pretrained
+    >>> net, images = pretrained("mnist-mlp"), torch.rand(3, 1, 28, 28)
+    >>> counts = export.run_sinabs(export.to_sinabs(net), images)
+    >>> counts.shape, torch.equal(counts, net(images))
+    (torch.Size([2, 3, 10]), True)
+    >>> graph = export.to_nir(net)                               # nir.write("net.nir", graph)
+    >>> torch.equal(export.from_nir(graph)(images), net(images))  # the same spikes as net
+    True
 """
 
 from __future__ import annotations
