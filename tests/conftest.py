@@ -6,6 +6,7 @@ os.environ.setdefault("MTSNN_NEURON_BACKEND", "eager")
 
 
 import pytest
+
 from runs import SHARED, SMALL, mtsnn_done
 
 

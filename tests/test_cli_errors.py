@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import SHARED, SMALL, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn import __version__
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
@@ -20,6 +19,7 @@ from mtsnn.experiments import cli
 from mtsnn.experiments.objective import sample_losses
 from mtsnn.experiments.rundir import LOCK, lock
 from mtsnn.experiments.train import Run, finish
+from runs import SHARED, SMALL, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 REPO = Path(__file__).resolve().parents[1]
 

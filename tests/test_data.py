@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from runs import SHARED
 
 from mtsnn import data
 from mtsnn.data import DatasetError, DeviceLoader, UnverifiedDataWarning
+from runs import SHARED
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
-from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
 from mtsnn.config import TrainConfig, preset
 from mtsnn.experiments.objective import loss_fn, predict
 from mtsnn.experiments.train import Run, finish, load_teachers
+from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 
 def test_distillation_mixes_the_label_loss_with_the_softened_teachers_by_hand():

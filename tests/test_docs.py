@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from runs import cli_env, needs_fmnist
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "docs" / "tutorials"

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from runs import SHARED
 
 from mtsnn import data, from_spec, pretrained, zoo
 from mtsnn.checkpoint import CheckpointError, load_tensors, save_tensors
@@ -29,6 +28,7 @@ from mtsnn.export import (
     to_sinabs,
 )
 from mtsnn.layers import SpikingBlock
+from runs import SHARED
 
 sinabs = pytest.importorskip("sinabs")
 nir = pytest.importorskip("nir")

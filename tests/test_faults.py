@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn.experiments import cli
 from mtsnn.experiments.rundir import LOCK
+from runs import SMALL, assert_same_run, copy_run, in_namespace, mtsnn, mtsnn_done, needs_fmnist
 
 CHECKPOINT = "checkpoint.safetensors"
 OUTCOMES: dict[str, list[str]] = {"resumed exactly": [], "refused clearly": []}

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from runs import PROGRESS, SHARED
 
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.sweep import SWEEPS, point_dir, run_sweep
 from mtsnn.experiments.train import Run
+from runs import PROGRESS, SHARED
 
 pytest.importorskip("matplotlib")
 

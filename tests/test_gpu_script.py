@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from runs import SHARED
 
 REPO = Path(__file__).resolve().parents[1]

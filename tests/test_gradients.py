@@ -7,11 +7,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import full_f1, full_f2, full_f3
 
 import mtsnn
 from mtsnn.layers import SpikingBlock, SpikingLinear
 from mtsnn.models import FlattenFeatures, TimePool2d
+from reference import full_f1, full_f2, full_f3
 
 # Table 1's neuron, and two others that change every setting the gradients depend on
 TABLE_1 = dict(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0)

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from runs import SHARED
 
 from mtsnn import data, from_spec, zoo
 from mtsnn.experiments import cli
 from mtsnn.integer import IntegerBlock, IntegerFlatten, IntegerNetwork, IntegerPool
+from runs import SHARED
 
 needs_data = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 from mtsnn import from_spec
 from mtsnn.checkpoint import load_checkpoint
@@ -14,6 +13,7 @@ from mtsnn.config import build_model, preset
 from mtsnn.experiments import cli
 from mtsnn.experiments.train import Run, start_from
 from mtsnn.integer import IntegerNetwork, round_weights
+from runs import SHARED, assert_same_run, needs_fmnist, save_trained
 
 needs_mnist = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason=f"no MNIST under {SHARED}")
 QUIET = dict(log=lambda *a: None)

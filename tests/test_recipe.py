@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from runs import SHARED
 
 from mtsnn import data
 from mtsnn.checkpoint import save_checkpoint
@@ -20,6 +19,7 @@ from mtsnn.experiments.optimizer import learning_rate, make_optimizer
 from mtsnn.experiments.rundir import read_metrics, state_tensors
 from mtsnn.experiments.train import Run, finish
 from mtsnn.models import from_spec
+from runs import SHARED
 
 
 def test_the_paper_recipe_keeps_one_constant_rate():

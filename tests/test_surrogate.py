@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from reference import full_f1, full_f2
 
 from mtsnn import surrogate
+from reference import full_f1, full_f2
 
 
 def grid(v_th, s_max):

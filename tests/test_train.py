@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-from runs import PROGRESS, SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
 
 from mtsnn import data
 from mtsnn.checkpoint import load_checkpoint, save_checkpoint
@@ -22,6 +21,7 @@ from mtsnn.experiments.optimizer import make_optimizer
 from mtsnn.experiments.rundir import read_metrics, restore, state_tensors
 from mtsnn.experiments.train import Run
 from mtsnn.models import from_spec
+from runs import PROGRESS, SHARED, assert_same_run, final_state, mtsnn, mtsnn_done, needs_fmnist
 
 
 def test_eq6_loss_by_hand():
