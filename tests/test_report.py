@@ -198,6 +198,22 @@ def test_the_footer_names_each_machine_with_the_rows_that_ran_on_it(tmp_path):
     assert "- device AMD EPYC: mnist-mlp SNN, fast recipe; mnist-mlp ANN twin\n" in report
 
 
+def test_ann_teachers_with_a_network_of_their_own_are_named_by_it_not_as_twins(tmp_path):
+    wide = "32C5-P2-64C5-P2-1024"
+    folders = []
+    for seed in range(3):  # mnist-cnn's data set, fmnist-cnn's network: not mnist-cnn's twin
+        folder = tmp_path / "teachers" / f"wide{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.toml").write_text(dump_toml(preset("mnist-cnn", ann=True, spec=wide, seed=seed).__dict__))
+        folders.append(str(folder))
+    make_run(tmp_path, "mnist-cnn-wide", 0, [99.0, 99.6], 2, preset_name="mnist-cnn", recipe="fast",
+             teacher=",".join(folders), distill=0.9)  # fmt: skip
+    assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "summary.json").read_text())
+    assert row["variant"] == f"SNN, fast recipe, distilled 0.9 from 3 {wide} ANNs, tau 4"
+    assert row["teachers"] == [f"{wide} ANN"] * 3 and row["spec"] == "15C5-P2-40C5-P2-300"
+
+
 def test_distilled_runs_are_rows_of_their_own_named_by_share_and_teachers(tmp_path):
     def teacher(name, ann):  # a teacher's run folder, outside runs/: only its config is read
         folder = tmp_path / "teachers" / name

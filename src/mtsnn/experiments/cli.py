@@ -145,12 +145,17 @@ def _settings(args: argparse.Namespace) -> dict:
 def _config(args: argparse.Namespace) -> TrainConfig:
     """The preset, then its recipe's settings, then the TOML file's, then the command line's."""
     settings, given = load_toml(args.config) if args.config else {}, _settings(args)
-    # A run's own config.toml names its preset, data set and network: fine if they are the preset's
-    fixed = sorted(name for name in set(settings) & _INTERNAL if settings[name] != getattr(PRESETS[args.preset], name))
+    # A run's own config.toml names its preset, data set and network: fine if they are the
+    # preset's. An ANN (a teacher for distillation, not the SNN's twin) may take a network of its own.
+    free = {"spec"} if given.get("ann", settings.get("ann")) else set()
+    fixed = sorted(
+        name for name in set(settings) & (_INTERNAL - free) if settings[name] != getattr(PRESETS[args.preset], name)
+    )
     if fixed:
         raise ValueError(
             f"config file {args.config}: {', '.join(f'{name}={settings[name]!r}' for name in fixed)} "
-            f"differs from preset {args.preset} (the preset chooses the data set and network)"
+            f"differs from preset {args.preset} (the preset chooses the data set, and the network "
+            "of an SNN; only an ANN, --ann, may set its own spec)"
         )
     try:
         cfg = preset(args.preset, **{**settings, **{k: v for k, v in given.items() if k in ("recipe", "ann")}})

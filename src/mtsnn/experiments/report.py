@@ -213,7 +213,8 @@ def teacher_kind(name: str, preset: str) -> str:
     """'ANN twin' or 'SNN': what the teacher ``name`` of a run of ``preset`` is, from its own
     config (a run directory's config.toml, the one beside a checkpoint file, or a shipped
     model's NAME.toml), led by the teacher's preset where it is another network ('fmnist-cnn
-    ANN twin' teaching fmnist-mlp); '?' where none is found (a relative path is read from the
+    ANN twin' teaching fmnist-mlp), and named by its network where an ANN has one of its own
+    ('32C5-P2-64C5-P2-1024 ANN'); '?' where none is found (a relative path is read from the
     working directory)."""
     shipped, path = zoo.shipped(name), Path(name)
     try:
@@ -225,6 +226,8 @@ def teacher_kind(name: str, preset: str) -> str:
     except ValueError:  # no such file, or not a config
         return "?"
     taught = config.get("preset", preset)
+    if taught in PRESETS and config.get("spec", PRESETS[taught].spec) != PRESETS[taught].spec:
+        return f"{config['spec']} ANN"  # (only an ANN may leave its preset's network)
     return kind if taught == preset else f"{taught} {kind}"
 
 
