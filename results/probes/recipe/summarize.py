@@ -24,7 +24,8 @@ def changes(cfg: dict) -> str:
     """The settings of ``cfg`` that differ from the screen's base for its preset."""
     base = PRESETS[cfg["preset"]].replace(**BASE).__dict__
     diff = [f"{k}={v}" for k, v in cfg.items() if k not in SAME and base.get(k) != v]
-    return ("ANN twin" + (", " if diff else "") if cfg["ann"] else "") + (", ".join(diff) or "-")
+    ann = "ANN twin" if cfg["spec"] == base["spec"] else "ANN"  # (an ANN teacher may have a network of its own)
+    return (ann + (", " if diff else "") if cfg["ann"] else "") + (", ".join(diff) or "-")
 
 
 def main(presets):
