@@ -378,6 +378,13 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def own_network(preset_name: str, spec: str | None) -> bool:
+    """Whether ``spec`` is a network other than the preset ``preset_name``'s: only an ANN may
+    have one (a teacher, not the twin; see ``mtsnn train --config``). False for an unknown
+    preset or no ``spec``."""
+    return preset_name in PRESETS and spec is not None and spec != PRESETS[preset_name].spec
+
+
 # mtsnn's own recipe (``--recipe fast``), chosen on a validation split of 5,000 training
 # images (results/probes/recipe/README.md). It keeps the network, T, the neuron and f2; the
 # ANN twin gets settings of its own (FAST_ANN), chosen on the same split with the same budget.

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from mtsnn.config import PRESETS
+from mtsnn.config import PRESETS, own_network
 from mtsnn.experiments.rundir import read_run
 
 HERE = Path(__file__).parent
@@ -24,7 +24,7 @@ def changes(cfg: dict) -> str:
     """The settings of ``cfg`` that differ from the screen's base for its preset."""
     base = PRESETS[cfg["preset"]].replace(**BASE).__dict__
     diff = [f"{k}={v}" for k, v in cfg.items() if k not in SAME and base.get(k) != v]
-    ann = "ANN twin" if cfg["spec"] == base["spec"] else "ANN"  # (an ANN teacher may have a network of its own)
+    ann = "ANN" if own_network(cfg["preset"], cfg["spec"]) else "ANN twin"
     return (ann + (", " if diff else "") if cfg["ann"] else "") + (", ".join(diff) or "-")
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import zoo
-from ..config import PRESETS, TrainConfig, load_toml, teachers
+from ..config import PRESETS, TrainConfig, load_toml, own_network, teachers
 from .rundir import RunRecord, read_config, read_run
 
 # "Proposed Method" rows of the paper: (table, mean accuracy over 5 runs); the network and T
@@ -226,8 +226,8 @@ def teacher_kind(name: str, preset: str) -> str:
     except ValueError:  # no such file, or not a config
         return "?"
     taught = config.get("preset", preset)
-    if taught in PRESETS and config.get("spec", PRESETS[taught].spec) != PRESETS[taught].spec:
-        return f"{config['spec']} ANN"  # (only an ANN may leave its preset's network)
+    if own_network(taught, config.get("spec")):
+        return f"{config['spec']} ANN"
     return kind if taught == preset else f"{taught} {kind}"
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from .. import data as datasets
 from .. import zoo
 from ..checkpoint import CheckpointError, file_sha256
-from ..config import PRESETS, TrainConfig, build_model, seconds, teachers, usable_device
+from ..config import TrainConfig, build_model, own_network, seconds, teachers, usable_device
 from ..models import calibrate
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
@@ -214,8 +214,7 @@ def load_teachers(cfg: TrainConfig, device: torch.device, log=print) -> list[Tea
 def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Teacher:
     model, taught, digest = _load_trained_for(name, cfg, device, "teacher")
     model.eval().requires_grad_(False)
-    twin = taught.preset in PRESETS and taught.spec == PRESETS[taught.preset].spec
-    kind = ("ANN twin" if twin else "ANN") if taught.ann else "SNN"
+    kind = ("ANN" if own_network(taught.preset, taught.spec) else "ANN twin") if taught.ann else "SNN"
     log(f"teacher: {name} ({kind} {taught.spec}, file sha256 {digest})")
     return Teacher(model, taught, digest)
 
