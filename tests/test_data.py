@@ -3,6 +3,7 @@ integrity check, and the device loader's crops, flips, order and resumability.""
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -398,6 +399,8 @@ def as_pixels(batch):
         ({"cutout": -1}, "cutout=-1 (need >= 0)"),
         ({"elastic": -1.0}, "elastic=-1.0 (need >= 0)"),
         ({"elastic": float("nan")}, "elastic=nan (need >= 0)"),
+        ({"rotation": -5.0}, "rotation=-5.0 (need >= 0)"),
+        ({"zoom": float("nan")}, "zoom=nan (need >= 0)"),
     ],
 )
 def test_loader_settings_out_of_range_are_named(setting, message):
@@ -520,6 +523,42 @@ def test_elastic_distortion_keeps_the_crops_and_flips_and_bends_the_images():
     alone = partial(DeviceLoader, dataset_of(pixels), 200, crop_padding=0, elastic=34.0, mean=(0.0,), std=(1.0,))
     (bent, _), (kept, _) = next(iter(alone(train=True))), next(iter(alone(train=False)))
     assert not (as_pixels(bent)[:, None] == pixels[None]).flatten(2).all(2).any()  # no image is any original
+    assert torch.equal(as_pixels(kept), pixels)
+
+
+def test_a_quarter_turn_moves_the_right_middle_pixel_to_the_top_middle_and_scaling_by_2_magnifies():
+    image = torch.zeros(1, 1, 5, 5)
+    image[0, 0, 2, 4] = 1.0  # right of the centre (2, 2); rows run down
+    turned = data.elastic_warp(image, data.affine_displacement(torch.tensor([math.pi / 2]), torch.ones(1), 5, 5))
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[0, 0, 0, 2] = 1.0  # counter-clockwise as shown: to the top
+    torch.testing.assert_close(turned, expected, atol=1e-5, rtol=0)
+    # scaling by 2 about the centre: the pixel one right of it lands two right, and its
+    # neighbours read halfway between it and the centre (bilinear: 1/2 of it)
+    image = torch.zeros(1, 1, 5, 5)
+    image[0, 0, 2, 3] = 1.0
+    grown = data.elastic_warp(image, data.affine_displacement(torch.zeros(1), torch.tensor([2.0]), 5, 5))
+    assert grown[0, 0, 2].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0]
+    # a 30-degree turn of a point 2 right of the centre: by hand, cos 30 = 0.866, sin 30 = 0.5
+    field = data.affine_displacement(torch.tensor([math.radians(30)]), torch.ones(1), 5, 5)
+    # output pixel (x=2+1.732, y=2-1) is not on the grid; check the inverse map at grid point (4, 2):
+    # it reads the input at the centre plus R(-30)(2, 0) = (1.732, 1.0) on screen axes
+    torch.testing.assert_close(field[0, :, 2, 4], torch.tensor([1.7320508 - 2, 1.0]), atol=1e-5, rtol=0)
+
+
+def test_rotation_and_zoom_keep_the_crops_flips_and_elastic_draws_and_bend_only_training_images():
+    pixels = torch.randint(0, 256, (200, 1, 12, 12), generator=torch.Generator().manual_seed(3))
+    make = partial(DeviceLoader, dataset_of(pixels), 50, train=True, crop_padding=1, flip=True, mean=(0.0,), std=(1.0,))
+    # vanishing angles and scales are the identity: what came before draws the numbers it did
+    for (plain, _), (tiny, _) in zip(make(elastic=10.0), make(elastic=10.0, rotation=1e-6, zoom=1e-7)):
+        torch.testing.assert_close(tiny, plain, atol=1e-4, rtol=0)
+    for (plain, _), (turned, _) in zip(make(), make(rotation=20.0, zoom=0.1)):
+        assert 0.1 < (turned - plain).abs().mean() < 0.5  # random pixels differ by ~85/255 on average
+    again = [images for images, _ in make(rotation=20.0)]
+    assert all(torch.equal(a, b) for a, b in zip(again, [images for images, _ in make(rotation=20.0)]))
+    alone = partial(DeviceLoader, dataset_of(pixels), 200, crop_padding=0, zoom=0.2, mean=(0.0,), std=(1.0,))
+    (bent, _), (kept, _) = next(iter(alone(train=True))), next(iter(alone(train=False)))
+    assert (as_pixels(bent) != pixels).flatten(1).any(1).float().mean() > 0.9
     assert torch.equal(as_pixels(kept), pixels)
 
 

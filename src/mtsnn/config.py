@@ -166,6 +166,14 @@ class TrainConfig:
         "not in the paper: elastic distortion (Simard et al. 2003) of this strength, alpha: each pixel moved "
         "by uniform noise blurred over 4 pixels times alpha (they took 34 for digits, about 1.3 pixels; 0: none)",
     )
+    rotation: float = setting(
+        0.0,
+        "not in the paper: random rotation about the image centre, by an angle drawn uniformly from "
+        "+-this many degrees (0: none; with zoom, one affine distortion, mtsnn.data.affine_displacement)",
+    )
+    zoom: float = setting(
+        0.0, "not in the paper: random scaling about the image centre, by a factor drawn uniformly from 1 +- zoom"
+    )
     train_limit: int = setting(0, "train on the first N training images (0: all)")
     test_limit: int = setting(
         0,
@@ -272,6 +280,8 @@ class TrainConfig:
             (self.crop_padding >= 0, f"crop_padding={self.crop_padding} (need >= 0)"),
             (self.cutout >= 0, f"cutout={self.cutout} (need >= 0; 0 means none)"),
             (0 <= self.elastic < math.inf, f"elastic={self.elastic} (need a finite number >= 0; 0 means none)"),
+            (0 <= self.rotation <= 180, f"rotation={self.rotation} (need 0 <= rotation <= 180 degrees; 0 means none)"),
+            (0 <= self.zoom < 1, f"zoom={self.zoom} (need 0 <= zoom < 1; 0 means none)"),
             (0 <= self.dropout < 1, f"dropout={self.dropout} (need 0 <= dropout < 1; 0 means none)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),

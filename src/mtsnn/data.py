@@ -542,6 +542,27 @@ def elastic_displacement(n: int, height: int, width: int, alpha: float, generato
     return alpha * (_gaussian_band(height) @ noise @ _gaussian_band(width).T)
 
 
+def affine_displacement(angles: torch.Tensor, scales: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The displacement field [n, 2, height, width] for :func:`elastic_warp` of a rotation by
+    ``angles`` [n] (radians, counter-clockwise as the image is shown, rows running down) and a
+    scaling by ``scales`` [n] about the image centre c: output pixel p reads the input at
+    ``c + R(-angle) (p - c) / scale``, so the content turns by ``angle`` and grows by ``scale``.
+
+    >>> field = affine_displacement(torch.tensor([0.0]), torch.tensor([2.0]), 1, 3)
+    >>> field[0, 0]  # x: the outer pixels read halfway towards the centre (zoomed in 2x)
+    tensor([[ 0.5000,  0.0000, -0.5000]])
+    """
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    x, y = xs - (width - 1) / 2, ys - (height - 1) / 2  # H x W, from the centre
+    cos, sin = (torch.cos(angles) / scales)[:, None, None], (torch.sin(angles) / scales)[:, None, None]
+    # R(-a) with y pointing down: a counter-clockwise turn on screen is clockwise in (x, y)
+    source_x = cos * x - sin * y
+    source_y = sin * x + cos * y
+    return torch.stack([source_x - x, source_y - y], dim=1)
+
+
 def _gaussian_band(size: int) -> torch.Tensor:
     """[size, size]: row i holds the Gaussian of ELASTIC_SIGMA pixels centred on pixel i, cut at
     3 sigma and normalised before the border cuts it (as a convolution with zero padding)."""
@@ -568,7 +589,10 @@ class DeviceLoader:
     with ``cutout`` > 0 a black ``cutout`` x ``cutout`` square centred on a random pixel,
     clipped at the border (Cutout, DeVries & Taylor 2017, arXiv:1708.04552), and with
     ``elastic`` > 0 an elastic distortion of that strength (the ``alpha`` of
-    :func:`elastic_displacement`, applied last). Padding and cut-out pixels are black raw
+    :func:`elastic_displacement`), and with ``rotation`` or ``zoom`` > 0 a rotation by up to
+    ``rotation`` degrees and a scaling by 1 +- up to ``zoom`` about the centre
+    (:func:`affine_displacement`, each drawn uniformly per image); both distortions are applied
+    last, in one resampling along the sum of their fields. Padding and cut-out pixels are black raw
     pixels, as torchvision's RandomCrop(padding=...) before Normalize.
     Test: examples in order, no augmentation. Every batch is then turned into float32
     ``(x / 255 - mean) / std`` with the data set's NORMALISATION unless ``mean``/``std`` given.
@@ -596,6 +620,8 @@ class DeviceLoader:
         flip: bool = False,
         cutout: int = 0,
         elastic: float = 0.0,
+        rotation: float = 0.0,
+        zoom: float = 0.0,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         drop_last: bool = False,
@@ -606,6 +632,8 @@ class DeviceLoader:
             ("crop_padding", crop_padding, 0),
             ("cutout", cutout, 0),
             ("elastic", elastic, 0),
+            ("rotation", rotation, 0),
+            ("zoom", zoom, 0),
         ):
             if not value >= least or not math.isfinite(value):
                 raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
@@ -613,6 +641,7 @@ class DeviceLoader:
         self.labels = dataset.labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.crop_padding, self.flip, self.cutout, self.elastic = crop_padding, flip, cutout, elastic
+        self.rotation, self.zoom = rotation, zoom
         self.drop_last = drop_last
         if mean is None or std is None:
             mean, std = NORMALISATION[dataset.name]
@@ -646,7 +675,9 @@ class DeviceLoader:
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             index = window if order is None else order[window]
             images, labels = self.images[index], self.labels[index]
-            if self.train and (self.crop_padding or self.flip or self.cutout or self.elastic):
+            if self.train and (
+                self.crop_padding or self.flip or self.cutout or self.elastic or self.rotation or self.zoom
+            ):
                 images = self._augment(images, _generator(self.seed, epoch, 1, batch))
             yield images.float().div_(255).sub_(self.mean).div_(self.std), labels
 
@@ -654,8 +685,9 @@ class DeviceLoader:
         """Crop and flip every image at once: gather each image's rows, then its columns,
         from the padded batch at per-image offsets (columns reversed for flipped images);
         then black out each image's cut-out square, then distort. The cut-outs draw their
-        centres after the crops and flips, and the distortions their fields after both, so
-        runs without them see the random numbers they always did."""
+        centres after the crops and flips, the elastic distortions their fields after both, and
+        the affine ones their angles and scales last, so runs without them see the random
+        numbers they always did."""
         n, channels, height, width = images.shape
         pad = self.crop_padding
         top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -676,7 +708,12 @@ class DeviceLoader:
             inside_cols = (torch.arange(width) >= left) & (torch.arange(width) < left + self.cutout)  # n x width
             square = (inside_rows[:, :, None] & inside_cols[:, None, :]).to(images.device)
             images = images.masked_fill(square[:, None], 0)
-        if self.elastic:
-            field = elastic_displacement(n, height, width, self.elastic, generator)
+        field = elastic_displacement(n, height, width, self.elastic, generator) if self.elastic else None
+        if self.rotation or self.zoom:
+            angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(self.rotation)
+            scales = 1 + (torch.rand(n, generator=generator) * 2 - 1) * self.zoom
+            affine = affine_displacement(angles, scales, height, width)
+            field = affine if field is None else field + affine
+        if field is not None:
             images = elastic_warp(images, field.to(images.device))
         return images

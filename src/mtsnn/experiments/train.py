@@ -156,6 +156,8 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
         flip=cfg.flip,
         cutout=cfg.cutout,
         elastic=cfg.elastic,
+        rotation=cfg.rotation,
+        zoom=cfg.zoom,
     )
     calibration = None
     if cfg.calibrate:  # the same first images on every process, so that all start alike
