@@ -539,10 +539,9 @@ def test_a_quarter_turn_moves_the_right_middle_pixel_to_the_top_middle_and_scali
     image[0, 0, 2, 3] = 1.0
     grown = data.elastic_warp(image, data.affine_displacement(torch.zeros(1), torch.tensor([2.0]), 5, 5))
     assert grown[0, 0, 2].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0]
-    # a 30-degree turn of a point 2 right of the centre: by hand, cos 30 = 0.866, sin 30 = 0.5
+    # a 30-degree turn: output pixel (x=4, y=2), 2 right of the centre, reads the input at the
+    # centre plus R(-30)(2, 0) = (2 cos 30, 2 sin 30) = (1.732, 1.0), so it is displaced by (-0.268, 1.0)
     field = data.affine_displacement(torch.tensor([math.radians(30)]), torch.ones(1), 5, 5)
-    # output pixel (x=2+1.732, y=2-1) is not on the grid; check the inverse map at grid point (4, 2):
-    # it reads the input at the centre plus R(-30)(2, 0) = (1.732, 1.0) on screen axes
     torch.testing.assert_close(field[0, :, 2, 4], torch.tensor([1.7320508 - 2, 1.0]), atol=1e-5, rtol=0)
 
 
