@@ -15,7 +15,7 @@ from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, loa
 from mtsnn.experiments import cli
 from mtsnn.experiments.evaluate import keep_weights
 from mtsnn.experiments.objective import OutputCurrent, loss_fn, predict
-from mtsnn.experiments.optimizer import learning_rate, make_optimizer
+from mtsnn.experiments.optimizer import climb, descend, learning_rate, make_optimizer
 from mtsnn.experiments.rundir import read_metrics, state_tensors
 from mtsnn.experiments.train import Run, finish
 from mtsnn.models import from_spec
@@ -63,6 +63,54 @@ def test_weight_decay_is_decoupled_from_the_gradient():
     assert type(plain) is torch.optim.Adam  # the paper's optimizer when there is no decay
 
 
+def test_sam_climbs_rho_along_the_gradient_direction_and_comes_back_exactly():
+    # L = (w0^2 + w1^2) / 2 + 3 b: at w = (3, 4), b = 1 the gradient is (3, 4) and 3, its norm
+    # sqrt(9 + 16 + 9) = sqrt(34); rho = 2 moves w to (3, 4) + 2 (3, 4) / sqrt(34) and b to
+    # 1 + 2 * 3 / sqrt(34). A weight without a gradient (frozen) stays where it is.
+    w, b = torch.nn.Parameter(torch.tensor([3.0, 4.0])), torch.nn.Parameter(torch.tensor(1.0))
+    frozen = torch.nn.Parameter(torch.tensor([7.0]))
+    ((w * w).sum() / 2 + 3 * b).backward()
+    moved = climb([w, b, frozen], 2.0)
+    root = math.sqrt(34)
+    assert w.detach().tolist() == pytest.approx([3 + 6 / root, 4 + 8 / root])
+    assert b.item() == pytest.approx(1 + 6 / root) and frozen.item() == 7.0
+    w.grad, b.grad = None, None
+    ((w * w).sum() / 2 + 3 * b).backward()  # SAM's gradient, at the moved weights
+    descend(moved)
+    assert w.detach().tolist() == [3.0, 4.0] and b.item() == 1.0  # bit for bit
+    assert w.grad.tolist() == pytest.approx([3 + 6 / root, 4 + 8 / root]) and b.grad.item() == 3.0
+
+
+def test_a_sam_training_step_is_adam_on_the_gradient_at_the_climbed_weights(tmp_path):
+    # One step of a run (128 images, batch 128) against the step written out here by hand.
+    cfg = preset("mnist-mlp", epochs=1, train_limit=128, data_root=str(SHARED), sam=20.0)
+    run = Run(cfg, tmp_path / "sam", log=lambda *a: None)
+    start = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    images, labels = next(iter(run.train_loader.epoch(0)))
+
+    def gradient(weights):
+        model = build_model(cfg)
+        model.load_state_dict(weights)
+        loss_fn(model(images), labels, cfg).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    g = gradient(start)
+    norm = torch.sqrt(sum((v * v).sum() for v in g.values()))
+    g_sam = gradient({name: start[name] + 20.0 * g[name] / norm for name in start})
+    run.fit()
+    for name, p in run.model.named_parameters():
+        # Adam's first moment after one step is (1 - beta1) times the gradient it was given. The
+        # run's neuron kernel sums in another order than this eager model, which moves a few spike
+        # counts and so the gradient by up to 0.01 (its entries reach 6; the climb moved them by 1-6).
+        torch.testing.assert_close(run.optimizer.state[p]["exp_avg"] / 0.1, g_sam[name], rtol=1e-3, atol=0.01)
+        # and its first step, from zero moments, is w - lr g / (|g| + eps) from the weights before the
+        # climb (where |g| is clear of that noise, whose sign would decide the step)
+        firm = g_sam[name].abs() > 0.02
+        expected = start[name] - cfg.lr * g_sam[name] / (g_sam[name].abs() + 1e-8)
+        torch.testing.assert_close(p.detach()[firm], expected[firm], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(g_sam[n], g[n], rtol=0.1) for n in start)  # the climb changed the gradient
+
+
 def tiny_dataset(n=20):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     return data.Dataset("mnist", "train", images, torch.arange(n) % 10, [str(i) for i in range(10)], ())
@@ -96,6 +144,8 @@ def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
         ({"output_floor": 1.0, "ann": True}, "output_floor=1.0 with ann=True"),
         ({"readout": "potential"}, "readout=.potential."),
         ({"readout": "residual", "ann": True}, "readout=.residual. with ann"),
+        ({"sam": -0.5}, "sam=-0.5 \\(need a finite radius >= 0"),
+        ({"sam": math.inf}, "sam=inf"),
     ],
 )
 def test_bad_recipe_settings_are_named(override, message):

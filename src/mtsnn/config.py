@@ -145,6 +145,12 @@ class TrainConfig:
     )
     warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")
     weight_decay: float = setting(0.0, "not in the paper: > 0 uses AdamW with this decoupled weight decay")
+    sam: float = setting(
+        0.0,
+        "not in the paper: > 0 sharpness-aware minimisation (Foret et al. 2021) with this radius rho: each "
+        "step takes its gradient at the weights moved a distance rho up the batch's own gradient, at twice "
+        "the cost of a step (mtsnn.experiments.optimizer.climb)",
+    )
     dropout: float = setting(
         0.0,
         "not in the paper: the share of neurons dropped before each fully connected layer that takes "
@@ -282,6 +288,7 @@ class TrainConfig:
             (0 <= self.elastic < math.inf, f"elastic={self.elastic} (need a finite number >= 0; 0 means none)"),
             (0 <= self.rotation <= 180, f"rotation={self.rotation} (need 0 <= rotation <= 180 degrees; 0 means none)"),
             (0 <= self.zoom < 1, f"zoom={self.zoom} (need 0 <= zoom < 1; 0 means none)"),
+            (math.isfinite(self.sam) and self.sam >= 0, f"sam={self.sam} (need a finite radius >= 0; 0 means off)"),
             (0 <= self.dropout < 1, f"dropout={self.dropout} (need 0 <= dropout < 1; 0 means none)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),

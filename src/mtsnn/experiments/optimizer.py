@@ -30,6 +30,32 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
+@torch.no_grad()
+def climb(params: list[nn.Parameter], rho: float) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Sharpness-aware minimisation's ascent (Foret et al. 2021, eq. 2): move the weights
+    that have a gradient ``g`` to ``w + rho g / ||g||``, ``||g||`` the L2 norm over all of them
+    together, and return each with its value before, for :func:`descend`. A step of SAM is then:
+    the gradient at ``w``, ``climb``, the gradient at the moved weights, ``descend``, the
+    optimizer's step with that second gradient.
+
+    The radius is in the weights' own units. For mnist-cnn (eq. 17 init, V_th = 10) the trained
+    weights' norm is 768; moved by rho = 1 up the gradient, the eq. (6) loss of 2,048 training
+    images rose from 0.077 to 0.137, by rho = 2 to 0.248, by rho = 0.05 to 0.078."""
+    moved = [(p, p.detach().clone()) for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p, _ in moved]))
+    scale = rho / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    for p, _ in moved:
+        p.add_(p.grad * scale)
+    return moved
+
+
+@torch.no_grad()
+def descend(moved: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """Put the weights that :func:`climb` moved back to their values before, exactly."""
+    for p, value in moved:
+        p.copy_(value)
+
+
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The rate of optimizer step ``step`` (0-based, counted over the whole run).
 

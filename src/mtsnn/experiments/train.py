@@ -43,7 +43,15 @@ from .objective import (
     progress_bar,
     sample_losses,
 )
-from .optimizer import FLUSH_EVERY, flush_subnormal_state, learning_rate, make_optimizer, plan_epochs
+from .optimizer import (
+    FLUSH_EVERY,
+    climb,
+    descend,
+    flush_subnormal_state,
+    learning_rate,
+    make_optimizer,
+    plan_epochs,
+)
 from .rundir import (
     CHECKPOINT,
     METRICS,
@@ -501,10 +509,8 @@ class Run:
             for images, labels in batches:
                 global_batch = labels.numel()
                 images, labels = procs.shard(images, labels)
-                with autocast:
-                    output = self.trained(images)
-                    current = self.output_current.current() if self.output_current else None
-                losses = sample_losses(output, labels, cfg, current, self._teacher_logits(images))
+                teacher_logits = self._teacher_logits(images)
+                losses, output, current = self._forward(images, labels, teacher_logits, autocast)
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 loss = losses.sum() * (procs.world / global_batch)
                 with torch.no_grad():  # summed on the device; read back every sync_every steps
@@ -519,6 +525,12 @@ class Run:
                     self._read_back(sums)  # before the update: on a CPU a NaN loss never reaches the weights
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.sam:  # the gradient again, at the weights moved up this one (SAM)
+                    moved = climb(list(self.model.parameters()), cfg.sam)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    moved_losses = self._forward(images, labels, teacher_logits, autocast)[0]
+                    (moved_losses.sum() * (procs.world / global_batch)).backward()
+                    descend(moved)
                 rate = learning_rate(cfg, self.epoch * len(self.train_loader) + self.batch, len(self.train_loader))
                 for group in self.optimizer.param_groups:
                     group["lr"] = rate
@@ -546,6 +558,14 @@ class Run:
                     raise Interrupted(signum, self.save())
         self._read_back(sums)
         self._add_time(t0)
+
+    def _forward(self, images, labels, teacher_logits, autocast) -> tuple[torch.Tensor, ...]:
+        """A training batch through the trained model: the loss of each sample, the output and
+        the output layer's current (None unless the loss reads it)."""
+        with autocast:
+            output = self.trained(images)
+            current = self.output_current.current() if self.output_current else None
+        return sample_losses(output, labels, self.cfg, current, teacher_logits), output, current
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor | None:
