@@ -81,6 +81,15 @@ def test_sam_climbs_rho_along_the_gradient_direction_and_comes_back_exactly():
     assert w.grad.tolist() == pytest.approx([3 + 6 / root, 4 + 8 / root]) and b.grad.item() == 3.0
 
 
+def test_sam_leaves_weights_with_a_zero_gradient_where_they_are():
+    w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))
+    w.grad = torch.zeros(2)
+    descend(climb([w], 10.0))  # rho / 0 must not turn 0 x inf into NaN
+    assert w.detach().tolist() == [1.5, -2.0]
+    climb([w], 10.0)
+    assert w.detach().tolist() == [1.5, -2.0]
+
+
 def test_a_sam_training_step_is_adam_on_the_gradient_at_the_climbed_weights(tmp_path):
     # One step of a run (128 images, batch 128) against the step written out here by hand.
     cfg = preset("mnist-mlp", epochs=1, train_limit=128, data_root=str(SHARED), sam=20.0)

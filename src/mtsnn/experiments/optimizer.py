@@ -43,7 +43,7 @@ def climb(params: list[nn.Parameter], rho: float) -> list[tuple[nn.Parameter, to
     images rose from 0.077 to 0.137, by rho = 2 to 0.248, by rho = 0.05 to 0.078."""
     moved = [(p, p.detach().clone()) for p in params if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p, _ in moved]))
-    scale = rho / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    scale = torch.where(norm > 0, rho / norm, torch.zeros_like(norm))  # a zero gradient moves nothing
     for p, _ in moved:
         p.add_(p.grad * scale)
     return moved
