@@ -120,6 +120,27 @@ def test_a_sam_training_step_is_adam_on_the_gradient_at_the_climbed_weights(tmp_
     assert any(not torch.allclose(g_sam[n], g[n], rtol=0.1) for n in start)  # the climb changed the gradient
 
 
+def test_a_sam_loss_that_is_not_finite_stops_the_run_before_the_update(tmp_path, monkeypatch):
+    # The first loss is finite; the climb makes one output bias NaN, so only SAM's second loss
+    # is not. The run must stop before Adam's step, with the weights put back as they were.
+    from mtsnn.experiments import train
+
+    def climb_to_infinity(params, rho):
+        moved = climb(params, rho)
+        with torch.no_grad():
+            params[-1][0] = math.nan  # the output layer's bias: spike counts clip an infinity
+        return moved
+
+    monkeypatch.setattr(train, "climb", climb_to_infinity)
+    cfg = preset("mnist-mlp", epochs=1, train_limit=128, data_root=str(SHARED), sam=1.0)
+    run = Run(cfg, tmp_path / "sam", log=lambda *a: None)
+    start = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="non-finite .* at epoch 1, by batch 0"):
+        run.fit()
+    for name, p in run.model.named_parameters():
+        assert torch.equal(p.detach(), start[name]), name
+
+
 def tiny_dataset(n=20):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     return data.Dataset("mnist", "train", images, torch.arange(n) % 10, [str(i) for i in range(10)], ())

@@ -148,8 +148,8 @@ class TrainConfig:
     sam: float = setting(
         0.0,
         "not in the paper: > 0 sharpness-aware minimisation (Foret et al. 2021) with this radius rho: each "
-        "step takes its gradient at the weights moved a distance rho up the batch's own gradient, at twice "
-        "the cost of a step (mtsnn.experiments.optimizer.climb)",
+        "step takes its gradient at the weights moved a distance rho up the batch's own gradient, at about "
+        "twice the cost of a step (mtsnn.experiments.optimizer.climb)",
     )
     dropout: float = setting(
         0.0,

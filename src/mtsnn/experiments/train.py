@@ -512,7 +512,8 @@ class Run:
                 teacher_logits = self._teacher_logits(images)
                 losses, output, current = self._forward(images, labels, teacher_logits, autocast)
                 # DDP averages gradients over processes: scale so that equals the global batch mean
-                loss = losses.sum() * (procs.world / global_batch)
+                scale = procs.world / global_batch
+                loss = losses.sum() * scale
                 with torch.no_grad():  # summed on the device; read back every sync_every steps
                     sums += torch.stack(
                         [
@@ -521,16 +522,17 @@ class Run:
                             (~torch.isfinite(loss)).double(),
                         ]
                     )
-                if (self.batch - self.first_batch) % sync_every == 0:
-                    self._read_back(sums)  # before the update: on a CPU a NaN loss never reaches the weights
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.sam:  # the gradient again, at the weights moved up this one (SAM)
                     moved = climb(list(self.model.parameters()), cfg.sam)
                     self.optimizer.zero_grad(set_to_none=True)
-                    moved_losses = self._forward(images, labels, teacher_logits, autocast)[0]
-                    (moved_losses.sum() * (procs.world / global_batch)).backward()
+                    moved_loss = self._forward(images, labels, teacher_logits, autocast)[0].sum() * scale
+                    moved_loss.backward()
                     descend(moved)
+                    sums[2] += (~torch.isfinite(moved_loss)).double()
+                if (self.batch - self.first_batch) % sync_every == 0:
+                    self._read_back(sums)  # before the update: on a CPU a NaN loss never reaches the weights
                 rate = learning_rate(cfg, self.epoch * len(self.train_loader) + self.batch, len(self.train_loader))
                 for group in self.optimizer.param_groups:
                     group["lr"] = rate
