@@ -24,8 +24,9 @@ def changes(cfg: dict) -> str:
     """The settings of ``cfg`` that differ from the screen's base for its preset."""
     base = PRESETS[cfg["preset"]].replace(**BASE).__dict__
     diff = [f"{k}={v}" for k, v in cfg.items() if k not in SAME and base.get(k) != v]
-    ann = "ANN" if own_network(cfg["preset"], cfg["spec"]) else "ANN twin"
-    return (ann + (", " if diff else "") if cfg["ann"] else "") + (", ".join(diff) or "-")
+    if cfg["ann"]:
+        diff.insert(0, "ANN" if own_network(cfg["preset"], cfg["spec"]) else "ANN twin")
+    return ", ".join(diff) or "-"
 
 
 def main(presets):
