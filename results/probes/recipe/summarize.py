@@ -57,7 +57,8 @@ def main(presets):
     print("|---|---|---|---|---|")
     for (name, settings), runs in seeded.items():
         if len({seed for seed, *_ in runs}) > 1:
-            finals, lasts = ([run[i] for run in runs] for i in (2, 3))
+            finals = [final for _, _, final, _ in runs]
+            lasts = [last for *_, last in runs]
             names = ", ".join(f"{seed} ({run})" for seed, run, *_ in sorted(runs))
             print(
                 f"| {name} | {settings} | {names} | {statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f} "
