@@ -19,7 +19,7 @@ from mtsnn.experiments.optimizer import climb, descend, learning_rate, make_opti
 from mtsnn.experiments.rundir import read_metrics, state_tensors
 from mtsnn.experiments.train import Run, finish
 from mtsnn.models import from_spec
-from runs import SHARED
+from runs import SHARED, assert_same_run
 
 
 def test_the_paper_recipe_keeps_one_constant_rate():
@@ -141,6 +141,68 @@ def test_a_sam_loss_that_is_not_finite_stops_the_run_before_the_update(tmp_path,
         assert torch.equal(p.detach(), start[name]), name
 
 
+def test_mixup_draws_one_weight_a_batch_from_the_folded_beta_and_a_permutation_fixed_by_the_batch():
+    loader = data.DeviceLoader(tiny_dataset(), 20, train=True, seed=3, mixup=1.0)
+    images = torch.randn(20, 1, 2, 2)
+    lams = []
+    for batch in range(2000):
+        mixed, partner, lam = loader.mix(images, epoch=1, batch=batch)
+        assert sorted(partner.tolist()) == list(range(20))
+        torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[partner])
+        lams.append(lam)
+    # Beta(1, 1) is uniform on [0, 1]; folded to max(lam, 1 - lam), uniform on [1/2, 1]: mean 3/4,
+    # standard deviation 1 / (4 sqrt 3) = 0.144, so 2,000 draws put the mean within 0.0032 (1 sd)
+    lams = torch.tensor(lams)
+    assert lams.min() >= 0.5 and lams.max() <= 1.0
+    assert abs(lams.mean().item() - 0.75) < 0.013
+    assert abs((lams < 0.625).float().mean().item() - 0.25) < 0.04  # the lower quartile of [1/2, 1]
+    again = data.DeviceLoader(tiny_dataset(), 20, train=True, seed=3, mixup=1.0).mix(images, epoch=1, batch=7)
+    first = loader.mix(images, epoch=1, batch=7)
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])  # a pure function of the batch
+    assert not torch.equal(loader.mix(images, epoch=2, batch=7)[1], first[1])
+    # Beta(0.2, 0.2) puts most of its weight near 0 and 1: folded, near 1 (an image nearly alone)
+    light = data.DeviceLoader(tiny_dataset(), 20, train=True, seed=3, mixup=0.2)
+    assert torch.tensor([light.mix(images, 0, b)[2] for b in range(500)]).median() > 0.9
+
+
+def test_a_mixup_step_is_adam_on_the_blend_of_the_gradients_for_either_label(tmp_path):
+    # One step of a run (128 images, batch 128) against the gradient written out here by hand:
+    # the mixed images through the model, the loss (eq. 6 and the output floor) for each image's
+    # own label and for its partner's, blended by the batch's lam.
+    cfg = preset("mnist-mlp", epochs=1, train_limit=128, data_root=str(SHARED), mixup=1.0, output_floor=1.0)
+    run = Run(cfg, tmp_path / "mixup", log=lambda *a: None)
+    start = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    images, labels = next(iter(run.train_loader.epoch(0)))
+    mixed, partner, lam = run.train_loader.mix(images, 0, 0)
+    assert 0.5 < lam < 0.95  # this batch's draw: both labels weigh
+
+    def gradient(targets):
+        model = build_model(cfg)
+        model.load_state_dict(start)
+        with OutputCurrent(model) as output_current:
+            loss_fn(model(mixed), targets, cfg, output_current.current()).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    own, partners = gradient(labels), gradient(labels[partner])
+    run.fit()
+    for name, p in run.model.named_parameters():
+        expected = lam * own[name] + (1 - lam) * partners[name]
+        # Adam's first moment after one step is (1 - beta1) times the gradient it was given (the
+        # tolerance as in the SAM step's test: the kernels sum in another order)
+        torch.testing.assert_close(run.optimizer.state[p]["exp_avg"] / 0.1, expected, rtol=1e-3, atol=0.01)
+    assert any(not torch.allclose(own[n], partners[n], rtol=0.1) for n in start)  # the partner's label counted
+
+
+def test_a_mixup_run_resumed_after_its_first_epoch_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    cfg = preset(
+        "mnist-mlp", mixup=0.4, train_limit=256, test_limit=100, epochs=2, deterministic=True, data_root=str(SHARED)
+    )
+    Run.start(cfg, tmp_path / "whole", log=lambda *a: None).fit()
+    Run.start(cfg.replace(epochs=1), tmp_path / "parts", log=lambda *a: None).fit()
+    Run.resume(tmp_path / "parts", log=lambda *a: None, epochs=2).fit()
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
+
+
 def tiny_dataset(n=20):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     return data.Dataset("mnist", "train", images, torch.arange(n) % 10, [str(i) for i in range(10)], ())
@@ -176,6 +238,8 @@ def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
         ({"readout": "residual", "ann": True}, "readout=.residual. with ann"),
         ({"sam": -0.5}, "sam=-0.5 \\(need a finite radius >= 0"),
         ({"sam": math.inf}, "sam=inf"),
+        ({"mixup": -0.2}, "mixup=-0.2 \\(need a finite alpha >= 0"),
+        ({"mixup": math.nan}, "mixup=nan"),
     ],
 )
 def test_bad_recipe_settings_are_named(override, message):

@@ -151,6 +151,12 @@ class TrainConfig:
         "step takes its gradient at the weights moved a distance rho up the batch's own gradient, at about "
         "twice the cost of a step (mtsnn.experiments.optimizer.climb)",
     )
+    mixup: float = setting(
+        0.0,
+        "not in the paper: > 0 mixup (Zhang et al. 2018): each training batch blended with itself in a "
+        "shuffled order, lam x + (1 - lam) x', and the loss alike, lam drawn once a batch from "
+        "Beta(mixup, mixup) and folded to >= 1/2 (mtsnn.data.mixup; 0: none)",
+    )
     dropout: float = setting(
         0.0,
         "not in the paper: the share of neurons dropped before each fully connected layer that takes "
@@ -289,6 +295,10 @@ class TrainConfig:
             (0 <= self.rotation <= 180, f"rotation={self.rotation} (need 0 <= rotation <= 180 degrees; 0 means none)"),
             (0 <= self.zoom < 1, f"zoom={self.zoom} (need 0 <= zoom < 1; 0 means none)"),
             (math.isfinite(self.sam) and self.sam >= 0, f"sam={self.sam} (need a finite radius >= 0; 0 means off)"),
+            (
+                math.isfinite(self.mixup) and self.mixup >= 0,
+                f"mixup={self.mixup} (need a finite alpha >= 0; 0 means none)",
+            ),
             (0 <= self.dropout < 1, f"dropout={self.dropout} (need 0 <= dropout < 1; 0 means none)"),
             (self.train_limit >= 0, f"train_limit={self.train_limit} (need >= 0; 0 means all)"),
             (self.test_limit >= 0, f"test_limit={self.test_limit} (need >= 0; 0 means all)"),

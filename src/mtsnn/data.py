@@ -593,7 +593,9 @@ class DeviceLoader:
     ``rotation`` degrees and a scaling by 1 +- up to ``zoom`` about the centre
     (:func:`affine_displacement`, each drawn uniformly per image); both distortions are applied
     last, in one resampling along the sum of their fields. Padding and cut-out pixels are black raw
-    pixels, as torchvision's RandomCrop(padding=...) before Normalize.
+    pixels, as torchvision's RandomCrop(padding=...) before Normalize. With ``mixup`` > 0,
+    :meth:`mix` blends a training batch with itself (the loss must be blended alike, so the
+    caller applies it).
     Test: examples in order, no augmentation. Every batch is then turned into float32
     ``(x / 255 - mean) / std`` with the data set's NORMALISATION unless ``mean``/``std`` given.
 
@@ -622,6 +624,7 @@ class DeviceLoader:
         elastic: float = 0.0,
         rotation: float = 0.0,
         zoom: float = 0.0,
+        mixup: float = 0.0,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         drop_last: bool = False,
@@ -634,6 +637,7 @@ class DeviceLoader:
             ("elastic", elastic, 0),
             ("rotation", rotation, 0),
             ("zoom", zoom, 0),
+            ("mixup", mixup, 0),
         ):
             if not value >= least or not math.isfinite(value):
                 raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
@@ -641,7 +645,7 @@ class DeviceLoader:
         self.labels = dataset.labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.crop_padding, self.flip, self.cutout, self.elastic = crop_padding, flip, cutout, elastic
-        self.rotation, self.zoom = rotation, zoom
+        self.rotation, self.zoom, self.mixup = rotation, zoom, mixup
         self.drop_last = drop_last
         if mean is None or std is None:
             mean, std = NORMALISATION[dataset.name]
@@ -680,6 +684,34 @@ class DeviceLoader:
             ):
                 images = self._augment(images, _generator(self.seed, epoch, 1, batch))
             yield images.float().div_(255).sub_(self.mean).div_(self.std), labels
+
+    def mix(self, images: torch.Tensor, epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mixup (Zhang et al. 2018, arXiv:1710.09412) of batch ``batch`` of epoch ``epoch``:
+        ``(lam images + (1 - lam) images[partner], partner, lam)``, with ``partner`` a random
+        permutation of the batch and one ``lam`` drawn from Beta(mixup, mixup), folded to
+        ``max(lam, 1 - lam)`` (the same distribution, symmetric) so that each image outweighs its
+        partner and its own label is the one to count a prediction against. A loss ``L`` becomes
+        ``lam L(labels) + (1 - lam) L(labels[partner])``. Blending normalised images equals
+        normalising blended ones (the weights sum to 1). Like every augmentation, a pure function
+        of (seed, epoch, batch), so a resumed epoch mixes as the uninterrupted one did.
+
+        >>> digits = Dataset("mnist", "train", torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+        ...                  torch.arange(4), [str(i) for i in range(4)], ())
+        >>> loader = DeviceLoader(digits, 4, train=True, mixup=0.2)
+        >>> images = torch.arange(4.0).view(4, 1, 1, 1)
+        >>> mixed, partner, lam = loader.mix(images, epoch=0, batch=0)
+        >>> 0.5 <= lam <= 1, sorted(partner.tolist())
+        (True, [0, 1, 2, 3])
+        >>> torch.allclose(mixed, lam * images + (1 - lam) * images[partner])
+        True
+        """
+        if not self.mixup:
+            raise ValueError("DeviceLoader.mix: this loader has mixup=0")
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed, epoch, 2, batch)))
+        lam = float(rng.beta(self.mixup, self.mixup))
+        lam = max(lam, 1 - lam)
+        partner = torch.from_numpy(rng.permutation(len(images))).to(images.device)
+        return images.mul(lam).add_(images[partner], alpha=1 - lam), partner, lam
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Crop and flip every image at once: gather each image's rows, then its columns,

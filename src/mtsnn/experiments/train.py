@@ -166,6 +166,7 @@ def load_data(cfg: TrainConfig, device: torch.device, procs: Processes, log) -> 
         elastic=cfg.elastic,
         rotation=cfg.rotation,
         zoom=cfg.zoom,
+        mixup=cfg.mixup,
     )
     calibration = None
     if cfg.calibrate:  # the same first images on every process, so that all start alike
@@ -508,9 +509,15 @@ class Run:
         with progress_bar(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
             for images, labels in batches:
                 global_batch = labels.numel()
-                images, labels = procs.shard(images, labels)
+                mix = None
+                if cfg.mixup:  # the whole batch, before sharding: every process mixes the same way
+                    images, partner, lam = self.train_loader.mix(images, self.epoch, self.batch)
+                    images, labels, partner_labels = procs.shard(images, labels, labels[partner])
+                    mix = (partner_labels, lam)
+                else:
+                    images, labels = procs.shard(images, labels)
                 teacher_logits = self._teacher_logits(images)
-                losses, output, current = self._forward(images, labels, teacher_logits, autocast)
+                losses, output, current = self._forward(images, labels, teacher_logits, autocast, mix)
                 # DDP averages gradients over processes: scale so that equals the global batch mean
                 scale = procs.world / global_batch
                 loss = losses.sum() * scale
@@ -527,7 +534,7 @@ class Run:
                 if cfg.sam:  # the gradient again, at the weights moved up this one (SAM)
                     moved = climb(list(self.model.parameters()), cfg.sam)
                     self.optimizer.zero_grad(set_to_none=True)
-                    moved_loss = self._forward(images, labels, teacher_logits, autocast)[0].sum() * scale
+                    moved_loss = self._forward(images, labels, teacher_logits, autocast, mix)[0].sum() * scale
                     moved_loss.backward()
                     descend(moved)
                     sums[2] += (~torch.isfinite(moved_loss)).double()
@@ -561,13 +568,19 @@ class Run:
         self._read_back(sums)
         self._add_time(t0)
 
-    def _forward(self, images, labels, teacher_logits, autocast) -> tuple[torch.Tensor, ...]:
+    def _forward(self, images, labels, teacher_logits, autocast, mix=None) -> tuple[torch.Tensor, ...]:
         """A training batch through the trained model: the loss of each sample, the output and
-        the output layer's current (None unless the loss reads it)."""
+        the output layer's current (None unless the loss reads it). ``mix`` = ``(partner_labels,
+        lam)`` of a mixup batch blends the loss of each sample's two labels as its images were."""
         with autocast:
             output = self.trained(images)
             current = self.output_current.current() if self.output_current else None
-        return sample_losses(output, labels, self.cfg, current, teacher_logits), output, current
+        losses = sample_losses(output, labels, self.cfg, current, teacher_logits)
+        if mix is not None:
+            partner_labels, lam = mix
+            partner_losses = sample_losses(output, partner_labels, self.cfg, current, teacher_logits)
+            losses = lam * losses + (1 - lam) * partner_losses
+        return losses, output, current
 
     @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor | None:
