@@ -155,7 +155,7 @@ class TrainConfig:
         0.0,
         "not in the paper: > 0 mixup (Zhang et al. 2018): each training batch blended with itself in a "
         "shuffled order, lam x + (1 - lam) x', and the loss alike, lam drawn once a batch from "
-        "Beta(mixup, mixup) and folded to >= 1/2 (mtsnn.data.mixup; 0: none)",
+        "Beta(mixup, mixup) and folded to >= 1/2 (mtsnn.data.DeviceLoader.mix; 0: none)",
     )
     dropout: float = setting(
         0.0,
