@@ -63,6 +63,29 @@ def test_weight_decay_is_decoupled_from_the_gradient():
     assert type(plain) is torch.optim.Adam  # the paper's optimizer when there is no decay
 
 
+def test_adam_beta2_sets_the_decay_of_the_second_moment():
+    # Adam's second moment after gradients g1 then g2: v = beta2 (1 - beta2) g1^2 + (1 - beta2) g2^2;
+    # the second step moves w by lr m_hat / (sqrt(v_hat) + eps), v_hat = v / (1 - beta2^2) and
+    # m_hat = (0.9 * 0.1 g1 + 0.1 g2) / (1 - 0.9^2).
+    for beta2 in (0.999, 0.9):
+        weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        model = torch.nn.Module()
+        model.weight = weight
+        optimizer = make_optimizer(model, TrainConfig(spec="4-3", lr=0.01, adam_beta2=beta2), torch.device("cpu"))
+        g1, g2 = torch.tensor([1.0, 0.5]), torch.tensor([-3.0, 0.5])
+        weight.grad = g1.clone()
+        optimizer.step()
+        before = weight.detach().clone()
+        weight.grad = g2.clone()
+        optimizer.step()
+        v = beta2 * (1 - beta2) * g1**2 + (1 - beta2) * g2**2
+        torch.testing.assert_close(optimizer.state[weight]["exp_avg_sq"], v)
+        m_hat = (0.9 * 0.1 * g1 + 0.1 * g2) / (1 - 0.9**2)
+        step = 0.01 * m_hat / ((v / (1 - beta2**2)).sqrt() + 1e-8)
+        torch.testing.assert_close(weight.detach(), before - step)
+    assert TrainConfig().adam_beta2 == 0.999  # Table 1
+
+
 def test_sam_climbs_rho_along_the_gradient_direction_and_comes_back_exactly():
     # L = (w0^2 + w1^2) / 2 + 3 b: at w = (3, 4), b = 1 the gradient is (3, 4) and 3, its norm
     # sqrt(9 + 16 + 9) = sqrt(34); rho = 2 moves w to (3, 4) + 2 (3, 4) / sqrt(34) and b to
@@ -238,6 +261,7 @@ def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
         ({"readout": "residual", "ann": True}, "readout=.residual. with ann"),
         ({"sam": -0.5}, "sam=-0.5 \\(need a finite radius >= 0"),
         ({"sam": math.inf}, "sam=inf"),
+        ({"adam_beta2": 1.0}, "adam_beta2=1.0 \\(need 0 <= adam_beta2 < 1"),
         ({"mixup": -0.2}, "mixup=-0.2 \\(need a finite alpha >= 0"),
         ({"mixup": math.nan}, "mixup=nan"),
     ],

@@ -145,6 +145,9 @@ class TrainConfig:
     )
     warmup_epochs: float = setting(0.0, "not in the paper: epochs (fractions allowed) of linear warm-up from 0")
     weight_decay: float = setting(0.0, "not in the paper: > 0 uses AdamW with this decoupled weight decay")
+    adam_beta2: float = setting(
+        0.999, "Adam's decay of its second moment, beta_2 (Table 1: 0.999; each step's share is 1 - beta_2)"
+    )
     sam: float = setting(
         0.0,
         "not in the paper: > 0 sharpness-aware minimisation (Foret et al. 2021) with this radius rho: each "
@@ -294,6 +297,7 @@ class TrainConfig:
             (0 <= self.elastic < math.inf, f"elastic={self.elastic} (need a finite number >= 0; 0 means none)"),
             (0 <= self.rotation <= 180, f"rotation={self.rotation} (need 0 <= rotation <= 180 degrees; 0 means none)"),
             (0 <= self.zoom < 1, f"zoom={self.zoom} (need 0 <= zoom < 1; 0 means none)"),
+            (0 <= self.adam_beta2 < 1, f"adam_beta2={self.adam_beta2} (need 0 <= adam_beta2 < 1)"),
             (math.isfinite(self.sam) and self.sam >= 0, f"sam={self.sam} (need a finite radius >= 0; 0 means off)"),
             (
                 math.isfinite(self.mixup) and self.mixup >= 0,

@@ -14,16 +14,16 @@ FLUSH_EVERY = 10  # optimizer steps between flushes of subnormal optimizer state
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with Table 1's settings; AdamW (decoupled weight decay) when ``cfg.weight_decay``
-    > 0. The fused kernel (CPU and CUDA) does the whole update in one pass. The default one
-    was 5.7x slower for mnist-cnn on our CPU: an SNN's weights that see no input spikes keep
-    zeros in Adam's second moment, and torch.sqrt of zeros measured 20x slower there than of
-    other values."""
+    """Adam with Table 1's settings (``cfg.adam_beta2`` its beta_2); AdamW (decoupled weight
+    decay) when ``cfg.weight_decay`` > 0. The fused kernel (CPU and CUDA) does the whole update
+    in one pass. The default one was 5.7x slower for mnist-cnn on our CPU: an SNN's weights
+    that see no input spikes keep zeros in Adam's second moment, and torch.sqrt of zeros
+    measured 20x slower there than of other values."""
     kind = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
     return kind(
         model.parameters(),
         lr=cfg.lr,
-        betas=(0.9, 0.999),
+        betas=(0.9, cfg.adam_beta2),
         eps=1e-8,
         weight_decay=cfg.weight_decay,
         fused=device.type in ("cpu", "cuda"),
