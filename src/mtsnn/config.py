@@ -189,6 +189,11 @@ class TrainConfig:
     zoom: float = setting(
         0.0, "not in the paper: random scaling about the image centre, by a factor drawn uniformly from 1 +- zoom"
     )
+    clean_epochs: int = setting(
+        0,
+        "not in the paper: the last this many epochs train on the images as they are, without "
+        "augmentation or mixup (refined augmentation, He et al. 2019, arXiv:1909.09148; 0: none)",
+    )
     train_limit: int = setting(0, "train on the first N training images (0: all)")
     test_limit: int = setting(
         0,
@@ -297,6 +302,10 @@ class TrainConfig:
             (0 <= self.elastic < math.inf, f"elastic={self.elastic} (need a finite number >= 0; 0 means none)"),
             (0 <= self.rotation <= 180, f"rotation={self.rotation} (need 0 <= rotation <= 180 degrees; 0 means none)"),
             (0 <= self.zoom < 1, f"zoom={self.zoom} (need 0 <= zoom < 1; 0 means none)"),
+            (
+                0 <= self.clean_epochs <= self.epochs,
+                f"clean_epochs={self.clean_epochs} (need 0 <= clean_epochs <= epochs={self.epochs})",
+            ),
             (0 <= self.adam_beta2 < 1, f"adam_beta2={self.adam_beta2} (need 0 <= adam_beta2 < 1)"),
             (math.isfinite(self.sam) and self.sam >= 0, f"sam={self.sam} (need a finite radius >= 0; 0 means off)"),
             (

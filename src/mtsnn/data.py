@@ -662,15 +662,18 @@ class DeviceLoader:
         self.next_epoch += 1
         return self.epoch(self.next_epoch - 1)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) for batches ``start_batch``.. of epoch ``epoch``."""
+    def epoch(
+        self, epoch: int, start_batch: int = 0, augment: bool = True
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) for batches ``start_batch``.. of epoch ``epoch``; a training epoch
+        with ``augment=False`` keeps its random order but leaves the images as they are."""
         if epoch < 0 or not 0 <= start_batch <= len(self):
             raise ValueError(
                 f"epoch={epoch}, start_batch={start_batch}: need epoch >= 0 and 0 <= start_batch <= {len(self)}"
             )
-        return self._batches(epoch, start_batch)
+        return self._batches(epoch, start_batch, augment)
 
-    def _batches(self, epoch: int, start_batch: int):
+    def _batches(self, epoch: int, start_batch: int, augment: bool):
         order = None
         if self.train:
             order = torch.randperm(len(self.labels), generator=_generator(self.seed, epoch, 0, 0))
@@ -679,7 +682,7 @@ class DeviceLoader:
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             index = window if order is None else order[window]
             images, labels = self.images[index], self.labels[index]
-            if self.train and (
+            if self.train and augment and (
                 self.crop_padding or self.flip or self.cutout or self.elastic or self.rotation or self.zoom
             ):
                 images = self._augment(images, _generator(self.seed, epoch, 1, batch))

@@ -505,12 +505,13 @@ class Run:
         self.first_batch = self.batch
         sync_every = self.sync_every
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        batches = self.train_loader.epoch(self.epoch, start_batch=self.batch)
+        augment = self.epoch < cfg.epochs - cfg.clean_epochs
+        batches = self.train_loader.epoch(self.epoch, start_batch=self.batch, augment=augment)
         with progress_bar(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
             for images, labels in batches:
                 global_batch = labels.numel()
                 mix = None
-                if cfg.mixup:  # the whole batch, before sharding: every process mixes the same way
+                if cfg.mixup and augment:  # the whole batch, before sharding: every process mixes the same way
                     images, partner, lam = self.train_loader.mix(images, self.epoch, self.batch)
                     images, labels, partner_labels = procs.shard(images, labels, labels[partner])
                     mix = (partner_labels, lam)
