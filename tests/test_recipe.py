@@ -226,6 +226,38 @@ def test_a_mixup_run_resumed_after_its_first_epoch_ends_with_the_weights_of_an_u
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
 
 
+def test_a_clean_epoch_keeps_the_shuffled_order_and_leaves_the_images_as_they_are():
+    images = torch.randint(0, 256, (20, 1, 6, 6), dtype=torch.uint8)
+    digits = data.Dataset("mnist", "train", images, torch.arange(20) % 10, [str(i) for i in range(10)], ())
+    shifted = data.DeviceLoader(digits, 8, train=True, seed=5, crop_padding=2, rotation=10.0)
+    plain = data.DeviceLoader(digits, 8, train=True, seed=5)  # the same order, nothing augmented
+    for (clean, labels), (expected, expected_labels), (moved, _) in zip(
+        shifted.epoch(3, augment=False), plain.epoch(3), shifted.epoch(3), strict=True
+    ):
+        assert torch.equal(clean, expected) and torch.equal(labels, expected_labels)
+        assert not torch.equal(clean, moved)  # the same epoch, augmented
+    # and the unaugmented images are the data set's own, in a shuffled order of all 20
+    (mean,), (std,) = data.NORMALISATION["mnist"]
+    raw = torch.cat([batch for batch, _ in shifted.epoch(3, augment=False)]).mul(std).add(mean).mul(255).round()
+    assert sorted(raw.flatten(1).tolist()) == sorted(images.flatten(1).float().tolist())
+
+
+def test_clean_epochs_drop_augmentation_and_mixup_from_the_last_epochs_only(tmp_path, monkeypatch):
+    # All epochs clean: bit for bit the run without augmentation or mixup
+    small = dict(train_limit=256, test_limit=100, epochs=2, deterministic=True, data_root=str(SHARED))
+    cfg = preset("mnist-mlp", crop_padding=2, mixup=0.4, clean_epochs=2, **small)
+    Run.start(cfg, tmp_path / "clean", log=lambda *a: None).fit()
+    Run.start(preset("mnist-mlp", crop_padding=0, **small), tmp_path / "plain", log=lambda *a: None).fit()
+    assert_same_run(tmp_path / "clean", tmp_path / "plain")
+    # The last of two epochs clean: only the first epoch's 2 batches (256 images, batch 128) augmented
+    augmented, mixed = [], []
+    augment, mix = data.DeviceLoader._augment, data.DeviceLoader.mix
+    monkeypatch.setattr(data.DeviceLoader, "_augment", lambda *a: augmented.append(1) or augment(*a))
+    monkeypatch.setattr(data.DeviceLoader, "mix", lambda self, x, e, b: mixed.append(e) or mix(self, x, e, b))
+    Run.start(cfg.replace(clean_epochs=1), tmp_path / "last", log=lambda *a: None).fit()
+    assert len(augmented) == 2 and mixed == [0, 0]
+
+
 def tiny_dataset(n=20):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     return data.Dataset("mnist", "train", images, torch.arange(n) % 10, [str(i) for i in range(10)], ())
@@ -264,6 +296,8 @@ def test_holding_out_all_or_nothing_is_refused_naming_the_count(n):
         ({"adam_beta2": 1.0}, "adam_beta2=1.0 \\(need 0 <= adam_beta2 < 1"),
         ({"mixup": -0.2}, "mixup=-0.2 \\(need a finite alpha >= 0"),
         ({"mixup": math.nan}, "mixup=nan"),
+        ({"clean_epochs": -1}, "clean_epochs=-1 \\(need 0 <= clean_epochs <= epochs=200"),
+        ({"clean_epochs": 201}, "clean_epochs=201"),
     ],
 )
 def test_bad_recipe_settings_are_named(override, message):

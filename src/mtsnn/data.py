@@ -682,8 +682,10 @@ class DeviceLoader:
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             index = window if order is None else order[window]
             images, labels = self.images[index], self.labels[index]
-            if self.train and augment and (
-                self.crop_padding or self.flip or self.cutout or self.elastic or self.rotation or self.zoom
+            if (
+                self.train
+                and augment
+                and (self.crop_padding or self.flip or self.cutout or self.elastic or self.rotation or self.zoom)
             ):
                 images = self._augment(images, _generator(self.seed, epoch, 1, batch))
             yield images.float().div_(255).sub_(self.mean).div_(self.std), labels
