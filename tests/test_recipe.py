@@ -574,6 +574,37 @@ def test_a_time_budget_run_plans_its_epochs_records_them_and_keeps_them_when_res
 
 
 @pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+@pytest.mark.parametrize(
+    "clean, warmup, planned",
+    [
+        (3, 1.0, 4),  # the first epoch started augmented, then its 3 clean epochs: 1 + 3
+        (1, 4.5, 5),  # the whole warm-up: ceil(4.5) epochs, the last of them clean
+    ],
+)
+def test_a_spent_time_budget_still_plans_the_warm_up_and_the_clean_epochs(
+    tmp_path, monkeypatch, clean, warmup, planned
+):
+    # 0.1 s is spent before the speed is measured (22 steps), so the plan is its lower bound
+    augmented = []
+    augment = data.DeviceLoader._augment
+    monkeypatch.setattr(data.DeviceLoader, "_augment", lambda *a: augmented.append(1) or augment(*a))
+    cfg = preset(
+        "fmnist-mlp",
+        recipe="fast",
+        epochs=60,
+        time_budget="0.1s",
+        clean_epochs=clean,
+        warmup_epochs=warmup,
+        train_limit=4096,
+        test_limit=100,
+        data_root=str(SHARED),
+    )  # 32 steps an epoch, crop padding 1
+    summary = Run.start(cfg, tmp_path, log=lambda *a: None).fit()
+    assert summary.epochs == planned and len(read_metrics(tmp_path)) == planned
+    assert len(augmented) == 32 * (planned - clean)  # only the epochs before the clean ones shifted
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
 def test_reading_sums_back_every_few_steps_as_on_a_gpu_changes_no_number(tmp_path):
     rows = []
     for sync_every in (1, 7):

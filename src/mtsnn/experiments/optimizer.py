@@ -80,7 +80,7 @@ def plan_epochs(
 ) -> int:
     """Epochs of a run with ``budget`` seconds of training, ``spent`` of them gone on
     ``steps_done`` steps, at a measured ``steps_per_second``: the whole epochs that the budget
-    holds, between ``least`` (the epoch under way) and ``most``."""
+    holds, between ``least`` (at least the epoch under way) and ``most``."""
     total = steps_done + max(budget - spent, 0.0) * steps_per_second
     return max(least, min(most, int(total // steps_per_epoch)))
 

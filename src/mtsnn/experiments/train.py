@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import signal
@@ -505,7 +506,7 @@ class Run:
         self.first_batch = self.batch
         sync_every = self.sync_every
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        augment = self.epoch < cfg.epochs - cfg.clean_epochs
+        augment = self._augments()
         batches = self.train_loader.epoch(self.epoch, start_batch=self.batch, augment=augment)
         with progress_bar(len(self.train_loader), self.batch, f"epoch {self.epoch + 1}", procs.is_main) as bar:
             for images, labels in batches:
@@ -613,14 +614,14 @@ class Run:
         rate = PROBE_STEPS / sum(self.step_times[2:])
         spe = len(self.train_loader)
         spent = self.wall_seconds + sum(self.step_times[-(self.batch - self.first_batch) :])  # before + this epoch
+        # The fewest epochs a plan may hold: the epoch under way, the whole warm-up, and, when
+        # the epoch under way was started augmented (decided with the most epochs), the clean
+        # epochs after it; fewer would end the run inside its warm-up or make it clean too late.
+        least = max(
+            self.epoch + 1 + (self.cfg.clean_epochs if self._augments() else 0), math.ceil(self.cfg.warmup_epochs)
+        )
         epochs = plan_epochs(
-            seconds(self.cfg.time_budget),
-            spent,
-            self.epoch * spe + self.batch,
-            rate,
-            spe,
-            self.epoch + 1,
-            self.cfg.epochs,
+            seconds(self.cfg.time_budget), spent, self.epoch * spe + self.batch, rate, spe, least, self.cfg.epochs
         )
         epochs = self.procs.max(epochs)
         self.log(
@@ -630,6 +631,11 @@ class Run:
         self.cfg, self.planned = self.cfg.replace(epochs=epochs), True
         if self.procs.is_main:
             write_config(self.run_dir, self.cfg)
+
+    def _augments(self) -> bool:
+        """Whether the epoch under way trains on augmented (and mixed) images: all but the last
+        ``cfg.clean_epochs`` do."""
+        return self.epoch < self.cfg.epochs - self.cfg.clean_epochs
 
     def _add_time(self, t0: float) -> None:
         seconds = time.perf_counter() - t0
