@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,8 +233,14 @@ def lock(run_dir: str | Path):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        # the holder writes its pid just after taking the lock: give it a moment (CI once read it empty)
+        for _ in range(20):
+            handle.seek(0)
+            holder = handle.read().strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        holder = holder or "unknown"
         handle.close()
         raise RunDirBusy(
             f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK}); wait for it "
