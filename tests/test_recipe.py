@@ -12,7 +12,7 @@ import torch
 from mtsnn import data
 from mtsnn.checkpoint import save_checkpoint
 from mtsnn.config import FAST, PRESETS, TrainConfig, build_model, dump_toml, load_toml, preset
-from mtsnn.experiments import cli
+from mtsnn.experiments import cli, train
 from mtsnn.experiments.evaluate import keep_weights
 from mtsnn.experiments.objective import OutputCurrent, loss_fn, predict
 from mtsnn.experiments.optimizer import climb, descend, learning_rate, make_optimizer
@@ -602,6 +602,24 @@ def test_a_spent_time_budget_still_plans_the_warm_up_and_the_clean_epochs(
     summary = Run.start(cfg, tmp_path, log=lambda *a: None).fit()
     assert summary.epochs == planned and len(read_metrics(tmp_path)) == planned
     assert len(augmented) == 32 * (planned - clean)  # only the epochs before the clean ones shifted
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_a_time_budget_plan_that_breaks_a_bound_is_refused_not_trained(tmp_path, monkeypatch):
+    # a planner that ignored its lower bound: 1 epoch, fewer than the 3 clean epochs
+    monkeypatch.setattr(train, "plan_epochs", lambda *args: 1)
+    cfg = preset(
+        "fmnist-mlp",
+        epochs=60,
+        time_budget="1h",
+        clean_epochs=3,
+        train_limit=4096,
+        test_limit=100,
+        data_root=str(SHARED),
+    )
+    with pytest.raises(ValueError, match=r"clean_epochs=3 \(need 0 <= clean_epochs <= epochs=1\)"):
+        Run.start(cfg, tmp_path, log=lambda *a: None).fit()
+    assert read_metrics(tmp_path) == []  # no epoch finished on the broken plan
 
 
 @pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")

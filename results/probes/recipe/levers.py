@@ -10,7 +10,7 @@ import statistics
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
-from summarize import HERE, LAST, SAME
+from summarize import HERE, LAST, changed
 
 from mtsnn.config import preset
 from mtsnn.experiments.rundir import read_run
@@ -20,14 +20,10 @@ FAST = preset("mnist-cnn", recipe="fast").__dict__
 
 def lever(cfg: dict) -> str:
     """The settings a run changed from the fast recipe (``recipe`` for none), teachers by number."""
-    diff = []
-    for key, value in cfg.items():
-        if key in SAME or key not in FAST or FAST[key] == value:
-            continue
-        if key == "teacher":
-            value = f"{len(value.split(','))} {'ANNs' if 'ann' in value else 'SNNs'}"
-        diff.append(f"{key}={value}")
-    return ", ".join(diff) or "recipe"
+    diff = changed(cfg, FAST)
+    if teacher := diff.get("teacher"):
+        diff["teacher"] = f"{len(teacher.split(','))} {'ANNs' if 'ann' in teacher else 'SNNs'}"
+    return ", ".join(f"{k}={v}" for k, v in diff.items()) or "recipe"
 
 
 def main():

@@ -22,10 +22,15 @@ BASE = dict(epochs=30, schedule="cosine", warmup_epochs=1.0)
 LAST = 10
 
 
+def changed(cfg: dict, base: dict) -> dict:
+    """The settings of the run ``cfg`` that differ from ``base`` (a config's fields), bookkeeping
+    such as the seed left out."""
+    return {k: v for k, v in cfg.items() if k not in SAME and base.get(k) != v}
+
+
 def changes(cfg: dict) -> str:
     """The settings of ``cfg`` that differ from the screen's base for its preset."""
-    base = PRESETS[cfg["preset"]].replace(**BASE).__dict__
-    diff = [f"{k}={v}" for k, v in cfg.items() if k not in SAME and base.get(k) != v]
+    diff = [f"{k}={v}" for k, v in changed(cfg, PRESETS[cfg["preset"]].replace(**BASE).__dict__).items()]
     if cfg["ann"]:
         diff.insert(0, "ANN" if own_network(cfg["preset"], cfg["spec"]) else "ANN twin")
     return ", ".join(diff) or "-"

@@ -628,7 +628,8 @@ class Run:
             f"time budget {self.cfg.time_budget}: {rate:.2f} steps/s measured, {spe} steps an epoch: "
             f"{epochs} epochs (at most {self.cfg.epochs})"
         )
-        self.cfg, self.planned = self.cfg.replace(epochs=epochs), True
+        # validated: a plan that broke a bound (clean epochs beyond the run) would train wrongly unseen
+        self.cfg, self.planned = self.cfg.replace(epochs=epochs).validate(), True
         if self.procs.is_main:
             write_config(self.run_dir, self.cfg)
 
