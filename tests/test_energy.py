@@ -5,6 +5,7 @@ import torch
 
 import mtsnn
 from mtsnn.energy import count_operations
+from mtsnn.integer import round_weights
 
 
 def set_weights(block, weight):
@@ -69,3 +70,9 @@ def test_ann_twin_operations_count_every_synapse():
     assert report["energy_pj"]["ann_twin"] == pytest.approx((784 * 400 + 400 * 400 + 4000) * 4.6)
     conv = ann_operations("2C3-P2", (1, 4, 4), 2)  # 100 valid taps x 2 channels, then 8 -> 2
     assert [r["ann_macs"] for r in conv["layers"]] == [200, 16]
+
+
+def test_a_network_read_through_rounded_weights_names_its_layers_as_built():
+    net = round_weights(mtsnn.from_spec("2C3-P2-4", (1, 4, 4), 2))  # as --qat trains it
+    layers = count_operations(net, torch.rand(3, 1, 4, 4) * 20)["layers"]
+    assert [row["layer"] for row in layers] == ["SpikingConv2d", "SpikingLinear", "SpikingLinear"]

@@ -26,8 +26,10 @@ from mtsnn.export import (
     save_sinabs,
     to_nir,
     to_sinabs,
+    write_nir,
 )
 from mtsnn.layers import SpikingBlock
+from mtsnn.models import SpikingNetwork
 from runs import SHARED
 
 sinabs = pytest.importorskip("sinabs")
@@ -193,6 +195,20 @@ def test_nir_round_trips_of_a_shipped_model_and_a_cnn_give_identical_spikes(trai
         assert again.input_shape == shape  # so that it streams: again.initial_state(batch_size)
 
 
+def test_a_nir_graph_is_drawn_for_the_input_shape_the_network_was_built_for(tmp_path):
+    net = from_spec("4C3-P2-16", (3, 12, 12), 10)  # colour, not MNIST's (1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_nir(net, tmp_path / "net.nir")
+        with pytest.raises(ExportError, match="needs input_shape: the network records none"):
+            to_nir(SpikingNetwork(net.layers, net.num_steps))
+    again = from_nir(tmp_path / "net.nir")
+    assert again.input_shape == (3, 12, 12)
+    images = torch.rand(5, 3, 12, 12) * 40
+    with torch.no_grad():
+        assert torch.equal(again(images), net(images))
+
+
 def test_max_pooling_is_refused_by_nir_export_naming_the_layer():
     net = from_spec("8C3-P2-16C3-32", (1, 12, 12), 10, pooling="max")
     with pytest.raises(ExportError, match="NIR has no max pooling node .*pools by maximum"):
@@ -310,17 +326,18 @@ def test_a_foreign_reset_to_v_reset_or_sum_pooling_or_no_step_count_is_refused()
 
 
 @needs_mnist
-def test_cli_export_writes_files_that_load_back_to_the_same_spikes(tmp_path, capsys):
-    net = pretrained("mnist-mlp")
+@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn-qat"])  # qat: weights read through a parametrization
+def test_cli_export_writes_files_that_load_back_to_the_same_spikes(tmp_path, capsys, name):
+    net = pretrained(name)
     images = next(iter(mnist_test(500).epoch(0)))[0]
-    assert cli.main(["export", "pretrained:mnist-mlp", "--to", "nir", str(tmp_path / "m.nir")]) == 0
-    assert cli.main(["export", "pretrained:mnist-mlp", "--to", "sinabs", str(tmp_path / "m.safetensors")]) == 0
+    assert cli.main(["export", f"pretrained:{name}", "--to", "nir", str(tmp_path / "m.nir")]) == 0
+    assert cli.main(["export", f"pretrained:{name}", "--to", "sinabs", str(tmp_path / "m.safetensors")]) == 0
     with torch.no_grad():
         expected = net(images)
         assert torch.equal(from_nir(tmp_path / "m.nir")(images), expected)
         assert torch.equal(run_sinabs(load_sinabs(tmp_path / "m.safetensors"), images), expected)
     out = capsys.readouterr().out
-    assert "wrote" in out and "nir: mnist-mlp" in out
+    assert "wrote" in out and f"nir: {name.removesuffix('-qat')}, " in out  # the preset
 
 
 @needs_mnist

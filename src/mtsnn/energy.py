@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from .layers import SpikingBlock, SpikingLinear
 from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d, from_spec
@@ -66,7 +67,7 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
             neurons = spikes[0, 0].numel()
             layers.append(
                 {
-                    "layer": type(layer).__name__,
+                    "layer": parametrize.type_before_parametrizations(layer).__name__,  # as built, --qat or not
                     "neurons": neurons,
                     "firing_rate": spikes.sum().item() / spikes.numel(),
                     "spikes_per_neuron": spikes.sum().item() / (batch * neurons),

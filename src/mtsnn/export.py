@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .layers import SpikingBlock, SpikingConv2d, SpikingLinear
 from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d
@@ -87,11 +88,12 @@ def _walk(net: SpikingNetwork):
     for index, layer in enumerate(net.layers):
         if isinstance(layer, TimeDropout):  # training only: nothing at inference
             continue
-        kind = {SpikingConv2d: "conv", SpikingLinear: "linear", TimePool2d: "pool", FlattenFeatures: "flatten"}.get(
-            type(layer)
-        )
+        # a block trained with --qat reads its weight through a parametrization, which renames
+        # its class; its weight, read below, is the rounded one it computes with
+        cls = parametrize.type_before_parametrizations(layer)
+        kind = {SpikingConv2d: "conv", SpikingLinear: "linear", TimePool2d: "pool", FlattenFeatures: "flatten"}.get(cls)
         if kind is None:
-            raise ExportError(f"layer {index} ({type(layer).__name__}) has no counterpart outside mtsnn")
+            raise ExportError(f"layer {index} ({cls.__name__}) has no counterpart outside mtsnn")
         yield kind, layer
 
 
@@ -427,14 +429,16 @@ def _warn_metadata() -> None:
         )
 
 
-def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] = (1, 28, 28)):
+def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] | None = None):
     """A ``nir.NIRGraph`` of ``net`` for inputs of ``input_shape`` (C, H, W, or (features,) for an
-    MLP): a chain ``input -> 0 -> 1 -> ... -> output`` of standard nodes, as the module
-    docstring describes. Write it with ``nir.write(path, graph)``."""
+    MLP; by default the shape ``net`` was built for): a chain ``input -> 0 -> 1 -> ... -> output``
+    of standard nodes, as the module docstring describes. Write it with ``nir.write(path, graph)``."""
     nir = _need("nir", "nir")
+    shape = tuple(input_shape or net.input_shape or ())
+    if not shape:
+        raise ExportError("to_nir needs input_shape: the network records none (build it with from_spec)")
     _warn_metadata()
-    nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
-    shape = tuple(input_shape)
+    nodes = {"input": nir.Input(input_type={"input": np.array(shape)})}
     for kind, layer in _walk(net):
         name = str(len(nodes) - 1)
         if kind in ("conv", "linear"):
@@ -481,7 +485,7 @@ def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] = (1, 28, 28)):
     return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), metadata={NUM_STEPS: int(net.num_steps)})
 
 
-def write_nir(net: SpikingNetwork, path, input_shape: tuple[int, ...] = (1, 28, 28)) -> None:
+def write_nir(net: SpikingNetwork, path, input_shape: tuple[int, ...] | None = None) -> None:
     """Write :func:`to_nir`'s graph of ``net`` to the file ``path`` (``nir.read`` reads it)."""
     _need("nir", "nir").write(path, to_nir(net, input_shape))
 

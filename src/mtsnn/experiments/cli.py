@@ -295,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         if args.to == "nir":
-            export.write_nir(model, args.out, cfg.input_shape)
+            export.write_nir(model, args.out)
         else:
             export.save_sinabs(model, args.out)
     for warning in said:
