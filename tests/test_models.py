@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import mtsnn
+from mtsnn.integer import round_weights
 from mtsnn.layers import SpikingConv2d, SpikingLinear
 from mtsnn.models import TimeDropout, TimePool2d, calibrate, from_spec
 
@@ -216,10 +217,13 @@ def _currents_after(net, images):
     return currents
 
 
-def test_calibrate_gives_every_block_a_current_of_the_asked_spread_in_thresholds():
+@pytest.mark.parametrize("qat", [False, True])  # qat: the weight read through RoundedWeight
+def test_calibrate_gives_every_block_a_current_of_the_asked_spread_in_thresholds(qat):
 
     torch.manual_seed(0)
     net = from_spec("8C3-16C3-P2-32C3-P2-64", (3, 16, 16), 10, v_th=2.0)
+    if qat:
+        round_weights(net, (0.2, 0.3, 0.4))
     images = torch.rand(32, 3, 16, 16)
     calibrate(net, images, 1.5)
     with torch.no_grad():

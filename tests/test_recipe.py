@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -602,6 +603,19 @@ def test_a_spent_time_budget_still_plans_the_warm_up_and_the_clean_epochs(
     summary = Run.start(cfg, tmp_path, log=lambda *a: None).fit()
     assert summary.epochs == planned and len(read_metrics(tmp_path)) == planned
     assert len(augmented) == 32 * (planned - clean)  # only the epochs before the clean ones shifted
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")
+def test_a_time_budget_leaves_the_evaluation_of_epochs_before_its_plan_uncounted(tmp_path, monkeypatch):
+    spent = []
+    plan = train.plan_epochs
+    monkeypatch.setattr(train, "plan_epochs", lambda *args: spent.append(args[1]) or plan(*args))
+    score = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args: time.sleep(1.0) or score(*args))  # a slow test set
+    cfg = preset("fmnist-mlp", epochs=3, time_budget="1h", train_limit=1280, test_limit=100, data_root=str(SHARED))
+    Run.start(cfg, tmp_path, log=lambda *a: None).fit()  # 10 steps an epoch: planned in the third
+    trained = sum(row.epoch_seconds for row in read_metrics(tmp_path)[:2])  # two evaluations: 2 s slept
+    assert len(spent) == 1 and trained < spent[0] < trained + read_metrics(tmp_path)[2].epoch_seconds
 
 
 @pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason=f"no Fashion-MNIST under {SHARED}")

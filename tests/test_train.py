@@ -388,6 +388,16 @@ def test_two_process_ddp_reaches_the_weights_of_one_process(tmp_path):
 
 
 @needs_fmnist
+def test_two_processes_plan_one_time_budget_after_epochs_that_finished_before_it(tmp_path):
+    # 8 steps an epoch: the plan comes in the third epoch, from rank 0's record of the first two
+    args = ["train", "fmnist-mlp", "--epochs", "4", "--train-limit", "1000", "--time-budget", "1h"]
+    double = torchrun(*args, "--run-dir", str(tmp_path / "two"))
+    assert double.returncode == 0, double.stdout + double.stderr
+    assert double.stdout.count("time budget 1h:") == 1 and "4 epochs (at most 4)" in double.stdout
+    assert [row["epoch"] for row in final_state(tmp_path / "two")[2]] == [1, 2, 3, 4]
+
+
+@needs_fmnist
 def test_eval_prints_accuracy_spikes_and_parameters(reference_run, capsys):
     run_dir, _ = reference_run
     assert cli.main(["eval", str(run_dir), "--json", "--data-root", str(SHARED)]) == 0

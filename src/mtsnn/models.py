@@ -380,7 +380,10 @@ def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> 
         if not spread > 0:
             raise ValueError(f"calibrate: block {index} gets no input from these images; nothing to scale")
         factor = current_std * block.params.v_th / spread
-        block.weight.mul_(factor)
+        # under --qat the block reads a rounded copy of the weight it keeps; scale the kept one
+        # (the rounding's scale follows the weight's largest value, so the copy scales alike)
+        kept = dict(block.named_parameters()).get("parametrizations.weight.original", block.weight)
+        kept.mul_(factor)
         factors.append(factor)
     return factors
 

@@ -267,7 +267,7 @@ class Progress:
     epoch: int  # epochs finished
     batch: int  # batches of the next epoch finished
     acc: dict  # that epoch's running sums: loss_sum, correct, total, seconds
-    wall_seconds: float  # training time so far
+    wall_seconds: float  # training and evaluation time so far
     planned: bool  # whether a time-budget run has planned its epochs
     param_groups: list  # the optimizer's (learning rate, betas, ...)
     teacher_sha256: str = ""  # the sha256s of the teachers' files, joined by commas ('' none)

@@ -613,7 +613,13 @@ class Run:
             return
         rate = PROBE_STEPS / sum(self.step_times[2:])
         spe = len(self.train_loader)
-        spent = self.wall_seconds + sum(self.step_times[-(self.batch - self.first_batch) :])  # before + this epoch
+        # training time only, as the budget counts it: the finished epochs' (their rows; a small
+        # training set finishes some before 22 steps) and this epoch's before this process took
+        # it up, as rank 0 records them; then the steps since
+        before = 0.0
+        if self.procs.is_main:
+            before = sum(row.epoch_seconds for row in read_metrics(self.run_dir)[: self.epoch]) + self.sums["seconds"]
+        spent = self.procs.sum([before])[0] + sum(self.step_times[-(self.batch - self.first_batch) :])
         # The fewest epochs a plan may hold: the epoch under way, the whole warm-up, and, when
         # the epoch under way was started augmented (decided with the most epochs), the clean
         # epochs after it; fewer would end the run inside its warm-up or make it clean too late.
