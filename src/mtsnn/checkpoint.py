@@ -1,21 +1,18 @@
 """Checkpoints without pickle: tensors in the safetensors format, everything else as JSON.
 
-safetensors layout (https://github.com/huggingface/safetensors, format section):
-8 bytes little-endian header length ``n``, ``n`` bytes of UTF-8 JSON mapping each
-tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into
-the byte buffer that follows) plus an optional ``"__metadata__"`` of string
-values, then the buffer. This module writes and reads that layout itself so the
-core needs nothing beyond torch and numpy; files it writes load with the
-``safetensors`` package too. A checkpoint is one such file, whose metadata
-``"mtsnn"`` holds the JSON state, written to a temporary file, flushed to disk
-and renamed into place, so a crash leaves either the old or the new checkpoint.
+The ``safetensors`` package writes and reads the files (it checks every header entry, offset
+and shape); this module adds what mtsnn needs on top. A checkpoint is one such file, whose
+metadata ``"mtsnn"`` holds the JSON state, written to a temporary file, flushed to disk and
+renamed into place, so a crash leaves either the old or the new checkpoint.
 
 Every file written here carries a digest in its metadata, ``"mtsnn_sha256"``: the sha256
 of the canonical JSON (sorted keys, no spaces) of ``{"metadata": <the other metadata>,
-"tensors": <the tensors' header entries>}`` followed by the whole byte buffer. Reading
-verifies it, so a flipped byte anywhere in the weights, the optimizer state or the
-header is refused, naming the file, instead of loading as wrong numbers. Files without
-the key (written by other tools, or before it existed) load unverified.
+"tensors": <the tensors' header entries>}`` followed by the whole byte buffer (the layout:
+8 bytes little-endian header length ``n``, ``n`` bytes of JSON header, then the buffer;
+https://github.com/huggingface/safetensors, format section). Reading verifies it, so a
+flipped byte anywhere in the weights, the optimizer state or the header is refused, naming
+the file, instead of loading as wrong numbers. Files without the key (written by other
+tools, or before it existed) load unverified.
 """
 
 from __future__ import annotations
@@ -24,30 +21,14 @@ import hashlib
 import json
 import os
 import struct
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
-_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_BY_NAME = {v: k for k, v in _DTYPES.items()}
-MAX_HEADER = 100 * 1024 * 1024
 DIGEST = "mtsnn_sha256"  # the metadata key of the digest
-if sys.byteorder != "little":  # safetensors stores little-endian bytes; we copy raw memory
-    raise ImportError("mtsnn.checkpoint needs a little-endian machine")
 
 
 class CheckpointError(ValueError):
@@ -89,6 +70,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _parts(blob: bytes) -> tuple[dict, dict[str, str], memoryview]:
+    """The tensors' header entries, the metadata and the byte buffer of the safetensors file
+    ``blob`` (already checked by the safetensors package)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    entries = json.loads(blob[8 : 8 + n])
+    return entries, entries.pop("__metadata__", None) or {}, memoryview(blob)[8 + n :]
+
+
 def _digest(entries: dict, metadata: dict[str, str], buffer) -> str:
     """The module docstring's digest of a file's tensor entries, metadata and byte buffer."""
     canonical = json.dumps({"metadata": metadata, "tensors": entries}, sort_keys=True, separators=(",", ":"))
@@ -98,77 +87,33 @@ def _digest(entries: dict, metadata: dict[str, str], buffer) -> str:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    if DIGEST in (metadata or {}):
+    """``tensors`` and the string ``metadata`` to the safetensors file ``path``, atomically,
+    with the digest added to the metadata."""
+    metadata = dict(metadata or {})
+    if DIGEST in metadata:
         raise ValueError(f"metadata key {DIGEST!r} is reserved for the file's digest")
-    entries, buffers, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"tensor {name!r} has unsupported dtype {t.dtype}")
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        entries[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        buffers.append(raw)
-        offset += len(raw)
-    digest = _digest(entries, dict(metadata or {}), b"".join(buffers))
-    header = {"__metadata__": {**(metadata or {}), DIGEST: digest}, **entries}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # align the buffer to 8 bytes
-    atomic_write(path, [struct.pack("<Q", len(blob)), blob, *buffers])
-
-
-def _naturals(value, length: int | None = None) -> bool:
-    """Whether ``value`` is a JSON list of integers >= 0 (of ``length`` items if given)."""
-    return (
-        isinstance(value, list)
-        and (length is None or len(value) == length)
-        and all(type(v) is int and v >= 0 for v in value)
-    )
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    # the header entries and the buffer, which the metadata added next does not move
+    entries, _, buffer = _parts(safetensors.torch.save(tensors, metadata))
+    digest = _digest(entries, metadata, buffer)
+    atomic_write(path, [safetensors.torch.save(tensors, {**metadata, DIGEST: digest})])
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (writable copies) and the metadata of the safetensors file ``path``;
+    CheckpointError, naming the file, for one that is unreadable, malformed or damaged."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        blob = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    if len(data) < 8:
-        raise CheckpointError(f"{path}: too short ({len(data)} bytes) to be a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or 8 + n > len(data):
-        raise CheckpointError(f"{path}: header length {n} does not fit the file ({len(data)} bytes); truncated?")
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path}: __metadata__ must map names to strings, got {metadata!r}")
-    buffer = memoryview(data)[8 + n :]
-    tensors = {}
-    for name, info in header.items():
-        if not (
-            isinstance(info, dict)
-            and info.get("dtype") in _BY_NAME
-            and _naturals(info.get("data_offsets"), length=2)
-            and _naturals(info.get("shape"))
-        ):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has a malformed header entry {info!r} (need a "
-                f"dtype of {', '.join(_BY_NAME)}, 2 data_offsets and a shape, as integers >= 0)"
-            )
-        dtype, (begin, end), shape = _BY_NAME[info["dtype"]], info["data_offsets"], info["shape"]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= len(buffer) or end - begin != itemsize * int(np.prod(shape)):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has offsets {[begin, end]} that do not match "
-                f"its shape {shape} or the file size; truncated?"
-            )
-        raw = torch.tensor(np.frombuffer(buffer[begin:end], dtype=np.uint8))  # a copy, writable
-        tensors[name] = raw.view(dtype).reshape(shape)
+        tensors = safetensors.torch.load(blob)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); truncated or damaged?") from None
+    entries, metadata, buffer = _parts(blob)
     expected = metadata.pop(DIGEST, None)
-    if expected is not None and _digest(header, metadata, buffer) != expected:
+    if expected is not None and _digest(entries, metadata, buffer) != expected:
         raise CheckpointError(
             f"{path}: its contents do not match the digest written with them (sha256 "
             f"{expected[:12]}...): the file was damaged after it was saved"
