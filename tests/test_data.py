@@ -401,6 +401,10 @@ def as_pixels(batch):
         ({"elastic": float("nan")}, "elastic=nan (need >= 0)"),
         ({"rotation": -5.0}, "rotation=-5.0 (need >= 0)"),
         ({"zoom": float("nan")}, "zoom=nan (need >= 0)"),
+        ({"zoom": 1.0}, "zoom=1.0 (need 0 <= zoom < 1)"),
+        ({"mean": (0.5,)}, "mean=(0.5,) and std=None: give both or neither"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (1.0, 1.0, 1.0)}, "for 1-channel images (need one value per channel"),
+        ({"mean": (0.5,), "std": (0.0,)}, "std=(0.0,) for 1-channel images (need one value per channel, std > 0)"),
     ],
 )
 def test_loader_settings_out_of_range_are_named(setting, message):

@@ -4,7 +4,9 @@ good, corrupt, truncated, missing and slow files. Nothing here leaves the machin
 import gzip
 import hashlib
 import io
+import os
 import socket
+import stat
 import struct
 import tarfile
 import threading
@@ -91,6 +93,9 @@ def test_fetch_stores_a_good_file_and_shows_progress(tmp_path, server, capsys):
     assert path == tmp_path / "new" / "good.bin" and path.read_bytes() == GOOD
     assert list(path.parent.iterdir()) == [path]  # no temporary file left over
     assert "good.bin" in capsys.readouterr().err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() makes files: others may read it
 
 
 @pytest.mark.parametrize(

@@ -35,14 +35,20 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read; the message names the file and the problem."""
 
 
+def usual_permissions(fd: int) -> None:
+    """Give the open file ``fd`` the mode a plain ``open`` would (0666 less the umask): the
+    temporary files that become outputs are made 0600, which others sharing a folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_write(path: str | Path, chunks) -> None:
     """Write byte chunks to ``path`` through a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        usual_permissions(fd)
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import atomic_write
 from .download import DatasetError, extract_tar, fetch, md5_of
 
 try:
@@ -491,9 +492,7 @@ class _CheckedFiles:
         self.entries[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **proof}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as tmp:
-                json.dump(self.entries, tmp, indent=1)
-            os.replace(tmp.name, self.path)
+            atomic_write(self.path, [json.dumps(self.entries, indent=1).encode()])
         except OSError:
             pass  # an unwritable cache only means checking again next time
 
@@ -636,19 +635,29 @@ class DeviceLoader:
             ("cutout", cutout, 0),
             ("elastic", elastic, 0),
             ("rotation", rotation, 0),
-            ("zoom", zoom, 0),
+            ("zoom", zoom, 0),  # and < 1, below
             ("mixup", mixup, 0),
         ):
             if not value >= least or not math.isfinite(value):
                 raise ValueError(f"DeviceLoader: {name}={value} (need >= {least})")
+        if zoom >= 1:  # a scale of 1 - zoom would reach 0 (no image) or mirror it
+            raise ValueError(f"DeviceLoader: zoom={zoom} (need 0 <= zoom < 1)")
         self.images = dataset.images.to(device)
         self.labels = dataset.labels.to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.crop_padding, self.flip, self.cutout, self.elastic = crop_padding, flip, cutout, elastic
         self.rotation, self.zoom, self.mixup = rotation, zoom, mixup
         self.drop_last = drop_last
+        if (mean is None) != (std is None):
+            raise ValueError(f"DeviceLoader: mean={mean} and std={std}: give both or neither (the dataset's)")
         if mean is None or std is None:
             mean, std = NORMALISATION[dataset.name]
+        channels_in = dataset.images.shape[1]
+        if len(mean) != channels_in or len(std) != channels_in or not all(s > 0 for s in std):
+            raise ValueError(
+                f"DeviceLoader: mean={tuple(mean)}, std={tuple(std)} for {channels_in}-channel images "
+                f"(need one value per channel, std > 0)"
+            )
         channels = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=device).view(channels)
         self.std = torch.tensor(std, device=device).view(channels)

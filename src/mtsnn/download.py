@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path, PureWindowsPath
 
+from .checkpoint import usual_permissions
+
 CHUNK = 1 << 20
 
 
@@ -68,6 +70,7 @@ class _BadDownload(Exception):
 def _download(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> None:
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
     try:
+        usual_permissions(tmp.fileno())
         with tmp, urllib.request.urlopen(url, timeout=timeout) as response:
             expected_size = int(response.headers.get("Content-Length") or 0) or None
             digest = hashlib.md5(usedforsecurity=False)

@@ -101,7 +101,7 @@ def count_operations(model: SpikingNetwork, images: torch.Tensor, num_steps: int
             "snn_accumulate_hardware": energy_ac / energy_ann,
             "snn_mac_hardware": energy_mac / energy_ann,
         },
-        "assumptions": "45 nm: 0.9 pJ per 32-bit float add, 4.6 pJ per 32-bit float MAC "
+        "assumptions": f"45 nm: {E_ADD_PJ} pJ per 32-bit float add, {E_MAC_PJ} pJ per 32-bit float MAC "
         "(Horowitz, ISSCC 2014); memory access and neuron updates not counted",
     }
 
@@ -152,5 +152,5 @@ def ann_operations(spec: str, input_shape: tuple[int, ...], num_classes: int = 1
         "layers": layers,
         "total": {"ann_macs": macs},
         "energy_pj": {"ann_twin": macs * E_MAC_PJ},
-        "assumptions": "45 nm: 4.6 pJ per 32-bit float MAC (Horowitz, ISSCC 2014); memory access not counted",
+        "assumptions": f"45 nm: {E_MAC_PJ} pJ per 32-bit float MAC (Horowitz, ISSCC 2014); memory access not counted",
     }

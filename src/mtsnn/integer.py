@@ -69,6 +69,7 @@ from .models import FlattenFeatures, SpikingNetwork, TimeDropout, TimePool2d
 
 LEAK_BITS = 16  # fractional bits of the leak multiplier
 WEIGHT_MAX = 127  # int8, symmetric
+CHUNK = 1000  # calibration images per pass when correcting biases: bounds the memory it takes
 
 
 @dataclass
@@ -290,10 +291,10 @@ class IntegerNetwork:
             block = self.layers[index]
             assert isinstance(block, IntegerBlock)
             total = torch.zeros(())
-            for begin in range(0, len(images), 1000):
+            for begin in range(0, len(images), CHUNK):
                 state = self.initial_state()
                 for _ in range(self.num_steps):
-                    block_input, state = self._step(images[begin : begin + 1000], state, stop=index)
+                    block_input, state = self._step(images[begin : begin + CHUNK], state, stop=index)
                     total = total + block_input.double().sum(0)
             mean_input = total / (len(images) * self.num_steps)
             error = weight - block.weight.double()

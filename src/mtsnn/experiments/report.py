@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import zoo
+from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, load_toml, own_network, teachers
 from .rundir import RunRecord, read_config, read_run
 
@@ -363,7 +364,7 @@ def build(results: Path = Path("results")) -> Path:
             "as runs/PRESET/seedN); no report written"
         )
     public = [row.to_json() for row in table]
-    (results / "summary.json").write_text(json.dumps(public, indent=2) + "\n")
+    atomic_write(results / "summary.json", [(json.dumps(public, indent=2) + "\n").encode()])
     lines = [
         "# mtsnn against the paper",
         "",
@@ -428,5 +429,5 @@ def build(results: Path = Path("results")) -> Path:
         lines.append("")
     lines += _machines(table)
     report = results / "REPORT.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(report, ["\n".join(lines).encode()])
     return report
