@@ -102,7 +102,7 @@ def test_a_read_only_run_directory_is_refused_naming_the_file(one_epoch, tmp_pat
 # 4, 5: damaged checkpoints and NaN (the fault-injection suite, test_faults.py, flips bytes at random)
 
 
-def test_a_checkpoint_with_non_finite_weights_is_never_written_nor_resumed(one_epoch, tmp_path):
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_resume_naming_the_tensor(one_epoch, tmp_path):
     run_dir = copy_run(one_epoch, tmp_path / "run")
     tensors, state = load_checkpoint(run_dir / "checkpoint.safetensors")
     name = next(k for k in tensors if k.startswith("model/"))
@@ -275,8 +275,11 @@ def test_a_finished_run_given_more_epochs_says_how_to_train_it_on(one_epoch):
 
 
 def test_eval_reads_a_run_that_a_live_trainer_holds(one_epoch, capsys):
+    assert cli.main(["eval", str(one_epoch), "--test-limit", "100", "--json"]) == 0
+    free = json.loads(capsys.readouterr().out)
     held = lock(one_epoch)
     try:
-        assert cli.main(["eval", str(one_epoch), "--test-limit", "100"]) == 0
+        assert cli.main(["eval", str(one_epoch), "--test-limit", "100", "--json"]) == 0
     finally:
         held.close()
+    assert json.loads(capsys.readouterr().out) == free  # the same weights read, held or not

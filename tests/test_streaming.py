@@ -5,9 +5,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mtsnn import from_spec
 from mtsnn.config import PRESETS
+from mtsnn.layers import SpikingBlock, SpikingConv2d
+from mtsnn.models import TimePool2d
 
 NETS = {name: PRESETS[name] for name in ("mnist-mlp", "mnist-cnn", "fmnist-cnn")}
 
@@ -28,19 +31,27 @@ def stream(net, frames):
 
 
 def explicit(net, frames):
-    """Every step by hand: synapse, v = beta u + I, s = clip(floor(v / V_th), 0, S_max), u = v - s V_th."""
+    """Every step by hand, with torch's own operators: the current W x + b (a same-padded
+    convolution or a linear map), v = beta u + I, s = clip(floor(v / V_th), 0, S_max),
+    u = v - s V_th; average pooling; flattening."""
     potentials = {}
     outputs = []
     for x in frames:
         for index, layer in enumerate(net.layers):
-            if hasattr(layer, "synapse"):
+            if isinstance(layer, SpikingBlock):
                 p = layer.params
-                current = layer.synapse(x, layer.weight, layer.bias)
+                if isinstance(layer, SpikingConv2d):
+                    current = F.conv2d(x, layer.weight, layer.bias, padding=layer.kernel_size // 2)
+                else:
+                    current = F.linear(x, layer.weight, layer.bias)
                 v = (1 - 1 / p.tau_m) * potentials.get(index, torch.zeros_like(current)) + current
                 x = torch.clamp(torch.floor(v / p.v_th), 0, p.s_max)
                 potentials[index] = v - x * p.v_th
+            elif isinstance(layer, TimePool2d):
+                assert layer.mode == "avg"  # from_spec's default
+                x = F.avg_pool2d(x, layer.size)
             else:
-                x = layer(x)
+                x = x.flatten(1)
         outputs.append(x)
     return torch.stack(outputs)
 
