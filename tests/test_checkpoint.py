@@ -4,6 +4,7 @@ import json
 import struct
 
 import pytest
+import safetensors.torch as st
 import torch
 
 from mtsnn.checkpoint import CheckpointError, load_checkpoint, load_tensors, save_checkpoint, save_tensors
@@ -32,7 +33,6 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_files_are_real_safetensors_both_ways(tmp_path):
-    st = pytest.importorskip("safetensors.torch")
     tensors = sample()
     save_tensors(tmp_path / "ours.safetensors", tensors, {"k": "v"})
     theirs = st.load_file(str(tmp_path / "ours.safetensors"))
