@@ -340,6 +340,13 @@ class _Stop(Exception):
     """Ends a forward pass early, once a hook has what it needs."""
 
 
+def kept_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``module``'s parameters by name, a block's float weight under ``--qat`` (read through
+    ``torch.nn.utils.parametrize``, kept as ``parametrizations.weight.original``) named as the
+    weight it stands for: the tensors an optimizer or a rescaling should change."""
+    return {name.replace("parametrizations.weight.original", "weight"): p for name, p in module.named_parameters()}
+
+
 @torch.no_grad()
 def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> list[float]:
     """Scale each block's weights, input to output, so that its input current on ``images``
@@ -382,8 +389,7 @@ def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> 
         factor = current_std * block.params.v_th / spread
         # under --qat the block reads a rounded copy of the weight it keeps; scale the kept one
         # (the rounding's scale follows the weight's largest value, so the copy scales alike)
-        kept = dict(block.named_parameters()).get("parametrizations.weight.original", block.weight)
-        kept.mul_(factor)
+        kept_parameters(block)["weight"].mul_(factor)
         factors.append(factor)
     return factors
 

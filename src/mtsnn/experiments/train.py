@@ -30,7 +30,7 @@ from .. import data as datasets
 from .. import zoo
 from ..checkpoint import CheckpointError, file_sha256
 from ..config import TrainConfig, build_model, own_network, seconds, teachers, usable_device
-from ..models import calibrate
+from ..models import calibrate, kept_parameters
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
 from .evaluate import load_trained
@@ -242,17 +242,11 @@ def start_from(model: nn.Module, cfg: TrainConfig, device: torch.device, log=pri
             f"init_from {cfg.init_from} is {kind[trained.ann]} {trained.spec}, this run {kind[cfg.ann]} "
             f"{cfg.spec}: it can only start from the same network"
         )
-    trained_weights = _by_plain_name(source)
+    trained_weights = kept_parameters(source)
     with torch.no_grad():
-        for name, param in _by_plain_name(model).items():
+        for name, param in kept_parameters(model).items():
             param.copy_(trained_weights[name])
     log(f"init_from: {cfg.init_from} ({trained.spec}, file sha256 {digest})")
-
-
-def _by_plain_name(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``model``'s parameters, a block's float weight under qat (``torch.nn.utils.parametrize``)
-    named as the weight it stands for."""
-    return {name.replace("parametrizations.weight.original", "weight"): p for name, p in model.named_parameters()}
 
 
 def _load_trained_for(
