@@ -10,7 +10,7 @@ import statistics
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
-from summarize import HERE, LAST, changed
+from summarize import BY_SCRIPT, HERE, LAST, by_script, changed
 
 from mtsnn.config import preset
 from mtsnn.experiments.rundir import read_run
@@ -18,24 +18,24 @@ from mtsnn.experiments.rundir import read_run
 FAST = preset("mnist-cnn", recipe="fast").__dict__
 
 
-def lever(cfg: dict) -> str:
+def lever(cfg: dict, run_dir) -> str:
     """The settings a run changed from the fast recipe (``recipe`` for none), teachers by number."""
     diff = changed(cfg, FAST)
     if teacher := diff.get("teacher"):
         diff["teacher"] = f"{len(teacher.split(','))} {'ANNs' if 'ann' in teacher else 'SNNs'}"
-    return ", ".join(f"{k}={v}" for k, v in diff.items()) or "recipe"
+    return ", ".join(by_script(run_dir) + [f"{k}={v}" for k, v in diff.items()]) or "recipe"
 
 
 def main():
     points = defaultdict(list)  # lever -> [(seed, last-ten mean)]
-    for path in sorted((HERE / "mnist-cnn").glob("*/config.toml")):
+    for path in sorted(p for folder in ["mnist-cnn", *BY_SCRIPT] for p in (HERE / folder).glob("*/config.toml")):
         run = read_run(path.parent)
         if run is None or run.config["ann"] or run.config["epochs"] < 60:
             continue
         if len(run.rows) < run.config["epochs"]:
             continue  # stopped early: no last ten epochs to compare
         last = statistics.mean(r.score for r in run.rows[-LAST:])
-        points[lever(run.config)].append((run.config["seed"], last))
+        points[lever(run.config, run.dir)].append((run.config["seed"], last))
     recipe = [last for _, last in points["recipe"]]
     mean, spread = statistics.mean(recipe), statistics.stdev(recipe)
     levers = sorted(set(points) - {"recipe"}, key=lambda n: statistics.mean(last for _, last in points[n]))

@@ -20,6 +20,8 @@ HERE = Path(__file__).parent
 SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile", "amp", "recipe", "ann"}
 BASE = dict(epochs=30, schedule="cosine", warmup_epochs=1.0)
 LAST = 10
+# probes run by a script of their own, whose change the config does not show: their folder names it
+BY_SCRIPT = {"bn": "batch norm, folded (bn/snn_bn.py)"}
 
 
 def changed(cfg: dict, base: dict) -> dict:
@@ -28,9 +30,15 @@ def changed(cfg: dict, base: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in SAME and base.get(k) != v}
 
 
-def changes(cfg: dict) -> str:
-    """The settings of ``cfg`` that differ from the screen's base for its preset."""
-    diff = [f"{k}={v}" for k, v in changed(cfg, PRESETS[cfg["preset"]].replace(**BASE).__dict__).items()]
+def by_script(run_dir: Path) -> list[str]:
+    """What the script that ran ``run_dir`` changed, as ``BY_SCRIPT`` names it (none for ``mtsnn train``)."""
+    return [BY_SCRIPT[run_dir.parent.name]] if run_dir.parent.name in BY_SCRIPT else []
+
+
+def changes(cfg: dict, run_dir: Path) -> str:
+    """The settings of the run in ``run_dir`` (its config ``cfg``) that differ from the screen's base for its preset."""
+    diff = by_script(run_dir)
+    diff += [f"{k}={v}" for k, v in changed(cfg, PRESETS[cfg["preset"]].replace(**BASE).__dict__).items()]
     if cfg["ann"]:
         diff.insert(0, "ANN" if own_network(cfg["preset"], cfg["spec"]) else "ANN twin")
     return ", ".join(diff) or "-"
@@ -49,12 +57,12 @@ def main(presets):
         status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
         last = statistics.mean(r.score for r in rows[-LAST:])
         print(
-            f"| {cfg['preset']} | {run.dir.name} | {changes(cfg)} | {len(rows)}{status} | {rows[-1].score:.2f} | "
+            f"| {cfg['preset']} | {run.dir.name} | {changes(cfg, run.dir)} | {len(rows)}{status} | {rows[-1].score:.2f} | "
             f"{last:.3f} | {best.score:.2f} ({best.epoch}) | {rows[-1].train_acc:.2f} | "
             f"{rows[-1].silent_outputs or '-'} | {sum(r.epoch_seconds for r in rows) / 60:.1f} |"
         )
         if len(rows) == cfg["epochs"]:
-            seeded[cfg["preset"], changes(cfg)].append((cfg["seed"], run.dir.name, rows[-1].score, last))
+            seeded[cfg["preset"], changes(cfg, run.dir)].append((cfg["seed"], run.dir.name, rows[-1].score, last))
     print(
         "\n| preset | settings changed from the base | seeds (runs) | final val %, mean ± std "
         "| last ten val %, mean ± std |"
