@@ -165,6 +165,12 @@ class TrainConfig:
         "not in the paper: the share of neurons dropped before each fully connected layer that takes "
         "spikes, the same ones at every step (mtsnn.models.TimeDropout; 0: none)",
     )
+    batch_norm: bool = setting(
+        False,
+        "not in the paper: normalise each hidden layer's current per channel over the batch while "
+        "training (threshold-dependent batch norm, gamma starting at V_th), folded into its weights "
+        "and biases for inference (mtsnn.layers.SpikingBlock)",
+    )
     recipe: str = setting(
         "paper",
         "the settings the preset starts from: the paper's, or mtsnn's fast recipe (mtsnn presets shows them)",
@@ -273,6 +279,14 @@ class TrainConfig:
             ),
             (not (self.ann and self.calibrate), f"calibrate={self.calibrate} with ann=True (no threshold to scale to)"),
             (not (self.ann and self.qat), "qat=True with ann=True (the integer-only path is the SNN's)"),
+            (
+                not (self.batch_norm and self.qat),
+                "batch_norm=True with qat=True (qat rounds the weights before the batch norm folds into them)",
+            ),
+            (
+                not (self.batch_norm and self.calibrate),
+                f"calibrate={self.calibrate} with batch_norm=True (the batch norm sets each current's spread)",
+            ),
             (
                 not (self.init_from and self.calibrate),
                 f"calibrate={self.calibrate} with init_from (the weights come from it)",
@@ -508,7 +522,15 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The preset's network (SNN or ANN twin). Convolution weights are channels-last, so
     activations follow: oneDNN (CPU) and cuDNN convolutions run 10-20% faster that way."""
     if cfg.ann:
-        model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling, dropout=cfg.dropout)
+        model = from_spec(
+            cfg.spec,
+            cfg.input_shape,
+            10,
+            ann=True,
+            pooling=cfg.pooling,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
+        )
     else:
         model = from_spec(
             cfg.spec,
@@ -519,6 +541,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             num_steps=cfg.T,
             output_surrogate=cfg.output_surrogate or None,
             dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
             **cfg.neuron_kwargs(),
         )
     if cfg.qat and isinstance(model, SpikingNetwork):  # (validate refuses qat for the ANN twin)
