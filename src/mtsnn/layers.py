@@ -211,7 +211,13 @@ class SpikingBlock(nn.Module):
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias the block's synapse applies at inference: its own, or with its
         batch norm's running statistics folded in, ``(W s, (b - mu) s + beta)`` per output
-        channel with ``s = gamma / sqrt(var + eps)``."""
+        channel with ``s = gamma / sqrt(var + eps)``.
+
+        >>> block = SpikingLinear(4, 3, batch_norm=True)     # gamma = V_th = 10, mean 0, var 1
+        >>> weight, bias = block.weight_and_bias()
+        >>> torch.allclose(weight, block.weight * 10 / (1 + 1e-5) ** 0.5), bias.tolist()
+        (True, [0.0, 0.0, 0.0])
+        """
         if self.norm is None:
             return self.weight, self.bias
         norm = self.norm
