@@ -154,6 +154,7 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     make_run(tmp_path, "mnist-mlp", 0, [98.0, 99.0], 2, preset_name="mnist-mlp")
     make_run(tmp_path, "mnist-mlp-fast", 0, [98.5, 99.2], 2, preset_name="mnist-mlp", recipe="fast")
     make_run(tmp_path, "mnist-mlp-fast", 1, [98.7, 99.3], 2, preset_name="mnist-mlp", recipe="fast")
+    make_run(tmp_path, "mnist-mlp-fast-bn", 0, [98.9, 99.4], 2, preset_name="mnist-mlp", recipe="fast", batch_norm=True)
     make_run(tmp_path, "mnist-mlp-ann", 0, [97.0, 97.5], 2, preset_name="mnist-mlp", ann=True)
     make_run(tmp_path, "mnist-mlp-fast-ann", 0, [98.9, 99.1], 2, preset_name="mnist-mlp", ann=True, recipe="fast")
     # a trained model fine-tuned with the fast recipe is not a seed of it
@@ -165,6 +166,7 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     assert set(rows) == {
         "SNN",
         "SNN, fast recipe",
+        "SNN, fast recipe, batch norm",
         "SNN, fast recipe, fine-tuned with qat",
         "SNN, fast recipe, fine-tuned",
         "ANN twin",
@@ -173,6 +175,7 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     assert rows["SNN, fast recipe, fine-tuned with qat"]["accs"] == [99.26]
     assert rows["SNN, fast recipe, fine-tuned"]["accs"] == [99.28]
     assert rows["SNN, fast recipe"]["accs"] == [99.2, 99.3] and rows["SNN"]["accs"] == [99.0]
+    assert rows["SNN, fast recipe, batch norm"]["accs"] == [99.4] and rows["SNN, fast recipe, batch norm"]["batch_norm"]
     assert rows["ANN twin, tuned (fast recipe)"]["accs"] == [99.1] and rows["ANN twin"]["accs"] == [97.5]
     assert rows["SNN, fast recipe"]["reached_paper"] == [{"epoch": 2, "minutes": 0.1}] * 2
     report = (tmp_path / "REPORT.md").read_text()

@@ -8,8 +8,15 @@
 #   nohup bash results/runs/plan-fast.sh PRESET... > results/runs/plan-fast.log 2>&1 &
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
+# A preset whose fast recipe batch-normalises (mnist-cnn since round 49 of issue 16) trains its
+# SNN into PRESET-fast-bn, beside the runs of the recipe before it (PRESET-fast), and ships no
+# model by itself: which one models/PRESET holds is a decision of its own.
+bn() {  # bn PRESET: "bn" if its fast recipe (the SNN's) has batch norm
+    ./run python -c 'import sys; from mtsnn.config import preset; print("bn" * preset(sys.argv[1], recipe="fast").batch_norm)' "$1"
+}
 run() {  # run PRESET SEED [ann]
     local preset=$1 seed=$2 variant=${3:-}
+    [ -z "$variant" ] && variant=$(bn "$preset")
     local dir="results/runs/$preset-fast${variant:+-$variant}/seed$seed" options=()
     [ -f "$dir/summary.json" ] && return
     mkdir -p "$dir"

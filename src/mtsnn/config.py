@@ -165,6 +165,12 @@ class TrainConfig:
         "not in the paper: the share of neurons dropped before each fully connected layer that takes "
         "spikes, the same ones at every step (mtsnn.models.TimeDropout; 0: none)",
     )
+    batch_norm: bool = setting(
+        False,
+        "not in the paper: normalise each hidden layer's current per channel over the batch while "
+        "training (threshold-dependent batch norm, gamma starting at V_th), folded into its weights "
+        "and biases for inference (mtsnn.layers.SpikingBlock)",
+    )
     recipe: str = setting(
         "paper",
         "the settings the preset starts from: the paper's, or mtsnn's fast recipe (mtsnn presets shows them)",
@@ -273,6 +279,14 @@ class TrainConfig:
             ),
             (not (self.ann and self.calibrate), f"calibrate={self.calibrate} with ann=True (no threshold to scale to)"),
             (not (self.ann and self.qat), "qat=True with ann=True (the integer-only path is the SNN's)"),
+            (
+                not (self.batch_norm and self.qat),
+                "batch_norm=True with qat=True (qat rounds the weights before the batch norm folds into them)",
+            ),
+            (
+                not (self.batch_norm and self.calibrate),
+                f"calibrate={self.calibrate} with batch_norm=True (the batch norm sets each current's spread)",
+            ),
             (
                 not (self.init_from and self.calibrate),
                 f"calibrate={self.calibrate} with init_from (the weights come from it)",
@@ -473,7 +487,10 @@ FAST_ANN["fmnist-mlp"].update(lr=0.001, epochs=150)  # 0.001 beat 0.0005, 0.002,
 # seeds 0-2 (last ten 99.526% against 99.540%), the last 10 99.52% on seed 0: no clean epochs.
 # With SAM at rho 1 as well: 99.60% on seed 0, 99.50 +- 0.10% on seeds 0-2 (last ten 99.494%).
 # Crop 1 over the 60 epochs scored 99.54% on seed 0 (last ten 99.524% against 99.528%): it keeps 2.
-FAST["mnist-cnn"].update(lr=0.01, epochs=60)
+# Batch norm while training, folded for inference (round 49, results/probes/recipe/bn/), scored
+# 99.52 / 99.64 / 99.66% on seeds 0-2 (last ten epochs 99.612 +- 0.050% against 99.540 +- 0.019%),
+# a lead of 0.07, over three times the recipe's spread, and reached 99.5% at epoch 18 (27-30): taken.
+FAST["mnist-cnn"].update(lr=0.01, epochs=60, batch_norm=True)
 FAST_ANN["mnist-cnn"].update(epochs=60)
 # fmnist-cnn under-fits at 0.01 (train 88.35% at epoch 10); 0.02 (88.94%), crop 1 (88.78%) and
 # cross-entropy (88.44%) each helped, and together reach 90.48%. Crop 0 scored 90.60% but with
@@ -508,7 +525,15 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The preset's network (SNN or ANN twin). Convolution weights are channels-last, so
     activations follow: oneDNN (CPU) and cuDNN convolutions run 10-20% faster that way."""
     if cfg.ann:
-        model = from_spec(cfg.spec, cfg.input_shape, 10, ann=True, pooling=cfg.pooling, dropout=cfg.dropout)
+        model = from_spec(
+            cfg.spec,
+            cfg.input_shape,
+            10,
+            ann=True,
+            pooling=cfg.pooling,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
+        )
     else:
         model = from_spec(
             cfg.spec,
@@ -519,6 +544,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             num_steps=cfg.T,
             output_surrogate=cfg.output_surrogate or None,
             dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
             **cfg.neuron_kwargs(),
         )
     if cfg.qat and isinstance(model, SpikingNetwork):  # (validate refuses qat for the ANN twin)

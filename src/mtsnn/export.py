@@ -172,7 +172,7 @@ def _sinabs_layers(net: SpikingNetwork, num_steps: int) -> list[dict]:
     for kind, layer in _walk(net):
         if kind in ("conv", "linear"):
             out_size, in_size = layer.weight.shape[:2]
-            bias = layer.bias is not None
+            bias = layer.weight_and_bias()[1] is not None  # a batch norm folds into a bias
             layers.append(
                 {"layer": "Conv2d", "in": in_size, "out": out_size, "kernel": layer.weight.shape[-1], "bias": bias}
                 if kind == "conv"
@@ -248,9 +248,10 @@ def to_sinabs(net: SpikingNetwork, num_steps: int | None = None) -> nn.Sequentia
             # convolution sums in a layout-dependent order (4.8e-7 apart at mnist-cnn's first
             # layer), and that moved 1 of 235 million first-layer counts of a trained mnist-cnn
             # on the test set, and 4 in each layer after it; in the same layout, none.
-            synapse.weight = nn.Parameter(block.weight.detach().clone())
-            if block.bias is not None and synapse.bias is not None:
-                synapse.bias.copy_(block.bias)
+            weight, bias = block.weight_and_bias()
+            synapse.weight = nn.Parameter(weight.detach().clone())
+            if bias is not None and synapse.bias is not None:
+                synapse.bias.copy_(bias)
     return model
 
 
@@ -442,12 +443,9 @@ def to_nir(net: SpikingNetwork, input_shape: tuple[int, ...] | None = None):
     for kind, layer in _walk(net):
         name = str(len(nodes) - 1)
         if kind in ("conv", "linear"):
-            weight = layer.weight.detach().cpu().numpy()
-            bias = (
-                layer.bias.detach().cpu().numpy()
-                if layer.bias is not None
-                else np.zeros(weight.shape[0], dtype=np.float32)
-            )
+            weight_t, bias_t = layer.weight_and_bias()
+            weight = weight_t.detach().cpu().numpy()
+            bias = bias_t.detach().cpu().numpy() if bias_t is not None else np.zeros(weight.shape[0], dtype=np.float32)
             if kind == "conv":
                 k = weight.shape[-1]
                 nodes[name] = nir.Conv2d(

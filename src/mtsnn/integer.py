@@ -237,8 +237,9 @@ class IntegerNetwork:
         exact: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: unrounded (bias, weight) in units of s_c
         for layer in net.layers:
             if isinstance(layer, SpikingBlock):
-                w = layer.weight.detach().double()
-                b = None if layer.bias is None else layer.bias.detach().double()
+                weight, bias = layer.weight_and_bias()
+                w = weight.detach().double()
+                b = None if bias is None else bias.detach().double()
                 conv = layer if isinstance(layer, SpikingConv2d) else None
                 if first:  # pixels in: fold (p/255 - mean)/std, the mean as a constant input
                     per_input = _over_inputs(per_channel, layer)

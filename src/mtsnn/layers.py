@@ -31,20 +31,29 @@ BLOCK_GRAD_MODE = "paper"  # a block's default: the paper's eqs. (7)-(13), which
 
 class _PaperBlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, synapse: Synapse, p: LIFParams, num_steps):
+    def forward(ctx, x, weight, bias, gamma, beta, synapse: Synapse, p: LIFParams, num_steps, norm):
         static = num_steps is not None
-        current = synapse(x if static else x.flatten(0, 1), weight, bias)
+        x_flat = x if static else x.flatten(0, 1)
+        current = synapse(x_flat, weight, bias)
+        raw = mean = invstd = None
+        if norm is not None:  # batch norm of the current, [N, C, ...], with torch's own kernels
+            raw = current
+            current, mean, invstd = torch.ops.aten.native_batch_norm(
+                raw, gamma, beta, norm.running_mean, norm.running_var, True, norm.momentum, norm.eps
+            )
+            norm.num_batches_tracked += 1
         if not static:
             current = current.unflatten(0, x.shape[:2])
         rows = Rows(current, num_steps)
         flat = rows.current(current)
-        ctx.save_for_backward(x, weight, flat)
+        ctx.save_for_backward(x, weight, gamma, flat, raw, mean, invstd)
         ctx.synapse, ctx.p, ctx.num_steps, ctx.has_bias, ctx.rows = synapse, p, num_steps, bias is not None, rows
+        ctx.eps = norm.eps if norm is not None else None
         return rows.spikes(fused(lif_forward)(flat, p, num_steps))
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        x, weight, flat = ctx.saved_tensors
+        x, weight, gamma, flat, raw, mean, invstd = ctx.saved_tensors
         rows = ctx.rows
         # Direct input: x[t] is the same image at every step, so paper_backward sums over t.
         delta, a = (
@@ -55,12 +64,32 @@ class _PaperBlockFunction(torch.autograd.Function):
         if not static:
             delta, a = delta.flatten(0, 1), a.flatten(0, 1)
         x_flat = x if static else x.flatten(0, 1)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        grad_x = grad_w = grad_b = grad_gamma = grad_beta = None
+        need_x = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2])
+        if raw is not None:
+            # batch norm's backward is linear in the cotangent: delta and a each go through it,
+            # and gamma and beta, being weights, take a (as W does)
+            def through_norm(g, mask):
+                g = g.contiguous(memory_format=_layout(raw))
+                return torch.ops.aten.native_batch_norm_backward(
+                    g, raw, gamma, None, None, mean, invstd, True, ctx.eps, mask
+                )
+
+            if need_x:
+                delta = through_norm(delta, [True, False, False])[0]
+            a, grad_gamma, grad_beta = through_norm(a, [need_w, True, True])
+        if need_x:
             grad_x = ctx.synapse.input_grad(delta, weight, x_flat.shape).reshape(x.shape)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        if need_w:
             grad_w, grad_b = ctx.synapse.weight_and_bias_grad(a, x_flat, weight, ctx.has_bias)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """channels_last if ``t`` is a channels-last image batch, else contiguous."""
+    channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 class Synapse:
@@ -134,26 +163,37 @@ class SpikingBlock(nn.Module):
     """A weight layer and its multi-threshold LIF neurons: what every block shares.
 
     A subclass sets its :class:`Synapse` (``self.synapse``, used as
-    ``block.synapse(x, block.weight, block.bias)``) and names its input's per-sample dims in
-    ``INPUT`` (the first one, an attribute of the block, is checked).
-    ``isinstance(m, SpikingBlock)`` is how the rest of mtsnn finds blocks in a network.
+    ``block.synapse(x, *block.weight_and_bias())``), names its input's per-sample dims in
+    ``INPUT`` (the first one, an attribute of the block, is checked) and its batch norm's
+    class in ``NORM``. ``isinstance(m, SpikingBlock)`` is how the rest of mtsnn finds blocks
+    in a network.
+
+    ``batch_norm=True`` (not in the paper) normalises the current per channel while training,
+    ``I' = gamma (I - mu_B) / sigma_B + beta`` over the batch, time and space of the step, before
+    the neuron: threshold-dependent batch norm (Zheng et al., AAAI 2021) with gamma starting at
+    ``V_th`` (its alpha = 1), so that the current starts with a spread of one threshold. In eval
+    mode the running statistics make ``I'`` an affine map of ``I`` per channel, folded into the
+    weight and bias (:meth:`weight_and_bias`): the block evaluated is a plain block.
     """
 
     INPUT: tuple[str, ...] = ()
+    NORM: type[nn.Module] = nn.BatchNorm1d
     synapse: Synapse
+    norm: nn.BatchNorm1d | nn.BatchNorm2d | None
 
-    def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict):
+    def __init__(self, weight_shape, fan_in: int, bias: bool, neuron: dict, batch_norm: bool = False):
         super().__init__()
         self.params = LIFParams(**{"grad_mode": BLOCK_GRAD_MODE, **neuron})
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if bias else None
+        self.norm = self.NORM(weight_shape[0]) if batch_norm else None  # type: ignore[assignment]
         self.fan_in = fan_in
         self.reset_parameters()
 
     def reset_parameters(self, init: str = INIT) -> None:
         """``"paper"``: eq. (17), N(V_th / fan_in, 0.5^2), reading its second number as the
         standard deviation. ``"kaiming"``: N(0, 2 V_th^2 / fan_in), He init scaled to the
-        threshold. Biases start at 0."""
+        threshold. Biases start at 0; a batch norm's gamma at V_th, its beta at 0."""
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         v_th = self.params.v_th
@@ -164,18 +204,44 @@ class SpikingBlock(nn.Module):
                 self.weight.normal_(v_th / self.fan_in, 0.5)
             if self.bias is not None:
                 self.bias.zero_()
+            if self.norm is not None:
+                self.norm.reset_parameters()
+                self.norm.weight.fill_(v_th)
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias the block's synapse applies at inference: its own, or with its
+        batch norm's running statistics folded in, ``(W s, (b - mu) s + beta)`` per output
+        channel with ``s = gamma / sqrt(var + eps)``.
+
+        >>> block = SpikingLinear(4, 3, batch_norm=True)     # gamma = V_th = 10, mean 0, var 1
+        >>> weight, bias = block.weight_and_bias()
+        >>> torch.allclose(weight, block.weight * 10 / (1 + 1e-5) ** 0.5), bias.tolist()
+        (True, [0.0, 0.0, 0.0])
+        """
+        if self.norm is None:
+            return self.weight, self.bias
+        norm = self.norm
+        mean, var = norm.running_mean, norm.running_var
+        assert mean is not None and var is not None  # the norm tracks running statistics
+        scale = norm.weight * torch.rsqrt(var + norm.eps)
+        weight = self.weight * scale.view(-1, *[1] * (self.weight.dim() - 1))
+        return weight, (-mean if self.bias is None else self.bias - mean) * scale + norm.bias
 
     def forward(self, x: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
         """``x``: spikes ``[T, B, ...]``, or one input ``[B, ...]`` held for ``num_steps`` steps."""
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self._check_input(x, num_steps)
+        norm = self.norm if self.training else None  # in eval mode it is folded into the weights
+        weight, bias = (self.weight, self.bias) if norm is not None else self.weight_and_bias()
         if self.params.grad_mode == "paper":
-            return _PaperBlockFunction.apply(x, self.weight, self.bias, self.synapse, self.params, num_steps)
-        if num_steps is not None:
-            current = self.synapse(x, self.weight, self.bias)
-        else:
-            current = self.synapse(x.flatten(0, 1), self.weight, self.bias).unflatten(0, x.shape[:2])
+            gamma, beta = (norm.weight, norm.bias) if norm is not None else (None, None)
+            return _PaperBlockFunction.apply(x, weight, bias, gamma, beta, self.synapse, self.params, num_steps, norm)
+        current = self.synapse(x if num_steps is not None else x.flatten(0, 1), weight, bias)
+        if norm is not None:
+            current = norm(current)
+        if num_steps is None:
+            current = current.unflatten(0, x.shape[:2])
         return _LIFFunction.apply(current, self.params, num_steps)
 
     def _check_input(self, x: torch.Tensor, num_steps: int | None) -> None:
@@ -208,10 +274,10 @@ class SpikingLinear(SpikingBlock):
 
     INPUT = ("in_features",)
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **neuron):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, batch_norm: bool = False, **neuron):
         self.in_features, self.out_features = in_features, out_features
         self.synapse = LinearSynapse()
-        super().__init__((out_features, in_features), in_features, bias, neuron)
+        super().__init__((out_features, in_features), in_features, bias, neuron, batch_norm)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {self.params}"
@@ -230,15 +296,28 @@ class SpikingConv2d(SpikingBlock):
     """
 
     INPUT = ("in_channels", "H", "W")
+    NORM = nn.BatchNorm2d
     synapse: ConvSynapse
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, **neuron):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        batch_norm: bool = False,
+        **neuron,
+    ):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1 for 'same' padding, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.synapse = ConvSynapse(kernel_size // 2)
         super().__init__(
-            (out_channels, in_channels, kernel_size, kernel_size), in_channels * kernel_size * kernel_size, bias, neuron
+            (out_channels, in_channels, kernel_size, kernel_size),
+            in_channels * kernel_size * kernel_size,
+            bias,
+            neuron,
+            batch_norm,
         )
 
     @property

@@ -244,7 +244,7 @@ class SpikingNetwork(nn.Module):
         potentials, after = iter(state.potentials), []
         for layer in self.layers:
             if isinstance(layer, SpikingBlock):
-                current = layer.synapse(x, layer.weight, layer.bias)
+                current = layer.synapse(x, *layer.weight_and_bias())
                 x, u = lif_step(current, next(potentials), layer.params)
                 after.append(u)
             elif not isinstance(layer, TimeDropout):  # dropout: training only
@@ -395,10 +395,19 @@ def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> 
 
 
 def _build(
-    layers, input_shape, make_conv, make_dense, make_pool, activation=None, make_output=None, make_dropout=None
+    layers,
+    input_shape,
+    make_conv,
+    make_dense,
+    make_pool,
+    activation=None,
+    make_output=None,
+    make_dropout=None,
+    make_norm=None,
 ) -> list[nn.Module]:
     """The modules of parsed ``layers``; ``make_output`` (default ``make_dense``) makes the last one;
-    ``make_dropout``, if given, goes before every fully connected layer but one that takes the input."""
+    ``make_dropout``, if given, goes before every fully connected layer but one that takes the input;
+    ``make_norm(layer, features)``, if given, after every weight layer but the last (ANN twin)."""
     modules: list[nn.Module] = []
     channels = input_shape[0]
     features = None if len(input_shape) == 3 else math.prod(input_shape)
@@ -419,6 +428,8 @@ def _build(
             last = index == len(layers) - 1
             modules.append((make_output if last and make_output is not None else make_dense)(features, layer.width))
             features = layer.width
+        if make_norm is not None and not isinstance(layer, Pool) and index < len(layers) - 1:
+            modules.append(make_norm(layer, channels if isinstance(layer, Conv) else features))
         if activation is not None and not isinstance(layer, Pool) and index < len(layers) - 1:
             modules.append(activation())
     return modules
@@ -435,6 +446,7 @@ def from_spec(
     num_steps: int = 2,
     output_surrogate: str | None = None,
     dropout: float = 0.0,
+    batch_norm: bool = False,
     **neuron,
 ) -> nn.Module:
     """Build the paper's network ``spec`` for inputs of ``input_shape``: (C, H, W) images, or
@@ -467,6 +479,11 @@ def from_spec(
     layer but one that reads the input itself: :class:`TimeDropout` in the SNN,
     ``nn.Dropout`` in the ANN twin. With 0 there is none, and the layers are numbered as
     without the option.
+
+    ``batch_norm`` (not in the paper) normalises every hidden weight layer's output per channel
+    over the batch while training: the SNN's blocks their current
+    (:class:`~mtsnn.layers.SpikingBlock`, folded into weight and bias in eval mode), the ANN
+    twin by ``nn.BatchNorm2d``/``nn.BatchNorm1d`` before each ReLU. The output layer is left as is.
     """
     layers = parse_spec(spec, tuple(input_shape), num_classes)
     if not 0 <= dropout < 1:
@@ -488,14 +505,17 @@ def from_spec(
             ann_pool,
             activation=nn.ReLU,
             make_dropout=(lambda: nn.Dropout(dropout)) if dropout else None,
+            make_norm=(lambda layer, n: (nn.BatchNorm2d if isinstance(layer, Conv) else nn.BatchNorm1d)(n))
+            if batch_norm
+            else None,
         )
         return nn.Sequential(*modules)
     output_neuron = neuron if output_surrogate is None else {**neuron, "surrogate": output_surrogate}
     modules = _build(
         layers,
         input_shape,
-        lambda i, o, k: SpikingConv2d(i, o, k, **neuron),
-        lambda i, o: SpikingLinear(i, o, **neuron),
+        lambda i, o, k: SpikingConv2d(i, o, k, batch_norm=batch_norm, **neuron),
+        lambda i, o: SpikingLinear(i, o, batch_norm=batch_norm, **neuron),
         lambda size: TimePool2d(size, pooling),
         make_output=lambda i, o: SpikingLinear(i, o, **output_neuron),
         make_dropout=(lambda: TimeDropout(dropout)) if dropout else None,

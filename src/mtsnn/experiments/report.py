@@ -66,6 +66,7 @@ class TableRow:
     distill: float  # the share of the loss given to a teacher's outputs (--distill; 0: none)
     teachers: list[str]  # each teacher's kind, 'ANN twin', 'SNN' or '?' (not found); [] none
     start: str  # 'fine-tuned' (--init-from a trained model), 'fine-tuned with qat', or '' (a random start)
+    batch_norm: bool  # trained with --batch-norm (folded for inference)
     epochs: list[int]  # trained, per counted seed
     planned_epochs: int
     partial: list[bool]  # per counted seed: unfinished
@@ -109,7 +110,7 @@ def _machines(table: list[TableRow]) -> list[str]:
 def collect(runs_root: Path) -> list[TableRow]:
     """One row per preset x variant (SNN or ANN twin, output surrogate, recipe, distillation),
     in the keys of results/summary.json."""
-    groups: dict[tuple[str, bool, str, str, float, float, tuple[str, ...], str], list[RunRecord]] = {}
+    groups: dict[tuple[str, bool, str, str, bool, float, float, tuple[str, ...], str], list[RunRecord]] = {}
     for run_dir in sorted(p for p in runs_root.glob("*/*") if p.is_dir()):
         run = read_run(run_dir)
         if run is not None:
@@ -124,6 +125,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                 bool(cfg["ann"]),
                 cfg.get("output_surrogate", ""),
                 cfg.get("recipe", "paper"),
+                bool(cfg.get("batch_norm")),
                 cfg.get("distill", 0.0),
                 cfg.get("distill_temperature", TrainConfig.distill_temperature) if cfg.get("distill") else 0.0,
                 tuple(teacher_kind(name, cfg["preset"]) for name in teachers(cfg.get("teacher", ""))),
@@ -131,7 +133,8 @@ def collect(runs_root: Path) -> list[TableRow]:
             )
             groups.setdefault(key, []).append(run)
     table = []
-    for (preset, ann, output_surrogate, recipe, distill, temperature, taught, start), runs in sorted(groups.items()):
+    for key, runs in sorted(groups.items()):
+        preset, ann, output_surrogate, recipe, batch_norm, distill, temperature, taught, start = key
         cfg = runs[0].config
         # Mean and std over complete runs; unfinished ones are listed apart (all of them if none finished).
         counted = [r for r in runs if r.complete] or runs
@@ -144,12 +147,14 @@ def collect(runs_root: Path) -> list[TableRow]:
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
                 variant=_variant(ann, output_surrogate, recipe, distill, temperature, taught)
+                + ", batch norm" * batch_norm
                 + (start and f", {start}"),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
                 distill=distill,
                 teachers=list(taught),
                 start=start,
+                batch_norm=batch_norm,
                 epochs=[len(r.rows) for r in counted],
                 planned_epochs=cfg["epochs"],
                 partial=[not r.complete for r in counted],
