@@ -213,7 +213,7 @@ def test_ann_teachers_with_a_network_of_their_own_are_named_by_it_not_as_twins(t
              teacher=",".join(folders), distill=0.9)  # fmt: skip
     assert cli.main(["report", "--results", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "summary.json").read_text())
-    assert row["variant"] == f"SNN, fast recipe, distilled 0.9 from 3 {wide} ANNs, tau 4"
+    assert row["variant"] == f"SNN, fast recipe, batch norm, distilled 0.9 from 3 {wide} ANNs, tau 4"
     assert row["teachers"] == [f"{wide} ANN"] * 3 and row["spec"] == "15C5-P2-40C5-P2-300"
 
 

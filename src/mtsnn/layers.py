@@ -36,8 +36,8 @@ class _PaperBlockFunction(torch.autograd.Function):
         x_flat = x if static else x.flatten(0, 1)
         current = synapse(x_flat, weight, bias)
         raw = mean = invstd = None
-        if norm is not None:  # batch norm of the current, [N, C, ...], with torch's own kernels
-            raw = current
+        if norm is not None:  # batch norm of the current, [N, C, ...], with torch's own kernels,
+            raw = current.float()  # in float32 as the neuron is (--amp computes the synapse in bfloat16)
             current, mean, invstd = torch.ops.aten.native_batch_norm(
                 raw, gamma, beta, norm.running_mean, norm.running_var, True, norm.momentum, norm.eps
             )

@@ -21,7 +21,7 @@ SAME = {"seed", "val_holdout", "data_root", "device", "deterministic", "compile"
 BASE = dict(epochs=30, schedule="cosine", warmup_epochs=1.0)
 LAST = 10
 # probes run by a script of their own, whose change the config does not show: their folder names it
-BY_SCRIPT = {"bn": "batch norm, folded (bn/snn_bn.py)"}
+BY_SCRIPT = {"bn": "batch_norm=True (bn/snn_bn.py, before --batch-norm)"}
 
 
 def changed(cfg: dict, base: dict) -> dict:

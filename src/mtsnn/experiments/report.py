@@ -146,8 +146,7 @@ def collect(runs_root: Path) -> list[TableRow]:
                 dataset=cfg["dataset"],
                 spec=cfg["spec"],
                 T=None if ann else cfg["T"],
-                variant=_variant(ann, output_surrogate, recipe, distill, temperature, taught)
-                + ", batch norm" * batch_norm
+                variant=_variant(ann, output_surrogate, recipe, batch_norm, distill, temperature, taught)
                 + (start and f", {start}"),
                 recipe=recipe,
                 output_surrogate=output_surrogate or None,
@@ -192,17 +191,25 @@ def _start(cfg: dict) -> str:
 
 
 def _variant(
-    ann: bool, output_surrogate: str, recipe: str, distill: float, temperature: float, taught: tuple[str, ...]
+    ann: bool,
+    output_surrogate: str,
+    recipe: str,
+    batch_norm: bool,
+    distill: float,
+    temperature: float,
+    taught: tuple[str, ...],
 ) -> str:
     """A row's name: the paper's recipe gives "SNN" (and its ANN twin trained the same way),
     the fast recipe "SNN, fast recipe" and the ANN twin tuned on the validation split; runs
-    that learned from teachers add the share, the teachers and the temperature
-    (", distilled 0.9 from an ANN twin, tau 4", ", distilled 0.5 from 3 SNNs, tau 4")."""
+    trained with batch norm add ", batch norm"; runs that learned from teachers add the share,
+    the teachers and the temperature (", distilled 0.9 from an ANN twin, tau 4", ", distilled
+    0.5 from 3 SNNs, tau 4")."""
     if ann:
         name = "ANN twin, tuned (fast recipe)" if recipe == "fast" else "ANN twin"
     else:
         name = f"SNN, output layer {output_surrogate}" if output_surrogate else "SNN"
         name = f"{name}, fast recipe" if recipe == "fast" else name
+    name += ", batch norm" * batch_norm
     return f"{name}, distilled {distill:g} from {_teachers_text(taught)}, tau {temperature:g}" if distill else name
 
 
