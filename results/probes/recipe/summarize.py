@@ -57,8 +57,8 @@ def main(presets):
         status = "" if len(rows) == cfg["epochs"] else f" (of {cfg['epochs']})"
         last = statistics.mean(r.score for r in rows[-LAST:])
         print(
-            f"| {cfg['preset']} | {run.dir.name} | {changes(cfg, run.dir)} | {len(rows)}{status} | {rows[-1].score:.2f} | "
-            f"{last:.3f} | {best.score:.2f} ({best.epoch}) | {rows[-1].train_acc:.2f} | "
+            f"| {cfg['preset']} | {run.dir.name} | {changes(cfg, run.dir)} | {len(rows)}{status} | "
+            f"{rows[-1].score:.2f} | {last:.3f} | {best.score:.2f} ({best.epoch}) | {rows[-1].train_acc:.2f} | "
             f"{rows[-1].silent_outputs or '-'} | {sum(r.epoch_seconds for r in rows) / 60:.1f} |"
         )
         if len(rows) == cfg["epochs"]:
