@@ -202,3 +202,25 @@ def test_a_batch_norm_run_learns_resumes_to_the_same_state_and_evaluates_folded(
     code, out = mtsnn_done("eval", straight, "--json", "--test-limit", "500")  # as the run scored
     assert code == 0, out
     assert json.loads(out[out.index("{") :])["test_acc"] == pytest.approx(rows[-1]["test_acc"])
+
+
+@needs_fmnist
+def test_a_batch_norm_run_starts_a_run_without_it_folded_and_the_reverse_is_refused(tmp_path, one_epoch):
+    from mtsnn.config import build_model
+    from mtsnn.experiments.evaluate import load_trained
+    from mtsnn.experiments.train import start_from
+
+    run = tmp_path / "bn"
+    code, out = mtsnn_done("train", "fmnist-mlp", "--batch-norm", *SMALL, "--epochs", "1", "--run-dir", run)
+    assert code == 0, out
+    trained, cfg = load_trained(run)
+    plain_cfg = cfg.replace(batch_norm=False, init_from=str(run))  # to fine-tune it with qat, say
+    plain = build_model(plain_cfg)
+    start_from(plain, plain_cfg, torch.device("cpu"), log=lambda *_: None)
+    assert all(block.norm is None for block in plain.blocks())
+    images = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(images), trained.eval()(images))
+    normed_cfg = cfg.replace(init_from=str(one_epoch))  # one_epoch trained without batch norm
+    with pytest.raises(ValueError, match="trained without batch norm, this run with it: give --no-batch-norm"):
+        start_from(build_model(normed_cfg), normed_cfg, torch.device("cpu"))

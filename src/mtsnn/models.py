@@ -347,6 +347,20 @@ def kept_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     return {name.replace("parametrizations.weight.original", "weight"): p for name, p in module.named_parameters()}
 
 
+def folded_parameters(net: SpikingNetwork) -> dict[str, torch.Tensor]:
+    """Each block's weight and bias as it applies them in eval mode, a batch norm's running
+    statistics folded in (:meth:`~mtsnn.layers.SpikingBlock.weight_and_bias`), by the names
+    they have in a network built without batch norm."""
+    parameters = {}
+    for name, module in net.named_modules():
+        if isinstance(module, SpikingBlock):
+            weight, bias = module.weight_and_bias()
+            parameters[f"{name}.weight"] = weight.detach()
+            if bias is not None:
+                parameters[f"{name}.bias"] = bias.detach()
+    return parameters
+
+
 @torch.no_grad()
 def calibrate(net: SpikingNetwork, images: torch.Tensor, current_std: float) -> list[float]:
     """Scale each block's weights, input to output, so that its input current on ``images``

@@ -30,7 +30,7 @@ from .. import data as datasets
 from .. import zoo
 from ..checkpoint import CheckpointError, file_sha256
 from ..config import TrainConfig, build_model, own_network, seconds, teachers, usable_device
-from ..models import calibrate, kept_parameters
+from ..models import calibrate, folded_parameters, kept_parameters
 from ..neuron import neuron_backend
 from .distributed import Processes, is_main_process
 from .evaluate import load_trained
@@ -234,7 +234,9 @@ def _load_teacher(name: str, cfg: TrainConfig, device: torch.device, log) -> Tea
 def start_from(model: nn.Module, cfg: TrainConfig, device: torch.device, log=print) -> None:
     """Copy into ``model`` (``cfg``'s network, on ``device``) the weights of the trained model
     ``cfg.init_from``, checked as :func:`load_teachers` checks a teacher, and of the same network.
-    A block trained with ``qat`` passes on the float weight it keeps."""
+    A block trained with ``qat`` passes on the float weight it keeps; an SNN trained with batch
+    norm passes on its blocks' folded weights and biases to a run without it (to fine-tune with
+    ``qat``, say)."""
     source, trained, digest = _load_trained_for(cfg.init_from, cfg, device, "init_from")
     if (trained.spec, trained.ann) != (cfg.spec, cfg.ann):
         kind = {False: "an SNN", True: "an ANN twin"}
@@ -242,7 +244,14 @@ def start_from(model: nn.Module, cfg: TrainConfig, device: torch.device, log=pri
             f"init_from {cfg.init_from} is {kind[trained.ann]} {trained.spec}, this run {kind[cfg.ann]} "
             f"{cfg.spec}: it can only start from the same network"
         )
-    trained_weights = kept_parameters(source)
+    folds = trained.batch_norm and not cfg.batch_norm and not cfg.ann  # an SNN's norms fold into its blocks
+    if trained.batch_norm != cfg.batch_norm and not folds:
+        said = {False: "without", True: "with"}
+        raise ValueError(
+            f"init_from {cfg.init_from} was trained {said[trained.batch_norm]} batch norm, this run "
+            f"{said[cfg.batch_norm]} it: give --{'no-' * (not trained.batch_norm)}batch-norm to match it"
+        )
+    trained_weights = folded_parameters(source) if folds else kept_parameters(source)
     with torch.no_grad():
         for name, param in kept_parameters(model).items():
             param.copy_(trained_weights[name])
