@@ -71,7 +71,7 @@ class _PaperBlockFunction(torch.autograd.Function):
             # batch norm's backward is linear in the cotangent: delta and a each go through it,
             # and gamma and beta, being weights, take a (as W does)
             def through_norm(g, mask):
-                g = g.contiguous(memory_format=_layout(raw))
+                g = g.contiguous(memory_format=memory_format_of(raw))
                 return torch.ops.aten.native_batch_norm_backward(
                     g, raw, gamma, None, None, mean, invstd, True, ctx.eps, mask
                 )
@@ -86,8 +86,9 @@ class _PaperBlockFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_gamma, grad_beta, None, None, None, None
 
 
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    """channels_last if ``t`` is a channels-last image batch, else contiguous."""
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` if ``t`` is a channels-last image batch (not also C-contiguous),
+    else ``torch.contiguous_format``."""
     channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format
 

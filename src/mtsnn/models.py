@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import INIT, SpikingBlock, SpikingConv2d, SpikingLinear
+from .layers import INIT, SpikingBlock, SpikingConv2d, SpikingLinear, memory_format_of
 from .neuron import lif_step
 
 # pooling by name: (the function of spikes, the ANN twin's module)
@@ -312,9 +312,7 @@ class _FlattenKeepingLayout(torch.autograd.Function):
     def forward(ctx, x):
         images = x.flatten(0, -4) if x.dim() >= 4 else x
         ctx.shape = x.shape
-        ctx.channels_last = (
-            images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
-        )
+        ctx.channels_last = memory_format_of(images) == torch.channels_last
         return x.flatten(-3)
 
     @staticmethod
