@@ -8,19 +8,20 @@
 #   nohup bash results/runs/plan-fast.sh PRESET... > results/runs/plan-fast.log 2>&1 &
 set -u
 export MTSNN_DATA=${MTSNN_DATA:-../shared/datasets}
-# A preset whose fast recipe batch-normalises (mnist-cnn since round 49 of issue 16) trains its
-# SNN into PRESET-fast-bn, beside the runs of the recipe before it (PRESET-fast), and ships no
-# model by itself: which one models/PRESET holds is a decision of its own.
-bn() {  # bn PRESET: "bn" if its fast recipe (the SNN's) has batch norm
-    ./run python -c 'import sys; from mtsnn.config import preset; print("bn" * preset(sys.argv[1], recipe="fast").batch_norm)' "$1"
+# A preset whose fast recipe batch-normalises (mnist-cnn's SNN and ANN twin since round 49 of
+# issue 16) trains into PRESET-fast-bn (and PRESET-fast-ann-bn), beside the runs of the recipe
+# before it, and ships no model by itself: which one models/PRESET holds is a decision of its own.
+bn() {  # bn PRESET [ann]: "bn" if that network's fast recipe (the SNN's, or the twin's) has batch norm
+    ./run python -c 'import sys; from mtsnn.config import preset; print("bn" * preset(sys.argv[1], recipe="fast", ann=sys.argv[2] == "ann").batch_norm)' "$1" "${2:-}"
 }
 run() {  # run PRESET SEED [ann]
-    local preset=$1 seed=$2 variant=${3:-}
-    [ -z "$variant" ] && variant=$(bn "$preset")
+    local preset=$1 seed=$2 ann=${3:-} variant
+    variant="${ann:+$ann-}$(bn "$preset" "$ann")"
+    variant=${variant%-}  # "", "bn", "ann" or "ann-bn"
     local dir="results/runs/$preset-fast${variant:+-$variant}/seed$seed" options=()
     [ -f "$dir/summary.json" ] && return
     mkdir -p "$dir"
-    [ "$variant" = ann ] && options=(--ann)
+    [ -n "$ann" ] && options=(--ann)
     echo "$(date +%H:%M) $dir"
     if [ -f "$dir/checkpoint.safetensors" ]; then
         ./run mtsnn train --resume "$dir" >> "$dir/console.log" 2>&1
