@@ -183,6 +183,7 @@ def test_fast_recipe_runs_are_rows_of_their_own_beside_the_papers(tmp_path):
     for name in (
         "curves-mnist-mlp-snn.png",
         "curves-mnist-mlp-snn-fast.png",
+        "curves-mnist-mlp-snn-fast-bn.png",
         "curves-mnist-mlp-ann.png",
         "curves-mnist-mlp-ann-fast.png",
         "curves-mnist-mlp-snn-fast-finetuned-with-qat.png",

@@ -431,6 +431,7 @@ def build(results: Path = Path("results")) -> Path:
         for row in rows:
             suffix = f"-output-{row.output_surrogate}" if row.output_surrogate else ""
             suffix += "-fast" if row.recipe == "fast" else ""
+            suffix += "-bn" if row.batch_norm else ""
             if row.distill:
                 kind = _kind_suffix(row.teachers[0]) if len(set(row.teachers)) == 1 else ""
                 suffix += f"-distilled{row.distill:g}-from{len(row.teachers)}{kind}"
