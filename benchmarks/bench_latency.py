@@ -5,9 +5,10 @@ forward pass of its ANN twin.
     python benchmarks/bench_latency.py [--repeats 200] [--threads 1]
 
 One image at a time, as a streaming system sees its input; no autograd. The shipped weights
-(``models/``) where they exist, else the preset's initialisation (latency hardly depends on
-the weights: every layer is computed densely). Each figure is the median over ``--repeats``
-calls after a warm-up, contestants interleaved. Writes benchmarks/latency_results.json and
+(``models/``) where they exist, a batch norm folded into its block's weights once, else the
+preset's initialisation (latency hardly depends on the weights: every layer is computed
+densely). Each figure is the median over ``--repeats`` calls after a warm-up, contestants
+interleaved. Writes benchmarks/latency_results.json and
 benchmarks/LATENCY.md.
 """
 
@@ -26,7 +27,7 @@ import torch
 from mtsnn import data, zoo
 from mtsnn.config import PRESETS, build_model
 from mtsnn.integer import IntegerNetwork
-from mtsnn.models import from_spec
+from mtsnn.models import folded_parameters, from_spec
 
 HERE = Path(__file__).parent
 NAMES = ("mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn")
@@ -35,7 +36,14 @@ NAMES = ("mnist-mlp", "mnist-cnn", "fmnist-mlp", "fmnist-cnn")
 def contestants(name: str) -> dict:
     """name -> a function of no arguments doing one step (or one ANN forward) at batch 1."""
     cfg = PRESETS[name]
-    net = zoo.load(name)[0] if name in zoo.available() else build_model(cfg).eval()
+    if name not in zoo.available():
+        net = build_model(cfg).eval()
+    else:
+        net, trained = zoo.load(name)
+        if trained.batch_norm:  # fold the norms into the weights once, as a deployment would, not at every step
+            folded = build_model(trained.replace(batch_norm=False)).eval()
+            folded.load_state_dict(folded_parameters(net))
+            net = folded
     net = net.to(memory_format=torch.contiguous_format)
     ann = from_spec(cfg.spec, cfg.input_shape, 10, ann=True).eval()
     integer = IntegerNetwork(net, *data.NORMALISATION[cfg.dataset])

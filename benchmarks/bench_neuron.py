@@ -1,6 +1,7 @@
 """Speed of the multi-threshold neuron and of training steps, beside sinabs, SpikingJelly and snnTorch.
 
-    pip install -e .[bench]
+    pip install -e .[bench]   # then check torch: spikingjelly pulls the newest torchvision, which
+                              # may upgrade torch (pip install torch==YOURS; pip uninstall torchvision)
     python benchmarks/bench_neuron.py [--quick] [--presets mnist-mlp,fmnist-mlp,mnist-cnn,fmnist-cnn]
     python benchmarks/bench_neuron.py --device cuda --neuron-only --out DIR   # on a GPU (gpu_cifar10.sh)
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_neuron.py --neuron-only --out benchmarks/hugepages
@@ -12,6 +13,8 @@ of --repeats runs after a warm-up. Workloads:
   3. one training step (forward, eq. 6 loss, backward, Adam) of each preset at T=2 and of its ANN twin
   4. training and evaluation images per second of each preset (from 3, and a batch-1000 forward)
   5. memory: bytes saved for the backward of a training step (torch.autograd saved-tensor hooks)
+  6. batch norm's cost: a training step of each convolutional preset (and of its ANN twin)
+     with and without --batch-norm
 Writes benchmarks/neuron_results.json and benchmarks/RESULTS.md.
 """
 
@@ -240,7 +243,14 @@ def main():
     tune_process()  # as training from the command line does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
-    results = {"machine": machine(device), "repeats": args.repeats, "neuron": {}, "presets": {}, "linear_784_4096": {}}
+    results = {
+        "machine": machine(device),
+        "repeats": args.repeats,
+        "neuron": {},
+        "presets": {},
+        "linear_784_4096": {},
+        "batch_norm": {},
+    }
 
     for steps, batch in ((2, 128), (32, 16)):
         x = torch.randn(steps, batch, width, device=device) * 15
@@ -291,6 +301,14 @@ def main():
             "ann_saved_bytes": saved_bytes(ann_step, ann_model),
         }
         print(name, json.dumps(results["presets"][name], indent=1))
+        if "C" in cfg.spec:  # a convolutional preset: batch norm's cost
+            steps = {
+                f"{kind}{' batch norm' * norm}": train_step(cfg.replace(ann=ann, batch_norm=norm), images, labels)[0]
+                for kind, ann in (("snn", False), ("ann", True))
+                for norm in (False, True)
+            }
+            results["batch_norm"][name] = interleaved(steps, (), args.repeats)
+            print(name, "batch norm", json.dumps(results["batch_norm"][name], indent=1))
 
     (out / "neuron_results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out)
@@ -344,6 +362,19 @@ def write_markdown(r: dict, out: Path) -> None:
             f"{p['snn_eval_images_per_s']:.0f} / {p['ann_eval_images_per_s']:.0f} | "
             f"{p['snn_saved_bytes'] / 1e6:.1f} / {p['ann_saved_bytes'] / 1e6:.1f} |"
         )
+    if r.get("batch_norm"):
+        lines += [
+            "",
+            "## 6. Batch norm's cost: training step at T=2, B=128, with and without `--batch-norm`",
+            "",
+            "| preset | SNN step s without / with | with / without | ANN step s without / with | with / without |",
+            "|---|---|---|---|---|",
+        ]
+        for name, t in r["batch_norm"].items():
+            lines.append(
+                f"| {name} | {t['snn']:.4f} / {t['snn batch norm']:.4f} | {t['snn batch norm'] / t['snn']:.2f} | "
+                f"{t['ann']:.4f} / {t['ann batch norm']:.4f} | {t['ann batch norm'] / t['ann']:.2f} |"
+            )
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
