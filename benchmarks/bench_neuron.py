@@ -303,9 +303,10 @@ def main():
         print(name, json.dumps(results["presets"][name], indent=1))
         if "C" in cfg.spec:  # a convolutional preset: batch norm's cost
             steps = {
-                f"{kind}{' batch norm' * norm}": train_step(cfg.replace(ann=ann, batch_norm=norm), images, labels)[0]
-                for kind, ann in (("snn", False), ("ann", True))
-                for norm in (False, True)
+                "snn": snn_step,
+                "snn batch norm": train_step(cfg.replace(batch_norm=True), images, labels)[0],
+                "ann": ann_step,
+                "ann batch norm": train_step(cfg.replace(ann=True, batch_norm=True), images, labels)[0],
             }
             results["batch_norm"][name] = interleaved(steps, (), args.repeats)
             print(name, "batch norm", json.dumps(results["batch_norm"][name], indent=1))
