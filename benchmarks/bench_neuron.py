@@ -240,6 +240,7 @@ def main():
     parser.add_argument("--out", default=str(HERE), help="where the results go (default: benchmarks/)")
     args = parser.parse_args()
     device, out = torch.device(args.device), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     tune_process()  # as training from the command line does
     torch.manual_seed(0)
     width = 4096 if args.quick else 65536
@@ -259,7 +260,6 @@ def main():
         results["neuron"][key] = interleaved(neuron_contestants(device), (x, g), args.repeats)
         print(key, json.dumps(results["neuron"][key], indent=1))
     if args.neuron_only:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "neuron_results.json").write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(results, out)
         return
